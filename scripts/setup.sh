@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Create .venv with the CPU build of torch and install this project (idempotent).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+if ! .venv/bin/python -c "import torch, spnkit, mnist, pytest, hypothesis" >/dev/null 2>&1; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  # torch 2.13.0 CPU is on this machine's disk; pinning it avoids a multi-GB CUDA download
+  .venv/bin/python -m pip install -q "torch==2.13.0" "numpy<2"
+  .venv/bin/python -m pip install -q -e ".[test]"
+fi

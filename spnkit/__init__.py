@@ -1,0 +1,25 @@
+"""spnkit: sum-product networks as layered tensor circuits in PyTorch.
+
+Structure (:class:`RegionGraph`) is compiled into a circuit (:class:`SPN`) whose
+layers are batched tensor operations; queries (likelihood, marginals,
+conditional sampling, MPE) take marginalization masks as arguments.
+
+Mask polarity, everywhere in spnkit: True (or 1.0) = unobserved, integrated out.
+"""
+
+from .circuit import SPN
+from .leaves import Bernoulli, Categorical, Leaf, Normal
+from .region_graph import InvalidStructureError, Partition, RegionGraph
+
+__all__ = [
+    "SPN",
+    "RegionGraph",
+    "Partition",
+    "InvalidStructureError",
+    "Leaf",
+    "Normal",
+    "Bernoulli",
+    "Categorical",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,562 @@
+"""The compiled circuit: :class:`SPN`, its queries and its validity check.
+
+A region graph is compiled into a leaf layer and, for each height of the graph,
+one :class:`~spnkit.layers.ProductSumLayer` (the partitions of the regions at
+that height) plus, where regions have several partitions, one
+:class:`~spnkit.layers.MixingLayer`. Each region of the graph becomes a vector
+of ``K`` nodes: ``num_leaves`` leaf distributions for leaf regions,
+``num_sums`` sums for inner regions and ``num_classes`` sums for the root.
+
+Queries take the mask as an argument (``marginalized``; True or 1.0 =
+unobserved, integrated out), never as state.
+
+Example:
+    >>> import torch, spnkit
+    >>> rg = spnkit.RegionGraph.random(num_vars=6, depth=1, repetitions=2, seed=0)
+    >>> spn = spnkit.SPN(rg, leaf=spnkit.Bernoulli(), num_sums=3, num_leaves=3)
+    >>> x = torch.tensor([[0., 1., 1., 0., 1., 0.]])
+    >>> spn.log_prob(x).shape
+    torch.Size([1])
+    >>> spn.log_prob(x, marginalized=torch.ones(1, 6, dtype=torch.bool)).abs().item() < 1e-6
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+import torch
+from torch import Tensor, nn
+
+from .layers import LeafLayer, MixingLayer, ProductSumLayer
+from .leaves import Leaf
+from .region_graph import InvalidStructureError, RegionGraph
+
+__all__ = ["SPN"]
+
+
+@dataclass
+class _Level:
+    """Compiled bookkeeping of one height of the region graph."""
+
+    regions: list[int]  # region indices at this height, in buffer-row order
+    start: int  # buffer row of the first region
+    partitions: list[int]  # partition indices, in layer order
+    sums: ProductSumLayer
+    mixing: MixingLayer | None
+
+
+@dataclass
+class _Trace:
+    """Values of an upward pass kept for the downward pass."""
+
+    buf: Tensor  # (rows, B, K_max), every region vector below the root
+    parts: list[Tensor]  # per level, partition outputs (P, B, K_out)
+    root: Tensor  # (B, C)
+
+
+class SPN(nn.Module):
+    """A sum-product network compiled from a region graph into batched tensor layers.
+
+    Args:
+        region_graph: the structure; it must be valid and have binary partitions.
+        leaf: the leaf family, e.g. ``Normal(min_var=0.1, max_var=1.0)``.
+        num_sums: ``K`` sum nodes per inner region.
+        num_leaves: leaf distributions per leaf region.
+        num_classes: root sums; more than one gives class-conditional densities.
+        validate_args: check inputs of the public queries (shapes, NaN, support).
+            Checks synchronize with the device; turn them off in a tuned CUDA loop.
+
+    Example:
+        >>> import torch, spnkit
+        >>> rg = spnkit.RegionGraph.poon_domingos(height=4, width=4, delta=2)
+        >>> spn = spnkit.SPN(rg, leaf=spnkit.Normal(0.1, 1.0), num_sums=2, num_leaves=2, num_classes=3)
+        >>> spn.log_prob(torch.rand(5, 16)).shape
+        torch.Size([5, 3])
+    """
+
+    def __init__(
+        self,
+        region_graph: RegionGraph,
+        leaf: Leaf,
+        num_sums: int = 10,
+        num_leaves: int = 10,
+        num_classes: int = 1,
+        validate_args: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, v in (("num_sums", num_sums), ("num_leaves", num_leaves), ("num_classes", num_classes)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if not isinstance(leaf, Leaf):
+            raise ValueError(f"leaf must be a spnkit leaf family such as spnkit.Normal(), got {leaf!r}")
+        if not isinstance(region_graph, RegionGraph):
+            raise ValueError(f"region_graph must be a spnkit.RegionGraph, got {type(region_graph).__name__}")
+        region_graph.check_valid()
+        if not region_graph.partitions:
+            raise ValueError("the region graph has no partitions; a circuit needs at least one product layer")
+        arity = {len(p.children) for p in region_graph.partitions}
+        if arity != {2}:
+            raise ValueError(f"spnkit compiles binary partitions only; this graph has partitions with {sorted(arity)} children")
+        self.region_graph = region_graph
+        self.leaf = leaf
+        self.num_vars = region_graph.num_vars
+        self.num_sums, self.num_leaves, self.num_classes = num_sums, num_leaves, num_classes
+        self.validate_args = validate_args
+        self._compile()
+
+    # ----------------------------------------------------------- compilation
+    def _compile(self) -> None:
+        rg = self.region_graph
+        heights = rg.heights
+        top = heights[rg.root]
+        leaves = list(rg.leaf_regions)
+        self.leaf_layer = LeafLayer(self.leaf, [rg.regions[i] for i in leaves], self.num_vars, self.num_leaves)
+        row = {r: i for i, r in enumerate(leaves)}
+        row_k = [self.num_leaves] * len(leaves)  # entries of each buffer row
+        self.k_max = max(self.num_leaves, self.num_sums)
+        by_height: list[list[int]] = [[] for _ in range(top + 1)]
+        for r, h in enumerate(heights):
+            by_height[h].append(r)
+        levels: list[_Level] = []
+        sums, mixes = nn.ModuleList(), nn.ModuleList()
+        for h in range(1, top + 1):
+            regions = by_height[h]
+            if not regions:
+                continue
+            parts_per_region = [list(rg.partitions_of[r]) for r in regions]
+            partitions = [p for ps in parts_per_region for p in ps]
+            kids = torch.tensor([[row[c] for c in rg.partitions[p].children] for p in partitions], dtype=torch.long)
+            child_k = torch.tensor(row_k)[kids]  # (P, 2)
+            k_in = int(child_k.max())
+            valid = None
+            if int(child_k.min()) < k_in:
+                ar = torch.arange(k_in)
+                valid = (ar.view(1, -1, 1) < child_k[:, 0].view(-1, 1, 1)) & (ar.view(1, 1, -1) < child_k[:, 1].view(-1, 1, 1))
+            k_out = self.num_classes if h == top else self.num_sums
+            layer = ProductSumLayer(kids[:, 0].contiguous(), kids[:, 1].contiguous(), k_in, k_out, valid)
+            mixing = None
+            if any(len(ps) > 1 for ps in parts_per_region):
+                p_max = max(len(ps) for ps in parts_per_region)
+                table = torch.full((len(regions), p_max), -1, dtype=torch.long)
+                pos = 0
+                for i, ps in enumerate(parts_per_region):
+                    table[i, : len(ps)] = torch.arange(pos, pos + len(ps))
+                    pos += len(ps)
+                mixing = MixingLayer(table, k_out)
+                mixes.append(mixing)
+            start = len(row_k)
+            for i, r in enumerate(regions):
+                row[r] = start + i
+                row_k.append(k_out)
+            sums.append(layer)
+            levels.append(_Level(regions, start, partitions, layer, mixing))
+        self.sum_layers, self.mixing_layers = sums, mixes
+        self._levels = levels
+        self._row = row
+        self.num_rows = len(row_k)
+
+    @property
+    def layers(self) -> list[nn.Module]:
+        """The layers bottom-up: the leaf layer, then per height a sum layer and possibly a mixing layer."""
+        out: list[nn.Module] = [self.leaf_layer]
+        for lv in self._levels:
+            out.append(lv.sums)
+            if lv.mixing is not None:
+                out.append(lv.mixing)
+        return out
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.sum_layers[0].logits.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.sum_layers[0].logits.device
+
+    # ------------------------------------------------------------ validation
+    def _prepare(self, x: Tensor, marginalized: Tensor | None, name: str = "x") -> tuple[Tensor, Tensor]:
+        """Validate ``x`` and the mask; return ``x`` and the mask as float ``(B, D)`` in the module's dtype."""
+        if not isinstance(x, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor of shape (batch, {self.num_vars}), got {type(x).__name__}")
+        if x.dim() != 2 or x.shape[1] != self.num_vars or x.shape[0] < 1:
+            raise ValueError(f"{name} must have shape (batch, {self.num_vars}), got {tuple(x.shape)}")
+        if x.device != self.device:
+            raise ValueError(f"{name} is on {x.device} but the SPN is on {self.device}; move one of them")
+        if x.dtype == torch.bool or x.is_complex():
+            raise ValueError(f"{name} must be a real float or integer tensor, got {x.dtype}")
+        if marginalized is None:
+            m = torch.zeros(x.shape, dtype=self.dtype, device=x.device)
+        else:
+            if not isinstance(marginalized, Tensor):
+                raise ValueError(f"marginalized must be a torch.Tensor (bool, or float in [0, 1]), got {type(marginalized).__name__}")
+            if marginalized.shape != x.shape:
+                raise ValueError(f"marginalized must have the shape of {name}, {tuple(x.shape)}; got {tuple(marginalized.shape)} (no broadcasting)")
+            if marginalized.device != x.device:
+                raise ValueError(f"marginalized is on {marginalized.device} but {name} is on {x.device}")
+            if marginalized.dtype == torch.bool:
+                m = marginalized.to(self.dtype)
+            elif marginalized.is_floating_point():
+                if self.validate_args and bool(((marginalized < 0) | (marginalized > 1) | torch.isnan(marginalized)).any()):
+                    raise ValueError("a float mask must lie in [0, 1] (1 = unobserved); got values outside or NaN")
+                m = marginalized.to(self.dtype)
+            else:
+                raise ValueError(f"marginalized must be bool or float in [0, 1], got dtype {marginalized.dtype}")
+        x = x.to(self.dtype)
+        if self.validate_args:
+            observed = m < 1
+            bad = observed & ~torch.isfinite(x)
+            if bool(bad.any()):
+                raise ValueError(
+                    f"{name} has NaN or inf at {int(bad.sum())} observed entries; mark missing entries in `marginalized` instead"
+                )
+            msg = self.leaf.support_error(x, observed)
+            if msg is not None:
+                raise ValueError(msg)
+        x = torch.where(m >= 1, torch.zeros_like(x), x)  # unobserved values never enter the arithmetic
+        return x, m
+
+    def _to_leaf_input(self, x: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, D)`` values and mask to variable-major ``(D + 1, B)`` values and weights, dummy row last."""
+        pad = x.new_zeros(1, x.shape[0])
+        return torch.cat([x.t(), pad]), torch.cat([(1 - m).t(), pad])  # (D+1, B) each
+
+    # --------------------------------------------------------------- upward
+    def _upward(self, x_t: Tensor, w_t: Tensor, mode: str = "sum", params: dict[str, Tensor] | None = None) -> _Trace:
+        """One bottom-up pass. ``mode`` is "sum" (log-likelihood) or "max" (max-product).
+
+        ``params`` may supply ``"eta"`` and ``"sums.i"`` / ``"mix.i"`` log-weights
+        (EM passes tensors that require grad to read expected counts).
+        """
+        params = params or {}
+        if mode == "sum":
+            leaf = self.leaf_layer(x_t, w_t, params.get("eta"))
+        else:
+            leaf = self.leaf_layer.forward_max(x_t, w_t)  # (R0, B, K_leaf)
+        buf = self._pad(leaf)
+        parts: list[Tensor] = []
+        out = leaf
+        for i, lv in enumerate(self._levels):
+            if mode == "sum":
+                part = lv.sums(buf, params.get(f"sums.{i}"))  # (P, B, K_out)
+            else:
+                part = lv.sums.forward_max(buf)
+            parts.append(part)
+            if lv.mixing is None:
+                out = part
+            elif mode == "sum":
+                out = lv.mixing(part, params.get(f"mix.{i}"))  # (R_h, B, K_out)
+            else:
+                out = lv.mixing.forward_max(part)
+            if i + 1 < len(self._levels):
+                buf = torch.cat([buf, self._pad(out)])  # (rows so far, B, K_max)
+        return _Trace(buf=buf, parts=parts, root=out[0])
+
+    def _pad(self, v: Tensor) -> Tensor:
+        if v.shape[-1] == self.k_max:
+            return v
+        fill = v.new_full((*v.shape[:-1], self.k_max - v.shape[-1]), -torch.inf)
+        return torch.cat([v, fill], dim=-1)
+
+    def _out(self, root: Tensor) -> Tensor:
+        return root[:, 0] if self.num_classes == 1 else root
+
+    # -------------------------------------------------------------- queries
+    def log_prob(self, x: Tensor, marginalized: Tensor | None = None) -> Tensor:
+        """Log-density (or log-mass) of each sample, with masked entries integrated out.
+
+        Args:
+            x: ``(B, D)`` values. Entries that are fully marginalized may hold
+                anything, NaN included.
+            marginalized: ``(B, D)`` bool (True = unobserved, integrated out
+                exactly) or float in ``[0, 1]`` (soft evidence: each factor's
+                log-density is weighted by ``1 - m``); None = all observed.
+
+        Returns:
+            ``(B,)``, or ``(B, num_classes)`` when ``num_classes > 1``.
+        """
+        x, m = self._prepare(x, marginalized)
+        return self._out(self._upward(*self._to_leaf_input(x, m)).root)
+
+    def forward(self, x: Tensor, marginalized: Tensor | None = None) -> Tensor:
+        """Same as :meth:`log_prob`."""
+        return self.log_prob(x, marginalized)
+
+    def conditional_log_prob(self, x: Tensor, query: Tensor, marginalized: Tensor | None = None) -> Tensor:
+        """``log p(x_query | x_evidence)``, evidence = entries neither queried nor marginalized.
+
+        Args:
+            x: ``(B, D)``.
+            query: ``(B, D)`` bool, the entries whose conditional density is wanted.
+            marginalized: ``(B, D)`` bool, entries integrated out in both terms.
+
+        Returns:
+            ``(B,)`` or ``(B, num_classes)``.
+        """
+        if not isinstance(query, Tensor) or query.dtype != torch.bool or query.shape != x.shape:
+            raise ValueError(f"query must be a bool tensor of the shape of x, {tuple(x.shape)}")
+        hidden = query if marginalized is None else (query | marginalized.bool())
+        joint = self.log_prob(x, marginalized)
+        return joint - self.log_prob(x, hidden)
+
+    def _root_choice(self, root: Tensor, batch: int, which: int | Tensor | None, generator, greedy: bool) -> Tensor:
+        """Index of the root sum per sample ``(B,)``: given, or drawn from the posterior over classes."""
+        if which is None:
+            if self.num_classes == 1:
+                return torch.zeros(batch, dtype=torch.long, device=root.device)
+            return self._choose(root, -1, generator, greedy)  # uniform class prior
+        which = torch.as_tensor(which, device=root.device, dtype=torch.long).expand(batch)
+        if bool(((which < 0) | (which >= self.num_classes)).any()):
+            raise ValueError(f"root must index one of the {self.num_classes} root sums")
+        return which
+
+    @staticmethod
+    def _choose(logits: Tensor, dim: int, generator: torch.Generator | None, greedy: bool) -> Tensor:
+        """Argmax (greedy) or a draw (Gumbel-max) along ``dim``."""
+        if not greedy:
+            u = torch.rand(logits.shape, generator=generator, dtype=logits.dtype, device=logits.device)
+            logits = logits - torch.log(-torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)))
+        return logits.argmax(dim)
+
+    @torch.no_grad()
+    def _downward(self, trace: _Trace, choice_root: Tensor, greedy: bool, generator) -> Tensor:
+        """Backtrack from the root: the chosen node per buffer row and sample, ``(rows, B)``, -1 if unused.
+
+        Each level is handled by a few batched gathers and scatters over all
+        its regions at once.
+        """
+        B = choice_root.shape[0]
+        dummy = self.num_rows  # scatter target of inactive entries
+        chosen = torch.full((self.num_rows + 1, B), -1, dtype=torch.long, device=choice_root.device)
+        chosen[self.num_rows - 1] = choice_root
+        cols = torch.arange(B, device=chosen.device)
+        for lv, part in zip(reversed(self._levels), reversed(trace.parts)):
+            c = chosen[lv.start : lv.start + len(lv.regions)]  # (R_h, B)
+            active = c >= 0
+            if lv.mixing is None:
+                pc, p_active = c, active  # partition p belongs to region p
+            else:
+                scores = lv.mixing.scores(part)  # (R_h, P_max, B, K)
+                idx = c.clamp_min(0).view(c.shape[0], 1, B, 1).expand(-1, scores.shape[1], -1, 1)
+                pick = self._choose(torch.gather(scores, 3, idx).squeeze(-1), 1, generator, greedy)  # (R_h, B)
+                target = torch.gather(lv.mixing.table, 1, pick)  # (R_h, B) partition positions
+                pc = torch.full((len(lv.partitions) + 1, B), -1, dtype=torch.long, device=c.device)
+                rows_ = torch.where(active, target, torch.full_like(target, len(lv.partitions)))
+                pc[rows_, cols.expand_as(rows_)] = c
+                pc = pc[:-1]
+                p_active = pc >= 0
+            scores = lv.sums.product_scores(trace.buf)  # (P, B, I*J, K_out)
+            idx = pc.clamp_min(0).view(*pc.shape, 1, 1).expand(-1, -1, scores.shape[2], 1)
+            ij = self._choose(torch.gather(scores, 3, idx).squeeze(-1), 2, generator, greedy)  # (P, B)
+            for kids, val in ((lv.sums.left, ij // lv.sums.k_in), (lv.sums.right, ij % lv.sums.k_in)):
+                rows_ = torch.where(p_active, kids.view(-1, 1).expand_as(ij), torch.full_like(ij, dummy))
+                chosen[rows_, cols.expand_as(rows_)] = val
+        return chosen[: self.leaf_layer.num_regions]  # (R0, B)
+
+    @torch.no_grad()
+    def _fill_leaves(self, leaf_choice: Tensor, greedy: bool, generator) -> Tensor:
+        """Values of every variable from the chosen leaf components: ``(B, D)``."""
+        params = self.leaf_layer.gather_params(leaf_choice.clamp_min(0))  # (R0, n, B, ...)
+        vals = self.leaf.mode(params) if greedy else self.leaf.sample(params, generator)  # (R0, n, B)
+        R0, n, B = vals.shape
+        var = self.leaf_layer.var_index.view(R0, n, 1).expand(R0, n, B)
+        var = torch.where((leaf_choice >= 0).unsqueeze(1), var, torch.full_like(var, self.num_vars))
+        out = vals.new_zeros(self.num_vars + 1, B)
+        out[var, torch.arange(B, device=vals.device).expand_as(var)] = vals
+        return out[: self.num_vars].t()  # (B, D)
+
+    @torch.no_grad()
+    def _complete(self, x: Tensor, m: Tensor, greedy: bool, root, generator) -> tuple[Tensor, Tensor]:
+        trace = self._upward(*self._to_leaf_input(x, m), mode="max" if greedy else "sum")
+        choice = self._root_choice(trace.root, x.shape[0], root, generator, greedy)
+        filled = self._fill_leaves(self._downward(trace, choice, greedy, generator), greedy, generator)
+        value = torch.gather(trace.root, 1, choice.view(-1, 1)).squeeze(1)
+        return torch.where(m > 0, filled, x), value
+
+    def sample(
+        self,
+        num_samples: int | None = None,
+        *,
+        evidence: Tensor | None = None,
+        marginalized: Tensor | None = None,
+        root: int | Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Ancestral samples, or samples of unobserved entries given the observed ones.
+
+        With ``evidence``, the unobserved entries (``marginalized`` > 0) are drawn
+        from their exact conditional given the observed ones; observed entries
+        are returned unchanged. Soft masks (0 < m < 1) condition on weighted
+        evidence and the entry is redrawn.
+
+        Args:
+            num_samples: number of unconditional samples (without ``evidence``).
+            evidence: ``(B, D)`` values.
+            marginalized: ``(B, D)`` mask of the entries to draw (default: all).
+            root: which root sum to sample from when ``num_classes > 1``: an int
+                or ``(B,)`` tensor; None draws the class from its posterior
+                under a uniform class prior.
+            generator: random number generator for reproducible draws.
+
+        Returns:
+            ``(num_samples, D)`` or ``(B, D)``.
+        """
+        if evidence is None:
+            if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+                raise ValueError(f"num_samples must be a positive int when no evidence is given, got {num_samples!r}")
+            if marginalized is not None:
+                raise ValueError("marginalized needs evidence; pass evidence=x as well")
+            evidence = torch.zeros(num_samples, self.num_vars, dtype=self.dtype, device=self.device)
+            marginalized = torch.ones_like(evidence, dtype=torch.bool)
+        elif num_samples is not None:
+            raise ValueError("give either num_samples or evidence, not both")
+        elif marginalized is None:
+            marginalized = torch.ones(evidence.shape, dtype=torch.bool, device=evidence.device)
+        x, m = self._prepare(evidence, marginalized, "evidence")
+        return self._complete(x, m, False, root, generator)[0]
+
+    def mpe(
+        self,
+        x: Tensor,
+        marginalized: Tensor | None = None,
+        *,
+        root: int | Tensor | None = None,
+        return_value: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Most probable completion of the unobserved entries, by max-product and backtracking.
+
+        This is the exact maximum of the circuit *jointly with its sum nodes'
+        latent choices* (Viterbi): the best single induced tree and its best
+        completion. Where the circuit is deterministic (at most one child of a
+        sum is non-zero for any input) it equals the true MPE; otherwise it is
+        the standard approximation. Observed entries are returned unchanged;
+        entries with ``m > 0`` are filled.
+
+        Args:
+            x: ``(B, D)``; unobserved entries may hold anything.
+            marginalized: ``(B, D)`` mask (default: nothing observed).
+            root: root sum to maximize when ``num_classes > 1`` (None: the best one).
+            return_value: also return the max-product log-value ``(B,)``, which is
+                at most ``log_prob`` of the returned completion.
+
+        Returns:
+            ``(B, D)`` completions, and the values when ``return_value``.
+        """
+        if marginalized is None:
+            marginalized = torch.ones(x.shape, dtype=torch.bool, device=x.device) if isinstance(x, Tensor) else None
+        x, m = self._prepare(x, marginalized)
+        out, value = self._complete(x, m, True, root, None)
+        return (out, value) if return_value else out
+
+    # ------------------------------------------------------------- validity
+    def check_valid(self) -> None:
+        """Check the compiled circuit, independently of the region graph's own check.
+
+        Scopes are recomputed from the compiled index tensors, bottom-up: every
+        product's two children must have disjoint scopes (decomposable), every
+        partition mixed into a region must have the region's scope (smooth), and
+        the root must cover every variable once.
+
+        Raises:
+            InvalidStructureError: naming the offending level and row.
+        """
+        self.region_graph.check_valid()
+        D = self.num_vars
+        idx = self.leaf_layer.var_index
+        scopes: list[frozenset[int]] = []
+        for r in range(idx.shape[0]):
+            s = [int(v) for v in idx[r] if int(v) < D]
+            if len(set(s)) != len(s):
+                raise InvalidStructureError(f"leaf region row {r} lists a variable twice")
+            scopes.append(frozenset(s))
+        for h, lv in enumerate(self._levels):
+            part_scopes = []
+            for p, (a, b) in enumerate(zip(lv.sums.left.tolist(), lv.sums.right.tolist())):
+                if scopes[a] & scopes[b]:
+                    raise InvalidStructureError(f"level {h + 1}, product {p}: children rows {a}, {b} share variables")
+                part_scopes.append(scopes[a] | scopes[b])
+            if lv.mixing is None:
+                region_scopes = part_scopes
+            else:
+                region_scopes = []
+                for r, (row, ok) in enumerate(zip(lv.mixing.table.tolist(), lv.mixing.valid[..., 0].tolist())):
+                    used = {part_scopes[p] for p, v in zip(row, ok) if v}
+                    if len(used) != 1:
+                        raise InvalidStructureError(f"level {h + 1}, region {lv.regions[r]}: its partitions have different scopes")
+                    region_scopes.append(used.pop())
+            for r, s in zip(lv.regions, region_scopes):
+                if s != frozenset(self.region_graph.regions[r]):
+                    raise InvalidStructureError(f"level {h + 1}: compiled scope of region {r} differs from the region graph")
+            scopes.extend(region_scopes)
+        if scopes[-1] != frozenset(range(D)):
+            raise InvalidStructureError("the root does not cover every variable")
+
+    # ------------------------------------------------------------- networkx
+    def to_networkx(self) -> nx.DiGraph:
+        """Node-level graph of the circuit.
+
+        Nodes: ``("leaf", region, k)``, ``("sum", region, k)``, ``("product",
+        partition, i, j)`` and, for regions with several partitions,
+        ``("psum", partition, k)`` (a sum of one partition's products, mixed by
+        the region's sums). Attributes: ``kind`` in {"sum", "product", "leaf"},
+        ``scope`` (tuple of variables), ``region`` / ``partition`` indices. Sum
+        edges carry ``weight`` (the normalized weight). Edges point from a node
+        to its children. Root sums have ``root=True``.
+        """
+        rg = self.region_graph
+        g = nx.DiGraph()
+        g.graph["num_vars"] = self.num_vars
+        for r in rg.leaf_regions:
+            for k in range(self.num_leaves):
+                g.add_node(("leaf", r, k), kind="leaf", scope=rg.regions[r], region=r)
+        for lv in self._levels:
+            log_w = lv.sums.log_weights().detach().exp()  # (P, I*J, K_out)
+            k_out, k_in = lv.sums.k_out, lv.sums.k_in
+            mix_w = lv.mixing.log_weights().detach().exp() if lv.mixing is not None else None
+            region_of = {p: r for r, pos in self._positions(lv).items() for p in pos}
+            for pos, pj in enumerate(lv.partitions):
+                part = rg.partitions[pj]
+                a, b = part.children
+                scope = rg.regions[part.parent]
+                ka, kb = self._k_of(a), self._k_of(b)
+                for i in range(ka):
+                    for j in range(kb):
+                        node = ("product", pj, i, j)
+                        g.add_node(node, kind="product", scope=scope, partition=pj)
+                        g.add_edge(node, self._node_of(a, i))
+                        g.add_edge(node, self._node_of(b, j))
+                r = region_of[pos]
+                for k in range(k_out):
+                    head = ("sum", r, k) if mix_w is None else ("psum", pj, k)
+                    g.add_node(head, kind="sum", scope=scope, region=r, root=(r == rg.root and mix_w is None))
+                    for i in range(ka):
+                        for j in range(kb):
+                            g.add_edge(head, ("product", pj, i, j), weight=float(log_w[pos, i * k_in + j, k]))
+            if mix_w is not None:
+                for ri, (r, pos) in enumerate(self._positions(lv).items()):
+                    for k in range(k_out):
+                        g.add_node(("sum", r, k), kind="sum", scope=rg.regions[r], region=r, root=(r == rg.root))
+                        for slot, p in enumerate(pos):
+                            g.add_edge(("sum", r, k), ("psum", lv.partitions[p], k), weight=float(mix_w[ri, slot, k]))
+        return g
+
+    def _positions(self, lv: _Level) -> dict[int, list[int]]:
+        """Region -> positions of its partitions in the level's layer."""
+        out: dict[int, list[int]] = {r: [] for r in lv.regions}
+        parent = {pj: self.region_graph.partitions[pj].parent for pj in lv.partitions}
+        for pos, pj in enumerate(lv.partitions):
+            out[parent[pj]].append(pos)
+        return out
+
+    def _k_of(self, region: int) -> int:
+        return self.num_leaves if region in self.region_graph.leaf_regions else self.num_sums
+
+    def _node_of(self, region: int, k: int) -> tuple:
+        return ("leaf", region, k) if region in self.region_graph.leaf_regions else ("sum", region, k)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_vars={self.num_vars}, leaf={self.leaf}, num_leaves={self.num_leaves}, "
+            f"num_sums={self.num_sums}, num_classes={self.num_classes}, levels={len(self._levels)}"
+        )

@@ -1,0 +1,240 @@
+"""Layers of a compiled circuit.
+
+The layout contract, for every layer, written once here:
+
+* A layer reads and writes **log-space, region-major** tensors of shape
+  ``(regions, batch, K)``: entry ``[r, b, k]`` is the log-value of the ``k``-th
+  node of region vector ``r`` for sample ``b``. Region-major makes each layer a
+  batched matrix product with the regions as the batch dimension.
+* All region vectors computed so far are kept in one buffer ``(rows, batch,
+  K_max)``; product layers gather their children's rows from it. Vectors with
+  fewer than ``K_max`` entries are padded with ``-inf`` (probability zero), and
+  the weights that would read the padding are fixed to zero.
+* Inputs to the leaf layer are variable-major: ``x_t`` and ``w_t`` of shape
+  ``(num_vars + 1, batch)``; the last row is a dummy variable (value 0, weight
+  0) that padded leaf slots point at.
+* Mask polarity, for the whole library: ``m = 1`` (or True) means unobserved,
+  integrated out; the leaf layer weights each factor's log-density by
+  ``w = 1 - m``.
+
+No layer loops over regions, nodes or variables: each is a handful of batched
+tensor operations.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .leaves import Leaf
+
+__all__ = ["LeafLayer", "ProductSumLayer", "MixingLayer", "log_matmul_exp"]
+
+
+def _stable_max(x: Tensor, dim: int) -> Tensor:
+    """Max over ``dim`` (kept), with non-finite maxima replaced by 0, detached."""
+    m = x.detach().amax(dim, keepdim=True)
+    return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+
+
+def _safe_log(s: Tensor) -> Tensor:
+    """``log(s)`` for ``s >= 0`` with a zero gradient (not NaN) where ``s == 0``."""
+    pos = s > 0
+    return torch.where(pos, torch.log(torch.where(pos, s, torch.ones_like(s))), torch.full_like(s, -torch.inf))
+
+
+def log_matmul_exp(log_a: Tensor, log_b: Tensor, weights: Tensor) -> Tensor:
+    """Products of two log-vectors followed by weighted sums, in log space.
+
+    Computes ``out[p, b, k] = log sum_{i, j} exp(log_a[p, b, i] + log_b[p, b, j]) * weights[p, i*J + j, k]``
+    with the log-einsum-exp trick: each factor is shifted by its own maximum
+    before ``exp``, so log-values down to ``-1e4`` (and ``-inf``) stay exact.
+
+    Args:
+        log_a: ``(P, B, I)``.
+        log_b: ``(P, B, J)``.
+        weights: ``(P, I*J, K)``, non-negative.
+
+    Returns:
+        ``(P, B, K)``.
+    """
+    ma, mb = _stable_max(log_a, -1), _stable_max(log_b, -1)  # (P, B, 1)
+    a, b = torch.exp(log_a - ma), torch.exp(log_b - mb)  # (P, B, I), (P, B, J)
+    outer = (a.unsqueeze(-1) * b.unsqueeze(-2)).flatten(-2)  # (P, B, I*J)
+    return _safe_log(torch.bmm(outer, weights)) + ma + mb  # (P, B, K)
+
+
+class LeafLayer(nn.Module):
+    """``K`` factorized leaf distributions for each leaf region, as one batched matmul.
+
+    A leaf region's log-density is linear in the statistics of its variables:
+    ``sum_{d in scope} w_d <T(x_d), eta_{d,k}>``. The layer gathers the
+    statistics into ``(R, n*S, B)`` and multiplies by the natural parameters
+    ``(R, n*S, K)``; the ``(batch, variables, K)`` tensor of per-variable
+    log-densities is never built.
+
+    Args:
+        leaf: the leaf family.
+        scopes: the variables of each leaf region.
+        num_vars: number of variables ``D`` (index ``D`` is the dummy).
+        num_leaves: ``K``, distributions per leaf region.
+    """
+
+    def __init__(self, leaf: Leaf, scopes: list[tuple[int, ...]], num_vars: int, num_leaves: int) -> None:
+        super().__init__()
+        self.leaf = leaf
+        self.num_vars = num_vars
+        self.num_leaves = num_leaves
+        n_max = max(len(s) for s in scopes)
+        index = torch.full((len(scopes), n_max), num_vars, dtype=torch.long)
+        for r, scope in enumerate(scopes):  # structure compilation, not the forward pass
+            index[r, : len(scope)] = torch.as_tensor(scope, dtype=torch.long)
+        self.register_buffer("var_index", index, persistent=False)  # (R, n)
+        init = leaf.init_params((len(scopes), n_max, num_leaves), torch.get_default_dtype())
+        self.params = nn.ParameterDict({k: nn.Parameter(v) for k, v in init.items()})
+
+    @property
+    def num_regions(self) -> int:
+        return self.var_index.shape[0]
+
+    def param_dict(self) -> dict[str, Tensor]:
+        return dict(self.params.items())
+
+    def natural(self) -> Tensor:
+        """Natural parameters ``(R, n, K, S)``."""
+        return self.leaf.natural(self.param_dict())
+
+    def forward(self, x_t: Tensor, w_t: Tensor, eta: Tensor | None = None) -> Tensor:
+        """Leaf log-densities.
+
+        Args:
+            x_t: values ``(D + 1, B)``, dummy row last.
+            w_t: evidence weights ``1 - m``, ``(D + 1, B)``, zero in the dummy row.
+            eta: natural parameters ``(R, n, K, S)``; computed from the layer's
+                parameters when None (EM passes its own to read their gradient).
+
+        Returns:
+            ``(R, B, K)``.
+        """
+        eta = self.natural() if eta is None else eta  # (R, n, K, S)
+        R, n, K, S = eta.shape
+        stats = self.leaf.statistics(x_t[self.var_index]) * w_t[self.var_index]  # (S, R, n, B)
+        feats = stats.transpose(0, 1).reshape(R, S * n, -1)  # (R, S*n, B)
+        coef = eta.permute(0, 3, 1, 2).reshape(R, S * n, K)  # (R, S*n, K)
+        return torch.bmm(feats.transpose(1, 2), coef)  # (R, B, K)
+
+    def forward_max(self, x_t: Tensor, w_t: Tensor) -> Tensor:
+        """Max-product leaf values: observed factors give their log-density, unobserved ones their log-maximum.
+
+        Returns:
+            ``(R, B, K)``.
+        """
+        m = (1 - w_t)[self.var_index]  # (R, n, B)
+        m = torch.where(self.var_index.unsqueeze(-1) < self.num_vars, m, torch.zeros_like(m))
+        peak = self.leaf.log_max(self.param_dict())  # (R, n, K)
+        return self.forward(x_t, w_t) + torch.bmm(m.transpose(1, 2), peak)  # (R, B, K)
+
+    def gather_params(self, choice: Tensor) -> dict[str, Tensor]:
+        """Parameters of the chosen component per region and sample.
+
+        Args:
+            choice: ``(R, B)`` component indices in ``[0, K)``.
+
+        Returns:
+            each parameter as ``(R, n, B, *extra)``.
+        """
+        R, B = choice.shape
+        n = self.var_index.shape[1]
+        out = {}
+        for name, p in self.params.items():  # one gather per parameter tensor of the family
+            extra = p.shape[3:]
+            idx = choice.view(R, 1, B, *([1] * len(extra))).expand(R, n, B, *extra)
+            out[name] = torch.gather(p, 2, idx)
+        return out
+
+
+class ProductSumLayer(nn.Module):
+    """Products of two child region vectors (their outer product) mixed by ``K_out`` sums per partition.
+
+    Args:
+        left, right: buffer rows of each partition's two children, ``(P,)``.
+        k_in: entries read from each child vector.
+        k_out: sums per partition.
+        valid: ``(P, k_in, k_in)`` bool, False where a child has fewer than
+            ``k_in`` entries (those weights are fixed to zero); None if all valid.
+    """
+
+    def __init__(self, left: Tensor, right: Tensor, k_in: int, k_out: int, valid: Tensor | None = None) -> None:
+        super().__init__()
+        self.register_buffer("left", left, persistent=False)
+        self.register_buffer("right", right, persistent=False)
+        self.k_in, self.k_out = k_in, k_out
+        self.logits = nn.Parameter(torch.randn(len(left), k_in * k_in, k_out))  # (P, I*J, K_out)
+        self.register_buffer("valid", None if valid is None else valid.reshape(len(left), k_in * k_in, 1), persistent=False)
+
+    @property
+    def num_partitions(self) -> int:
+        return self.left.shape[0]
+
+    def log_weights(self) -> Tensor:
+        """Normalized log-weights ``(P, I*J, K_out)``; each output's weights sum to 1."""
+        logits = self.logits
+        if self.valid is not None:
+            logits = logits.masked_fill(~self.valid, -torch.inf)
+        return torch.log_softmax(logits, dim=1)
+
+    def children(self, buf: Tensor) -> tuple[Tensor, Tensor]:
+        """The children's log-values ``(P, B, k_in)`` each."""
+        return buf[self.left, :, : self.k_in], buf[self.right, :, : self.k_in]
+
+    def forward(self, buf: Tensor, log_w: Tensor | None = None) -> Tensor:
+        """Sum-product values ``(P, B, K_out)`` from the buffer ``(rows, B, K_max)``."""
+        log_w = self.log_weights() if log_w is None else log_w
+        a, b = self.children(buf)
+        return log_matmul_exp(a, b, torch.exp(log_w))
+
+    def forward_max(self, buf: Tensor) -> Tensor:
+        """Max-product values ``(P, B, K_out)``: the best product for each sum."""
+        return self.product_scores(buf).amax(2)
+
+    def product_scores(self, buf: Tensor) -> Tensor:
+        """``log w + log product`` for every sum and product: ``(P, B, I*J, K_out)``."""
+        a, b = self.children(buf)
+        prod = (a.unsqueeze(-1) + b.unsqueeze(-2)).flatten(-2)  # (P, B, I*J)
+        return prod.unsqueeze(-1) + self.log_weights().unsqueeze(1)  # (P, B, I*J, K_out)
+
+
+class MixingLayer(nn.Module):
+    """Mixes the partition outputs of regions that have several partitions.
+
+    Output ``k`` of region ``r`` is ``sum_p v[r, p, k] * partition_p[k]``; with
+    per-output mixing weights this equals one sum node over all of the region's
+    products.
+
+    Args:
+        table: ``(R, P_max)`` partition positions per region, -1 for padding.
+        k: entries per vector.
+    """
+
+    def __init__(self, table: Tensor, k: int) -> None:
+        super().__init__()
+        self.register_buffer("table", table.clamp_min(0), persistent=False)
+        self.register_buffer("valid", (table >= 0).unsqueeze(-1), persistent=False)  # (R, P_max, 1)
+        self.logits = nn.Parameter(torch.randn(table.shape[0], table.shape[1], k))  # (R, P_max, K)
+
+    def log_weights(self) -> Tensor:
+        """Normalized log-weights ``(R, P_max, K)``, zero probability on padding."""
+        return torch.log_softmax(self.logits.masked_fill(~self.valid, -torch.inf), dim=1)
+
+    def scores(self, parts: Tensor, log_w: Tensor | None = None) -> Tensor:
+        """``log v + partition value``: ``(R, P_max, B, K)`` from partition values ``(P, B, K)``."""
+        log_w = self.log_weights() if log_w is None else log_w
+        return parts[self.table] + log_w.unsqueeze(2)
+
+    def forward(self, parts: Tensor, log_w: Tensor | None = None) -> Tensor:
+        """Region values ``(R, B, K)``."""
+        return torch.logsumexp(self.scores(parts, log_w), dim=1)
+
+    def forward_max(self, parts: Tensor) -> Tensor:
+        """Max-product region values ``(R, B, K)``."""
+        return self.scores(parts).amax(1)
