@@ -367,12 +367,12 @@ class SPN(nn.Module):
         return out[: self.num_vars].t()  # (B, D)
 
     @torch.no_grad()
-    def _complete(self, x: Tensor, m: Tensor, greedy: bool, root, generator) -> tuple[Tensor, Tensor]:
+    def _complete(self, x: Tensor, m: Tensor, greedy: bool, root, generator, keep_observed: bool = True) -> tuple[Tensor, Tensor]:
         trace = self._upward(*self._to_leaf_input(x, m), mode="max" if greedy else "sum")
         choice = self._root_choice(trace.root, x.shape[0], root, generator, greedy)
         filled = self._fill_leaves(self._downward(trace, choice, greedy, generator), greedy, generator)
         value = torch.gather(trace.root, 1, choice.view(-1, 1)).squeeze(1)
-        return torch.where(m > 0, filled, x), value
+        return (torch.where(m > 0, filled, x) if keep_observed else filled), value
 
     def sample(
         self,
@@ -423,6 +423,7 @@ class SPN(nn.Module):
         *,
         root: int | Tensor | None = None,
         return_value: bool = False,
+        keep_observed: bool = True,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Most probable completion of the unobserved entries, by max-product and backtracking.
 
@@ -439,6 +440,9 @@ class SPN(nn.Module):
             root: root sum to maximize when ``num_classes > 1`` (None: the best one).
             return_value: also return the max-product log-value ``(B,)``, which is
                 at most ``log_prob`` of the returned completion.
+            keep_observed: False returns, for every entry, the mode of the leaf
+                that the best induced tree chose for it: a reconstruction of the
+                observed entries as well as a completion of the unobserved ones.
 
         Returns:
             ``(B, D)`` completions, and the values when ``return_value``.
@@ -446,7 +450,7 @@ class SPN(nn.Module):
         if marginalized is None:
             marginalized = torch.ones(x.shape, dtype=torch.bool, device=x.device) if isinstance(x, Tensor) else None
         x, m = self._prepare(x, marginalized)
-        out, value = self._complete(x, m, True, root, None)
+        out, value = self._complete(x, m, True, root, None, keep_observed)
         return (out, value) if return_value else out
 
     # ------------------------------------------------------------- validity
