@@ -10,9 +10,9 @@ The layout contract, for every layer, written once here:
   K_max)``; product layers gather their children's rows from it. Vectors with
   fewer than ``K_max`` entries are padded with ``-inf`` (probability zero), and
   the weights that would read the padding are fixed to zero.
-* Inputs to the leaf layer are variable-major: ``x_t`` and ``w_t`` of shape
-  ``(num_vars + 1, batch)``; the last row is a dummy variable (value 0, weight
-  0) that padded leaf slots point at.
+* Inputs to the leaf layer are sample-major: values ``x`` and evidence weights
+  ``w`` of shape ``(batch, num_vars)``. Leaf regions are padded to equal size
+  with slots pointing at variable ``num_vars``, which contributes nothing.
 * Mask polarity, for the whole library: ``m = 1`` (or True) means unobserved,
   integrated out; the leaf layer weights each factor's log-density by
   ``w = 1 - m``.
@@ -65,22 +65,30 @@ def log_matmul_exp(log_a: Tensor, log_b: Tensor, weights: Tensor) -> Tensor:
 
 
 class LeafLayer(nn.Module):
-    """``K`` factorized leaf distributions for each leaf region, as one batched matmul.
+    """``K`` factorized leaf distributions for each leaf region, as one matrix product.
 
     A leaf region's log-density is linear in the statistics of its variables:
-    ``sum_{d in scope} w_d <T(x_d), eta_{d,k}>``. The layer gathers the
-    statistics into ``(R, n*S, B)`` and multiplies by the natural parameters
-    ``(R, n*S, K)``; the ``(batch, variables, K)`` tensor of per-variable
-    log-densities is never built.
+    ``sum_{d in scope} w_d <T(x_d), eta_{d,k}>``. The ``(batch, variables, K)``
+    tensor of per-variable log-densities is never built. Two layouts compute
+    the same numbers:
+
+    * ``dense``: the natural parameters are scattered into a ``(S, D, R*K)``
+      matrix (zero where a variable is outside a region) and the statistics
+      ``(S, B, D)`` are multiplied by it: no gather, one large GEMM. Chosen
+      when each variable lies in few of the leaf regions (``R*D <= 32 *
+      sum|scope|``), where the wasted multiply-adds cost less than a gather.
+    * ``gather``: the statistics are gathered per region into ``(R, B, S*n)``
+      and multiplied by ``(R, S*n, K)`` in a batched matmul.
 
     Args:
         leaf: the leaf family.
         scopes: the variables of each leaf region.
-        num_vars: number of variables ``D`` (index ``D`` is the dummy).
+        num_vars: number of variables ``D``.
         num_leaves: ``K``, distributions per leaf region.
+        layout: "dense", "gather" or "auto".
     """
 
-    def __init__(self, leaf: Leaf, scopes: list[tuple[int, ...]], num_vars: int, num_leaves: int) -> None:
+    def __init__(self, leaf: Leaf, scopes: list[tuple[int, ...]], num_vars: int, num_leaves: int, layout: str = "auto") -> None:
         super().__init__()
         self.leaf = leaf
         self.num_vars = num_vars
@@ -89,7 +97,12 @@ class LeafLayer(nn.Module):
         index = torch.full((len(scopes), n_max), num_vars, dtype=torch.long)
         for r, scope in enumerate(scopes):  # structure compilation, not the forward pass
             index[r, : len(scope)] = torch.as_tensor(scope, dtype=torch.long)
-        self.register_buffer("var_index", index, persistent=False)  # (R, n)
+        self.register_buffer("var_index", index, persistent=False)  # (R, n), padding = num_vars
+        if layout == "auto":
+            layout = "dense" if len(scopes) * num_vars <= 32 * sum(len(s) for s in scopes) else "gather"
+        if layout not in ("dense", "gather"):
+            raise ValueError(f"layout must be 'dense', 'gather' or 'auto', got {layout!r}")
+        self.layout = layout
         init = leaf.init_params((len(scopes), n_max, num_leaves), torch.get_default_dtype())
         self.params = nn.ParameterDict({k: nn.Parameter(v) for k, v in init.items()})
 
@@ -104,12 +117,32 @@ class LeafLayer(nn.Module):
         """Natural parameters ``(R, n, K, S)``."""
         return self.leaf.natural(self.param_dict())
 
-    def forward(self, x_t: Tensor, w_t: Tensor, eta: Tensor | None = None) -> Tensor:
+    def _dense(self, coef: Tensor) -> Tensor:
+        """Scatter per-slot coefficients ``(R, n, K, S)`` into ``(S, D, R*K)``, zero outside each scope."""
+        R, n, K, S = coef.shape
+        dense = coef.new_zeros(S, self.num_vars + 1, R, K)
+        rows = torch.arange(R, device=coef.device).view(R, 1)
+        dense[:, self.var_index, rows, :] = coef.permute(3, 0, 1, 2)  # padding slots land in row D
+        return dense[:, : self.num_vars].reshape(S, self.num_vars, R * K)  # (S, D, R*K)
+
+    def _linear(self, feats: Tensor, coef: Tensor) -> Tensor:
+        """``out[r, b, k] = sum_{d, s} feats[s, b, d] * coef[r, slot(d), k, s]`` for feats ``(S, B, D)``: ``(R, B, K)``."""
+        R, n, K, S = coef.shape
+        B = feats.shape[1]
+        if self.layout == "dense":
+            out = torch.bmm(feats, self._dense(coef)).sum(0)  # (S, B, R*K) -> (B, R*K)
+            return out.view(B, R, K).transpose(0, 1)  # (R, B, K)
+        pad = feats.new_zeros(S, B, 1)
+        g = torch.cat([feats, pad], 2)[:, :, self.var_index]  # (S, B, R, n)
+        g = g.permute(2, 1, 0, 3).reshape(R, B, S * n)  # (R, B, S*n)
+        return torch.bmm(g, coef.permute(0, 3, 1, 2).reshape(R, S * n, K))  # (R, B, K)
+
+    def forward(self, x: Tensor, w: Tensor, eta: Tensor | None = None) -> Tensor:
         """Leaf log-densities.
 
         Args:
-            x_t: values ``(D + 1, B)``, dummy row last.
-            w_t: evidence weights ``1 - m``, ``(D + 1, B)``, zero in the dummy row.
+            x: values ``(B, D)``; unobserved entries hold 0.
+            w: evidence weights ``1 - m``, ``(B, D)``.
             eta: natural parameters ``(R, n, K, S)``; computed from the layer's
                 parameters when None (EM passes its own to read their gradient).
 
@@ -117,22 +150,16 @@ class LeafLayer(nn.Module):
             ``(R, B, K)``.
         """
         eta = self.natural() if eta is None else eta  # (R, n, K, S)
-        R, n, K, S = eta.shape
-        stats = self.leaf.statistics(x_t[self.var_index]) * w_t[self.var_index]  # (S, R, n, B)
-        feats = stats.transpose(0, 1).reshape(R, S * n, -1)  # (R, S*n, B)
-        coef = eta.permute(0, 3, 1, 2).reshape(R, S * n, K)  # (R, S*n, K)
-        return torch.bmm(feats.transpose(1, 2), coef)  # (R, B, K)
+        return self._linear(self.leaf.statistics(x) * w, eta)  # (S, B, D) -> (R, B, K)
 
-    def forward_max(self, x_t: Tensor, w_t: Tensor) -> Tensor:
+    def forward_max(self, x: Tensor, w: Tensor) -> Tensor:
         """Max-product leaf values: observed factors give their log-density, unobserved ones their log-maximum.
 
         Returns:
             ``(R, B, K)``.
         """
-        m = (1 - w_t)[self.var_index]  # (R, n, B)
-        m = torch.where(self.var_index.unsqueeze(-1) < self.num_vars, m, torch.zeros_like(m))
-        peak = self.leaf.log_max(self.param_dict())  # (R, n, K)
-        return self.forward(x_t, w_t) + torch.bmm(m.transpose(1, 2), peak)  # (R, B, K)
+        peak = self.leaf.log_max(self.param_dict()).unsqueeze(-1)  # (R, n, K, 1)
+        return self.forward(x, w) + self._linear((1 - w).unsqueeze(0), peak)
 
     def gather_params(self, choice: Tensor) -> dict[str, Tensor]:
         """Parameters of the chosen component per region and sample.

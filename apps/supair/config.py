@@ -1,0 +1,216 @@
+"""Configuration of a SuPAIR run: one frozen dataclass composed of per-part configs.
+
+Defaults are the original SuPAIR configuration (Stelzner et al., ICML 2019) for
+multi-MNIST, except where a field's comment says otherwise. A run saves its
+config as JSON; :func:`SupairConfig.from_dict` reads it back and validates it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "SPNConfig",
+    "InferenceConfig",
+    "PriorConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "SupairConfig",
+    "dataset_defaults",
+]
+
+
+@dataclass(frozen=True)
+class SPNConfig:
+    """An SPN built with spnkit: a random (RAT-SPN) or Poon-Domingos region graph with Normal leaves."""
+
+    structure: str = "random"  # "random" or "poon-domingos"
+    depth: int = 2  # random: split levels
+    repetitions: int = 6  # random: independent trees
+    delta: int = 7  # poon-domingos: cut spacing in pixels
+    num_leaves: int = 20
+    num_sums: int = 20
+    min_var: float = 0.12
+    max_var: float = 0.35
+
+    def assert_valid(self, name: str) -> None:
+        if self.structure not in ("random", "poon-domingos"):
+            raise ValueError(f"{name}.structure must be 'random' or 'poon-domingos', got {self.structure!r}")
+        for f in ("depth", "repetitions", "delta", "num_leaves", "num_sums"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"{name}.{f} must be >= 1, got {getattr(self, f)}")
+        if not 0 < self.min_var < self.max_var:
+            raise ValueError(f"{name}: need 0 < min_var < max_var, got {self.min_var}, {self.max_var}")
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """The attention network: an LSTM over the steps, fed the image, and an MLP head."""
+
+    encoder: str = "flat"  # "flat" (flattened image, as the original) or "cnn"
+    lstm_units: int = 256
+    head_units: int = 50
+    scale_range: tuple[float, float] = (0.3, 0.9)  # box width as a fraction of the canvas
+    ratio_range: tuple[float, float] = (0.75, 1.25)  # box height / width
+    position_range: tuple[float, float] = (0.0, 0.9)  # box top-left corner, fraction of the canvas
+    min_std: float = 1e-3  # floor of the z_where posterior std (pre-squash space)
+
+    def assert_valid(self) -> None:
+        if self.encoder not in ("flat", "cnn"):
+            raise ValueError(f"inference.encoder must be 'flat' or 'cnn', got {self.encoder!r}")
+        for name in ("scale_range", "ratio_range", "position_range"):
+            lo, hi = getattr(self, name)
+            if not lo < hi:
+                raise ValueError(f"inference.{name} must be (low, high) with low < high, got {(lo, hi)}")
+        if self.scale_range[0] <= 0:
+            raise ValueError("inference.scale_range must be positive")
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    """Priors of the generative model."""
+
+    count_log_p0: float = -0.35667494393873245  # log 0.7: log p(n) = log_p0 - count_rate * n
+    count_rate: float = 0.7
+    overlap_rate: float = 120.0  # Gamma(1, rate) on the occluded fraction of each glimpse: -rate * fraction
+    where_prior_std: float | None = None  # Normal(0, std) on pre-squash z_where; None = flat, as the original
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Scene and model sizes, and the two SPNs."""
+
+    scene_size: int = 50
+    channels: int = 1
+    glimpse_size: int = 28
+    max_steps: int = 3  # N_max
+    background_model: bool = True  # False: fixed Normal background (the paper's ablation)
+    fixed_background_mean: float = 0.0
+    fixed_background_var: float = 0.1  # variance of the fixed background
+    object_spn: SPNConfig = field(default_factory=SPNConfig)
+    background_spn: SPNConfig = field(
+        default_factory=lambda: SPNConfig(depth=1, repetitions=3, num_leaves=6, num_sums=3, min_var=0.002, max_var=0.12)
+    )
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+
+    def assert_valid(self) -> None:
+        if self.scene_size < 8 or self.glimpse_size < 4:
+            raise ValueError(f"scene_size >= 8 and glimpse_size >= 4 needed, got {self.scene_size}, {self.glimpse_size}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        self.object_spn.assert_valid("object_spn")
+        self.background_spn.assert_valid("background_spn")
+        self.inference.assert_valid()
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, evaluation and bookkeeping."""
+
+    dataset: str = "multi-mnist"
+    data_path: str | None = None  # user images (folder or .npz) instead of a built-in data set
+    train_images: int | None = None  # None: the data set's default
+    test_images: int = 2000  # held-out images used at each evaluation
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    steps: int | None = None  # stop after this many steps
+    minutes: float | None = None  # ... or after this much training wall time
+    eval_every: int = 50
+    checkpoint_every: int = 200
+    seed: int = 0
+    threads: int | None = None
+
+    def assert_valid(self) -> None:
+        if self.batch_size < 1 or self.eval_every < 1 or self.checkpoint_every < 1 or self.test_images < 1:
+            raise ValueError("batch_size, eval_every, checkpoint_every and test_images must be >= 1")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.steps is not None and self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+
+
+@dataclass(frozen=True)
+class SupairConfig:
+    """Everything a run needs; saved as ``config.json`` in the run folder."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model_type: str = "supair"  # "supair" or "air"
+
+    def assert_valid(self) -> "SupairConfig":
+        self.model.assert_valid()
+        self.train.assert_valid()
+        if self.model_type not in ("supair", "air"):
+            raise ValueError(f"model_type must be 'supair' or 'air', got {self.model_type!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SupairConfig":
+        return _from_dict(cls, d).assert_valid()
+
+    def replace(self, **changes: Any) -> "SupairConfig":
+        """Copy with dotted-path changes, e.g. ``replace(**{"train.batch_size": 64})``."""
+        d = self.to_dict()
+        for key, value in changes.items():
+            node = d
+            *path, last = key.split(".")
+            for p in path:
+                if p not in node or not isinstance(node[p], dict):
+                    raise ValueError(f"unknown config field {key!r}")
+                node = node[p]
+            if last not in node:
+                raise ValueError(f"unknown config field {key!r}")
+            node[last] = value
+        return SupairConfig.from_dict(d)
+
+
+def _from_dict(cls: type, d: dict[str, Any]) -> Any:
+    if not isinstance(d, dict):
+        raise ValueError(f"expected a JSON object for {cls.__name__}, got {type(d).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(d) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown fields for {cls.__name__}: {sorted(unknown)}")
+    kwargs = {}
+    for name, value in d.items():
+        ftype = fields[name].type
+        sub = _NESTED.get((cls.__name__, name))
+        if sub is not None:
+            kwargs[name] = _from_dict(sub, value)
+        elif isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+        del ftype
+    return cls(**kwargs)
+
+
+_NESTED = {
+    ("SupairConfig", "model"): ModelConfig,
+    ("SupairConfig", "train"): TrainConfig,
+    ("ModelConfig", "object_spn"): SPNConfig,
+    ("ModelConfig", "background_spn"): SPNConfig,
+    ("ModelConfig", "inference"): InferenceConfig,
+    ("ModelConfig", "prior"): PriorConfig,
+}
+
+
+def dataset_defaults(dataset: str) -> dict[str, Any]:
+    """Per-data-set changes of the original configuration (dotted paths)."""
+    if dataset == "sprites":
+        return {"model.background_spn.max_var": 0.16}
+    if dataset == "noisy-mnist":
+        return {"model.background_spn.max_var": 0.06, "model.object_spn.min_var": 0.25}
+    return {}

@@ -1,0 +1,255 @@
+"""SuPAIR: attend-infer-repeat with SPN appearance and background models.
+
+An LSTM looks at the image ``N`` times and proposes, per step, a presence
+probability and a box (``z_where``). Each box's glimpse is scored by the object
+SPN, with the pixels hidden by earlier objects marginalized; the background SPN
+scores the image with every pixel covered by a present object marginalized. The
+ELBO sums over the object count ``n = 0..N`` in closed form, so only
+``z_where`` is sampled (reparameterised).
+
+Shapes: ``B`` images, ``N`` steps, ``C`` channels, ``S`` scene side, ``G``
+glimpse side.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+import spnkit
+
+from .config import ModelConfig, SPNConfig
+from .transform import box_corners, cut_glimpses, paste_glimpses
+
+__all__ = ["Supair", "InferenceNet", "Inference", "build_spn", "count_posterior"]
+
+
+def build_spn(cfg: SPNConfig, height: int, width: int, channels: int, seed: int) -> spnkit.SPN:
+    """An spnkit circuit over an image with ``(row, col, channel)`` variable order."""
+    if cfg.structure == "random":
+        rg = spnkit.RegionGraph.random(height * width * channels, depth=cfg.depth, repetitions=cfg.repetitions, seed=seed)
+    else:
+        rg = spnkit.RegionGraph.poon_domingos(height, width, delta=cfg.delta, channels=channels)
+    leaf = spnkit.Normal(min_var=cfg.min_var, max_var=cfg.max_var, loc_range=(0.0, 1.0))
+    return spnkit.SPN(rg, leaf=leaf, num_sums=cfg.num_sums, num_leaves=cfg.num_leaves, validate_args=False)
+
+
+@dataclass
+class Inference:
+    """Output of the attention network for a batch."""
+
+    pres_logits: Tensor  # (B, N) logit of "another object" at step i
+    where_loc: Tensor  # (B, N, 4) posterior mean, pre-squash
+    where_std: Tensor  # (B, N, 4) posterior std, pre-squash
+    where_raw: Tensor  # (B, N, 4) a draw (or the mean), pre-squash
+    where: Tensor  # (B, N, 4) boxes (width, height, x0, y0) in pixels
+
+    def log_q_where(self) -> Tensor:
+        """``log q(z_where)`` per step ``(B, N)``."""
+        return torch.distributions.Normal(self.where_loc, self.where_std).log_prob(self.where_raw).sum(-1)
+
+    def presence(self) -> Tensor:
+        """Probability that object ``i`` exists, ``prod_{j <= i} p_j``: ``(B, N)``."""
+        return torch.exp(torch.cumsum(F.logsigmoid(self.pres_logits), dim=1))
+
+    def count(self) -> Tensor:
+        """Predicted count: objects whose presence probability is at least 0.5, ``(B,)``."""
+        return (self.presence() >= 0.5).sum(1)
+
+    def boxes(self) -> Tensor:
+        """Boxes as corners ``(x0, y0, x1, y1)`` in pixels, ``(B, N, 4)``."""
+        return box_corners(self.where)
+
+
+def count_posterior(pres_logits: Tensor) -> Tensor:
+    """``log q(n)`` for ``n = 0..N``: ``(B, N) -> (B, N + 1)``.
+
+    ``q(n) = prod_{j < n} p_j * (1 - p_n)``, and ``q(N) = prod_j p_j``.
+    """
+    log_p, log_not = F.logsigmoid(pres_logits), F.logsigmoid(-pres_logits)  # (B, N)
+    before = F.pad(torch.cumsum(log_p, 1), (1, 0))  # (B, N+1): sum_{j<n} log p_j
+    stop = F.pad(log_not, (0, 1))  # (B, N+1): log(1 - p_n), 0 for n = N
+    return before + stop
+
+
+class InferenceNet(nn.Module):
+    """LSTM over ``N`` steps fed the image at every step, with an MLP head per step.
+
+    The input is the same at every step, so its projection into the LSTM gates
+    is computed once.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        icfg = cfg.inference
+        self.cfg = cfg
+        units = icfg.lstm_units
+        if icfg.encoder == "flat":
+            self.encoder: nn.Module = nn.Flatten()
+            features = cfg.channels * cfg.scene_size**2
+        else:
+            self.encoder = nn.Sequential(
+                nn.Conv2d(cfg.channels, 16, 5, stride=2, padding=2), nn.ReLU(),
+                nn.Conv2d(16, 32, 5, stride=2, padding=2), nn.ReLU(),
+                nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(),
+                nn.Flatten(),
+            )
+            with torch.no_grad():
+                features = self.encoder(torch.zeros(1, cfg.channels, cfg.scene_size, cfg.scene_size)).shape[1]
+        self.input_gates = nn.Linear(features, 4 * units)
+        self.hidden_gates = nn.Linear(units, 4 * units, bias=False)
+        self.head = nn.Sequential(nn.Linear(units, icfg.head_units), nn.ReLU(), nn.Linear(icfg.head_units, 9))
+        self.units = units
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-step outputs for ``images`` ``(B, C, S, S)``.
+
+        Returns:
+            presence logits ``(B, N)``, z_where mean ``(B, N, 4)`` and std ``(B, N, 4)``.
+        """
+        B = images.shape[0]
+        x_gates = self.input_gates(self.encoder(images))  # (B, 4U), shared by every step
+        h = images.new_zeros(B, self.units)
+        c = images.new_zeros(B, self.units)
+        outs = []
+        for _ in range(self.cfg.max_steps):  # the N steps of attention (not pixels or images)
+            i, f, g, o = (x_gates + self.hidden_gates(h)).chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            outs.append(self.head(h))
+        out = torch.stack(outs, 1)  # (B, N, 9)
+        std = F.softplus(out[..., 5:]) + self.cfg.inference.min_std
+        return out[..., 0], out[..., 1:5], std
+
+    def squash(self, raw: Tensor) -> Tensor:
+        """Pre-squash ``(..., 4)`` to boxes ``(width, height, x0, y0)`` in pixels within the configured ranges."""
+        icfg, S = self.cfg.inference, self.cfg.scene_size
+        u = torch.sigmoid(raw)
+        lo = raw.new_tensor([icfg.scale_range[0], icfg.ratio_range[0], icfg.position_range[0], icfg.position_range[0]])
+        hi = raw.new_tensor([icfg.scale_range[1], icfg.ratio_range[1], icfg.position_range[1], icfg.position_range[1]])
+        scale, ratio, x0, y0 = (lo + (hi - lo) * u).unbind(-1)
+        width = scale * S
+        return torch.stack([width, width * ratio, x0 * S, y0 * S], -1)
+
+
+class Supair(nn.Module):
+    """The SuPAIR model: inference network, object SPN and background SPN (or a fixed background).
+
+    Args:
+        cfg: the model configuration.
+        seed: seed of the random region graphs.
+    """
+
+    def __init__(self, cfg: ModelConfig, seed: int = 0) -> None:
+        super().__init__()
+        cfg.assert_valid()
+        self.cfg = cfg
+        self.inference = InferenceNet(cfg)
+        G, S, C = cfg.glimpse_size, cfg.scene_size, cfg.channels
+        self.object_spn = build_spn(cfg.object_spn, G, G, C, seed)
+        self.background_spn = build_spn(cfg.background_spn, S, S, C, seed + 1) if cfg.background_model else None
+
+    # ------------------------------------------------------------ inference
+    def infer(self, images: Tensor, sample: bool = True) -> Inference:
+        """Run the attention network; ``sample=False`` takes the posterior means."""
+        logits, loc, std = self.inference(images)
+        raw = loc + std * torch.randn_like(std) if sample else loc
+        return Inference(logits, loc, std, raw, self.inference.squash(raw))
+
+    # ---------------------------------------------------------------- model
+    def visibility(self, where: Tensor) -> Tensor:
+        """Image-space visibility before each object, ``(B, N+1, S, S)``.
+
+        Entry ``n`` is the running product of ``1 - coverage`` of objects
+        ``0..n-1``: 1 where no earlier object covers the pixel.
+        """
+        B, N = where.shape[:2]
+        G, S = self.cfg.glimpse_size, self.cfg.scene_size
+        ones = where.new_ones(B * N, 1, G, G)
+        cover = paste_glimpses(ones, where.reshape(B * N, 4), S).view(B, N, S, S)  # (B, N, S, S)
+        return torch.cumprod(torch.cat([where.new_ones(B, 1, S, S), 1 - cover], 1), dim=1)  # (B, N+1, S, S)
+
+    def log_joint(self, images: Tensor, inf: Inference) -> dict[str, Tensor]:
+        """``log p(x, z, n)`` for each count alternative, and its parts.
+
+        Returns:
+            dict with ``log_joint`` ``(B, N+1)``, ``objects`` ``(B, N)`` (scaled
+            object log-likelihoods), ``background`` ``(B, N+1)``, ``overlap``
+            ``(B, N)`` (occluded fraction of each glimpse).
+        """
+        cfg = self.cfg
+        B, C, S, _ = images.shape
+        N, G = cfg.max_steps, cfg.glimpse_size
+        where = inf.where  # (B, N, 4)
+        flat_where = where.reshape(B * N, 4)
+        vis = self.visibility(where)  # (B, N+1, S, S)
+        # objects: glimpses and their visibility, in glimpse space
+        rep = images.unsqueeze(1).expand(B, N, C, S, S).reshape(B * N, C, S, S)
+        glimpses = cut_glimpses(rep, flat_where, G)  # (B*N, C, G, G)
+        g_vis = cut_glimpses(vis[:, :N].reshape(B * N, 1, S, S), flat_where, G)  # (B*N, 1, G, G)
+        hidden = (1 - g_vis).clamp(0, 1)  # (B*N, 1, G, G)
+        obj_x = glimpses.permute(0, 2, 3, 1).reshape(B * N, G * G * C)  # (B*N, G*G*C), (row, col, channel)
+        obj_m = hidden.permute(0, 2, 3, 1).expand(-1, -1, -1, C).reshape(B * N, G * G * C)
+        area = (where[..., 0] * where[..., 1]) / (G * G)  # (B, N): image pixels per glimpse pixel
+        objects = self.object_spn.log_prob(obj_x, marginalized=obj_m).view(B, N) * area  # (B, N)
+        overlap = hidden.mean((1, 2, 3)).view(B, N)  # (B, N)
+        # background, once per count alternative
+        bg_m = (1 - vis).clamp(0, 1).unsqueeze(2).expand(B, N + 1, C, S, S)  # (B, N+1, C, S, S)
+        bg_x = images.unsqueeze(1).expand(B, N + 1, C, S, S)
+        background = self._background_log_prob(
+            bg_x.permute(0, 1, 3, 4, 2).reshape(B * (N + 1), S * S * C),
+            bg_m.permute(0, 1, 3, 4, 2).reshape(B * (N + 1), S * S * C),
+        ).view(B, N + 1)
+        prior = cfg.prior
+        counts = torch.arange(N + 1, device=images.device, dtype=images.dtype)
+        log_joint = (
+            F.pad(torch.cumsum(objects, 1), (1, 0))
+            + background
+            + (prior.count_log_p0 - prior.count_rate * counts)
+            - prior.overlap_rate * F.pad(torch.cumsum(overlap, 1), (1, 0))
+        )
+        if prior.where_prior_std is not None:
+            lp = torch.distributions.Normal(0.0, prior.where_prior_std).log_prob(inf.where_raw).sum(-1)  # (B, N)
+            log_joint = log_joint + F.pad(torch.cumsum(lp, 1), (1, 0))
+        return {"log_joint": log_joint, "objects": objects, "background": background, "overlap": overlap}
+
+    def _background_log_prob(self, x: Tensor, m: Tensor) -> Tensor:
+        if self.background_spn is not None:
+            return self.background_spn.log_prob(x, marginalized=m)
+        cfg = self.cfg
+        ll = -0.5 * (x - cfg.fixed_background_mean) ** 2 / cfg.fixed_background_var - 0.5 * math.log(2 * math.pi * cfg.fixed_background_var)
+        return ((1 - m) * ll).sum(-1)
+
+    def elbo(self, images: Tensor, inf: Inference | None = None) -> tuple[Tensor, Inference]:
+        """The evidence lower bound per image ``(B,)``, summed over counts in closed form.
+
+        ``ELBO = sum_n q(n) [log p(x, z, n) - log q(n)] - sum_i log q(z_where_i)``.
+        """
+        inf = self.infer(images) if inf is None else inf
+        log_joint = self.log_joint(images, inf)["log_joint"]  # (B, N+1)
+        log_qn = count_posterior(inf.pres_logits)  # (B, N+1)
+        elbo = (log_qn.exp() * (log_joint - log_qn)).sum(1) - inf.log_q_where().sum(1)
+        return elbo, inf
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Mean negative ELBO per image (the training loss)."""
+        return -self.elbo(images)[0].mean()
+
+    @torch.no_grad()
+    def log_marginal(self, images: Tensor, num_samples: int = 10) -> Tensor:
+        """Importance-weighted estimate of ``log p(x)`` with ``num_samples`` draws of ``z_where``, ``(B,)``.
+
+        Each weight sums over counts exactly: ``sum_n p(x, z_{<n}, n) / q(z_{<n})``
+        (boxes after the n-th are drawn from q and integrate to one).
+        """
+        logs = []
+        for _ in range(num_samples):  # draws, not pixels
+            inf = self.infer(images)
+            lj = self.log_joint(images, inf)["log_joint"]  # (B, N+1)
+            lq = F.pad(torch.cumsum(inf.log_q_where(), 1), (1, 0))  # (B, N+1)
+            logs.append(torch.logsumexp(lj - lq, 1))
+        return torch.logsumexp(torch.stack(logs), 0) - math.log(num_samples)

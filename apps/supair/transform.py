@@ -1,0 +1,79 @@
+"""Boxes and the spatial transformer: cutting glimpses from images and pasting them back.
+
+A box ``z_where = (width, height, x0, y0)`` is given in pixels of a square
+canvas of side ``S`` (top-left corner at ``(x0, y0)``). The glimpse is the box
+resampled to ``G x G`` pixels (bilinear, ``align_corners=False``); pixels of the
+box outside the canvas read as 0.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+__all__ = ["box_to_theta", "glimpse_to_image_theta", "cut_glimpses", "paste_glimpses", "box_corners"]
+
+
+def box_to_theta(where: Tensor, canvas: int) -> Tensor:
+    """Affine maps from glimpse coordinates to image coordinates (both in [-1, 1]).
+
+    Args:
+        where: ``(..., 4)`` boxes ``(width, height, x0, y0)`` in pixels.
+        canvas: side of the square image in pixels.
+
+    Returns:
+        ``(..., 2, 3)`` for ``F.affine_grid``.
+    """
+    w, h, x0, y0 = where.unbind(-1)
+    sx, sy = w / canvas, h / canvas
+    tx, ty = (2 * x0 + w) / canvas - 1, (2 * y0 + h) / canvas - 1
+    zero = torch.zeros_like(sx)
+    return torch.stack([torch.stack([sx, zero, tx], -1), torch.stack([zero, sy, ty], -1)], -2)
+
+
+def glimpse_to_image_theta(where: Tensor, canvas: int) -> Tensor:
+    """The inverse maps, image coordinates to glimpse coordinates: ``(..., 2, 3)``."""
+    w, h, x0, y0 = where.unbind(-1)
+    sx, sy = w / canvas, h / canvas
+    tx, ty = (2 * x0 + w) / canvas - 1, (2 * y0 + h) / canvas - 1
+    zero = torch.zeros_like(sx)
+    return torch.stack([torch.stack([1 / sx, zero, -tx / sx], -1), torch.stack([zero, 1 / sy, -ty / sy], -1)], -2)
+
+
+def cut_glimpses(images: Tensor, where: Tensor, size: int) -> Tensor:
+    """Cut one glimpse per box.
+
+    Args:
+        images: ``(B, C, S, S)``.
+        where: ``(B, 4)`` boxes in pixels.
+        size: glimpse side ``G``.
+
+    Returns:
+        ``(B, C, G, G)``.
+    """
+    B, C = images.shape[:2]
+    grid = F.affine_grid(box_to_theta(where, images.shape[-1]), [B, C, size, size], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def paste_glimpses(glimpses: Tensor, where: Tensor, canvas: int) -> Tensor:
+    """Paste glimpses back into their boxes on an empty canvas.
+
+    Args:
+        glimpses: ``(B, C, G, G)``.
+        where: ``(B, 4)`` boxes in pixels.
+        canvas: image side ``S``.
+
+    Returns:
+        ``(B, C, S, S)``, zero outside the boxes.
+    """
+    B, C = glimpses.shape[:2]
+    grid = F.affine_grid(glimpse_to_image_theta(where, canvas), [B, C, canvas, canvas], align_corners=False)
+    return F.grid_sample(glimpses, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def box_corners(where: Tensor) -> Tensor:
+    """``(..., 4)`` boxes ``(width, height, x0, y0)`` to corners ``(x0, y0, x1, y1)``."""
+    w, h, x0, y0 = where.unbind(-1)
+    return torch.stack([x0, y0, x0 + w, y0 + h], -1)
