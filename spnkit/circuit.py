@@ -218,12 +218,11 @@ class SPN(nn.Module):
         return x, m
 
     def _to_leaf_input(self, x: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
-        """``(B, D)`` values and mask to variable-major ``(D + 1, B)`` values and weights, dummy row last."""
-        pad = x.new_zeros(1, x.shape[0])
-        return torch.cat([x.t(), pad]), torch.cat([(1 - m).t(), pad])  # (D+1, B) each
+        """``(B, D)`` values and mask to the leaf layer's values and evidence weights ``1 - m``, both ``(B, D)``."""
+        return x, 1 - m
 
     # --------------------------------------------------------------- upward
-    def _upward(self, x_t: Tensor, w_t: Tensor, mode: str = "sum", params: dict[str, Tensor] | None = None) -> _Trace:
+    def _upward(self, x: Tensor, w: Tensor, mode: str = "sum", params: dict[str, Tensor] | None = None) -> _Trace:
         """One bottom-up pass. ``mode`` is "sum" (log-likelihood) or "max" (max-product).
 
         ``params`` may supply ``"eta"`` and ``"sums.i"`` / ``"mix.i"`` log-weights
@@ -231,9 +230,9 @@ class SPN(nn.Module):
         """
         params = params or {}
         if mode == "sum":
-            leaf = self.leaf_layer(x_t, w_t, params.get("eta"))
+            leaf = self.leaf_layer(x, w, params.get("eta"))  # (R0, B, K_leaf)
         else:
-            leaf = self.leaf_layer.forward_max(x_t, w_t)  # (R0, B, K_leaf)
+            leaf = self.leaf_layer.forward_max(x, w)  # (R0, B, K_leaf)
         buf = self._pad(leaf)
         parts: list[Tensor] = []
         out = leaf
@@ -558,6 +557,12 @@ class SPN(nn.Module):
 
     def _node_of(self, region: int, k: int) -> tuple:
         return ("leaf", region, k) if region in self.region_graph.leaf_regions else ("sum", region, k)
+
+    def summary(self, batch_size: int = 1):
+        """Table of layers and effective parameters; see :func:`spnkit.summary.summary`."""
+        from .summary import summary  # lazy: spnkit.summary imports the layers
+
+        return summary(self, batch_size)
 
     def extra_repr(self) -> str:
         return (
