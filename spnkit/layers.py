@@ -210,14 +210,14 @@ class ProductSumLayer(nn.Module):
             logits = logits.masked_fill(~self.valid, -torch.inf)
         return torch.log_softmax(logits, dim=1)
 
-    def children(self, buf: Tensor) -> tuple[Tensor, Tensor]:
+    def child_values(self, buf: Tensor) -> tuple[Tensor, Tensor]:  # not `children`: that would shadow nn.Module.children (breaks .to/.double)
         """The children's log-values ``(P, B, k_in)`` each."""
         return buf[self.left, :, : self.k_in], buf[self.right, :, : self.k_in]
 
     def forward(self, buf: Tensor, log_w: Tensor | None = None) -> Tensor:
         """Sum-product values ``(P, B, K_out)`` from the buffer ``(rows, B, K_max)``."""
         log_w = self.log_weights() if log_w is None else log_w
-        a, b = self.children(buf)
+        a, b = self.child_values(buf)
         return log_matmul_exp(a, b, torch.exp(log_w))
 
     def forward_max(self, buf: Tensor) -> Tensor:
@@ -226,7 +226,7 @@ class ProductSumLayer(nn.Module):
 
     def product_scores(self, buf: Tensor) -> Tensor:
         """``log w + log product`` for every sum and product: ``(P, B, I*J, K_out)``."""
-        a, b = self.children(buf)
+        a, b = self.child_values(buf)
         prod = (a.unsqueeze(-1) + b.unsqueeze(-2)).flatten(-2)  # (P, B, I*J)
         return prod.unsqueeze(-1) + self.log_weights().unsqueeze(1)  # (P, B, I*J, K_out)
 
