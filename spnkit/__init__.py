@@ -10,6 +10,7 @@ Mask polarity, everywhere in spnkit: True (or 1.0) = unobserved, integrated out.
 from .circuit import SPN
 from .leaves import Bernoulli, Categorical, Leaf, Normal
 from .region_graph import InvalidStructureError, Partition, RegionGraph
+from .viz import draw
 
 __all__ = [
     "SPN",
@@ -20,6 +21,7 @@ __all__ = [
     "Normal",
     "Bernoulli",
     "Categorical",
+    "draw",
 ]
 
 __version__ = "0.1.0"

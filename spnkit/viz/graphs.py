@@ -1,0 +1,141 @@
+"""What is drawn: the region-level graph of a circuit, node counts, and pixel thumbnails of regions.
+
+These are plain data (networkx graphs and numpy arrays); :mod:`spnkit.viz.dot`
+turns them into Graphviz source and :mod:`spnkit.viz.render` into files.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import networkx as nx
+import numpy as np
+
+from ..region_graph import RegionGraph
+from ..summary import effective_parameter_counts
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..circuit import SPN
+
+__all__ = ["region_level_graph", "circuit_node_counts", "region_coverage", "LEVELS"]
+
+#: drawing levels of a circuit
+LEVELS = ("auto", "node", "region")
+
+
+def _vector_size(spn: "SPN", region: int) -> int:
+    """Entries ``K`` of a region's vector: leaves, sums, or root sums."""
+    rg = spn.region_graph
+    if not rg.partitions_of[region]:
+        return spn.num_leaves
+    return spn.num_classes if region == rg.root else spn.num_sums
+
+
+def region_level_graph(spn: "SPN") -> nx.DiGraph:
+    """The circuit with one node per region vector and one per partition.
+
+    Nodes ``("r", i)`` (region ``i`` of the region graph) have ``kind="region"``,
+    ``role`` in {"leaf", "sum", "root"}, ``scope`` (tuple), ``height``, ``K``
+    (entries of the vector) and ``params`` (effective parameters that compute
+    the vector: the leaf parameters of a leaf region; the sum weights of all
+    its partitions plus its mixing weights for an inner region). Nodes
+    ``("p", j)`` have ``kind="partition"``, ``scope`` (the parent's),
+    ``height`` (the parent's), ``products`` (``K_a * K_b``) and ``weights``
+    (effective weights of the ``K`` sums over these products, already counted
+    in the parent's ``params``). Edges run region -> partition -> child region,
+    as in :meth:`RegionGraph.to_networkx`. Summing ``params`` over the region
+    nodes gives ``spn.summary().total_params``.
+
+    Args:
+        spn: the circuit.
+
+    Returns:
+        a ``networkx.DiGraph``; ``graph`` holds ``num_vars``, ``num_leaves``,
+        ``num_sums``, ``num_classes`` and ``leaf`` (the family's name).
+    """
+    rg = spn.region_graph
+    heights = rg.heights
+    g = nx.DiGraph()
+    g.graph.update(
+        num_vars=spn.num_vars, num_leaves=spn.num_leaves, num_sums=spn.num_sums,
+        num_classes=spn.num_classes, leaf=type(spn.leaf).__name__,
+    )
+    if rg.image_shape is not None:
+        g.graph["image_shape"] = rg.image_shape
+    params = np.zeros(len(rg.regions), dtype=np.int64)
+    leaf_counts = effective_parameter_counts(spn.leaf_layer).numpy()
+    params[list(rg.leaf_regions)] = leaf_counts  # leaf layer rows follow rg.leaf_regions
+    weights: dict[int, int] = {}
+    for lv in spn._levels:
+        part_counts = effective_parameter_counts(lv.sums).tolist()
+        for pj, n in zip(lv.partitions, part_counts):
+            weights[pj] = int(n)
+            params[rg.partitions[pj].parent] += n
+        if lv.mixing is not None:
+            params[lv.regions] += effective_parameter_counts(lv.mixing).numpy()
+    for i, scope in enumerate(rg.regions):
+        role = "root" if i == rg.root else ("sum" if rg.partitions_of[i] else "leaf")
+        g.add_node(("r", i), kind="region", role=role, scope=scope, height=heights[i],
+                   K=_vector_size(spn, i), params=int(params[i]))
+    for j, p in enumerate(rg.partitions):
+        products = math.prod(_vector_size(spn, c) for c in p.children)
+        g.add_node(("p", j), kind="partition", scope=rg.regions[p.parent], height=heights[p.parent],
+                   products=products, weights=weights[j])
+        g.add_edge(("r", p.parent), ("p", j))
+        for c in p.children:
+            g.add_edge(("p", j), ("r", c))
+    return g
+
+
+def circuit_node_counts(spn: "SPN") -> dict[str, int]:
+    """Nodes of the node-level graph (:meth:`SPN.to_networkx`) by kind, without building it.
+
+    Returns:
+        ``{"leaf": ..., "sum": ..., "product": ...}``; "sum" includes the
+        per-partition sums of regions with several partitions.
+    """
+    rg = spn.region_graph
+    leaf = len(rg.leaf_regions) * spn.num_leaves
+    sums = product = 0
+    for i, parts in enumerate(rg.partitions_of):
+        if not parts:
+            continue
+        k = _vector_size(spn, i)
+        sums += k + (k * len(parts) if len(parts) > 1 else 0)
+        for j in parts:
+            product += math.prod(_vector_size(spn, c) for c in rg.partitions[j].children)
+    return {"leaf": leaf, "sum": sums, "product": product}
+
+
+def region_coverage(rg: RegionGraph, max_cells: int = 16) -> np.ndarray:
+    """Fraction of each thumbnail cell that each region covers.
+
+    The image is cut into blocks of ``f x f`` pixels, ``f`` the smallest factor
+    that leaves at most ``max_cells`` blocks per side; a block's value is the
+    fraction of its pixels (and channels) in the region's scope.
+
+    Args:
+        rg: a region graph with ``image_shape``.
+        max_cells: most cells per side.
+
+    Returns:
+        ``(regions, rows, cols)`` float array in ``[0, 1]``.
+
+    Raises:
+        ValueError: if ``rg`` has no ``image_shape`` or ``max_cells < 1``.
+    """
+    if rg.image_shape is None:
+        raise ValueError("thumbnails need a region graph with image_shape (height, width, channels)")
+    if not isinstance(max_cells, int) or max_cells < 1:
+        raise ValueError(f"max_cells must be a positive int, got {max_cells!r}")
+    H, W, C = rg.image_shape
+    lens = np.fromiter((len(s) for s in rg.regions), dtype=np.int64, count=len(rg.regions))
+    member = np.zeros((len(rg.regions), rg.num_vars), dtype=np.float64)
+    member[np.repeat(np.arange(len(rg.regions)), lens), np.concatenate([np.asarray(s) for s in rg.regions])] = 1.0
+    pix = member.reshape(-1, H, W, C).mean(-1)  # (R, H, W)
+    f = max(math.ceil(H / max_cells), math.ceil(W / max_cells))
+    rows, cols = np.arange(0, H, f), np.arange(0, W, f)
+    sums = np.add.reduceat(np.add.reduceat(pix, rows, axis=1), cols, axis=2)  # (R, rows, cols)
+    counts = np.outer(np.diff(np.append(rows, H)), np.diff(np.append(cols, W)))  # pixels per block
+    return sums / counts
