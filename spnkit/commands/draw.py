@@ -1,16 +1,6 @@
 """``spnkit draw``: draw a region graph, a compiled circuit or a saved model.
 
-Examples::
-
-    spnkit draw random --num-vars 16 --depth 2 --repetitions 2 -o rg.svg
-    spnkit draw poon-domingos --height 8 --width 8 --delta 4 -o pd.png
-    spnkit draw quad-tree --height 8 --width 8 --depth 2 -o qt.svg
-    spnkit draw random --num-vars 8 --depth 2 --circuit --num-sums 2 --num-leaves 2 --level node -o spn.svg
-    spnkit draw model model.pt -o model.svg --summary
-
-The format follows the suffix of ``-o`` (.svg .png .pdf .dot). Without
-Graphviz's ``dot`` program, the DOT source and a matplotlib drawing are written
-instead, with one message saying so.
+See :data:`EPILOG` (the ``--help`` text) for examples, and docs/visualization.md.
 """
 
 from __future__ import annotations
@@ -22,7 +12,19 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["add_parser"]
+__all__ = ["add_parser", "EPILOG"]
+
+EPILOG = """examples:
+  spnkit draw random --num-vars 16 --depth 2 --repetitions 2 -o rg.svg
+  spnkit draw poon-domingos --height 8 --width 8 --delta 4 -o pd.png
+  spnkit draw quad-tree --height 8 --width 8 --depth 2 -o qt.svg
+  spnkit draw random --num-vars 8 --depth 2 --circuit --num-sums 2 --num-leaves 2 --level node -o spn.svg
+  spnkit draw model model.spn -o model.svg --summary
+
+The format follows the suffix of -o (.svg .png .pdf .dot). Without Graphviz's
+dot program, the DOT source and a matplotlib drawing are written instead, with
+one message saying so.
+"""
 
 _LEAVES = ("normal", "bernoulli", "categorical")
 
@@ -64,8 +66,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     c.add_argument("--thumbnails", action=argparse.BooleanOptionalAction, default=None,
                    help="draw the pixels each region covers (image structures; default: automatic)")
 
-    p = subparsers.add_parser("draw", help="draw a region graph, circuit or saved model", description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p = subparsers.add_parser("draw", help="draw a region graph, circuit or saved model",
+                              description="Draw a region graph, a compiled circuit or a saved model.",
+                              formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     sub = p.add_subparsers(dest="structure", metavar="{random,poon-domingos,quad-tree,model}")
     p.set_defaults(func=partial(_missing_structure, p))
 
