@@ -8,6 +8,8 @@ Mask polarity, everywhere in spnkit: True (or 1.0) = unobserved, integrated out.
 """
 
 from .circuit import SPN
+from .io import load
+from .learn import fit
 from .leaves import Bernoulli, Categorical, Leaf, Normal
 from .region_graph import InvalidStructureError, Partition, RegionGraph
 from .viz import draw
@@ -22,6 +24,8 @@ __all__ = [
     "Bernoulli",
     "Categorical",
     "draw",
+    "fit",
+    "load",
 ]
 
 __version__ = "0.1.0"

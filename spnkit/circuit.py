@@ -452,6 +452,12 @@ class SPN(nn.Module):
         out, value = self._complete(x, m, True, root, None, keep_observed)
         return (out, value) if return_value else out
 
+    def save(self, path) -> None:
+        """Write the structure and parameters to ``path`` (see :func:`spnkit.io.save`; read back with ``spnkit.load``)."""
+        from .io import save  # noqa: PLC0415 (io imports this module)
+
+        save(self, path)
+
     # ------------------------------------------------------------- validity
     def check_valid(self) -> None:
         """Check the compiled circuit, independently of the region graph's own check.

@@ -86,6 +86,15 @@ class Leaf(ABC):
             params: the current parameters, kept where a factor saw no data.
         """
 
+    def mean_statistics(self, params: dict[str, Tensor]) -> Tensor:
+        """Expected sufficient statistics ``E[T(x)]`` of each factor: ``(*P, S)``.
+
+        The mean parameters in which stochastic EM mixes old and new estimates;
+        ``m_step(mean_statistics(params), params)`` recovers ``params`` up to the
+        family's bounds.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not define mean_statistics, which stochastic EM needs")
+
     def event_dtype(self, dtype: torch.dtype) -> torch.dtype:
         """The dtype of samples (the module's float dtype for every built-in family)."""
         return dtype
@@ -145,6 +154,10 @@ class Normal(Leaf):
     def mode(self, params):
         return params["loc"]
 
+    def mean_statistics(self, params):
+        loc = params["loc"]
+        return torch.stack([self.variance(params) + loc * loc, loc, torch.ones_like(loc)], dim=-1)
+
     def support_error(self, x, observed):
         return None
 
@@ -188,6 +201,10 @@ class Bernoulli(Leaf):
 
     def mode(self, params):
         return (params["logits"] > 0).to(params["logits"].dtype)
+
+    def mean_statistics(self, params):
+        p = torch.sigmoid(params["logits"])
+        return torch.stack([p, torch.ones_like(p)], dim=-1)
 
     def support_error(self, x, observed):
         bad = observed & (x != 0) & (x != 1)
@@ -237,6 +254,9 @@ class Categorical(Leaf):
 
     def mode(self, params):
         return params["logits"].argmax(-1).to(params["logits"].dtype)
+
+    def mean_statistics(self, params):
+        return torch.softmax(params["logits"], dim=-1)
 
     def support_error(self, x, observed):
         bad = observed & ((x != torch.round(x)) | (x < 0) | (x >= self.num_categories))

@@ -1,0 +1,213 @@
+"""Expectation-maximization for compiled circuits.
+
+E-step: the expected counts of every sum weight and the expected sufficient
+statistics of every leaf come from ONE backward pass. The upward pass is run on
+detached copies of the normalized log-weights and of the leaf natural
+parameters that require grad; the gradient of the summed root log-likelihood
+``L`` gives
+
+* ``dL/d(log w) = w * dL/dw``, the expected number of times each weight's edge
+  lies in the induced tree (Peharz et al., "On the latent variable
+  interpretation in SPNs", 2016), and
+* ``dL/d(eta)``, the responsibility-weighted sufficient statistics of each leaf
+  factor (marginalized entries contribute nothing: their factor integrates to 1
+  whatever the parameters).
+
+M-step: sum weights become the normalized counts and leaves take
+``leaf.m_step``. With a step size below 1 the update is the stochastic
+(online) EM of EinsumNetworks (Peharz et al., ICML 2020): new and old estimates
+are mixed in the mean-parameter space, ``w <- (1 - s) w + s n / sum(n)`` and
+``E[T] <- (1 - s) E_old[T] + s E_new[T]``.
+
+Example:
+    >>> import torch, spnkit
+    >>> from spnkit.learn import expected_counts, m_step
+    >>> rg = spnkit.RegionGraph.random(num_vars=4, depth=1, repetitions=2, seed=0)
+    >>> spn = spnkit.SPN(rg, spnkit.Bernoulli(), num_sums=2, num_leaves=2).double()
+    >>> x = torch.randint(0, 2, (64, 4)).double()
+    >>> before = spn.log_prob(x).sum()
+    >>> m_step(spn, expected_counts(spn, x))
+    >>> bool(spn.log_prob(x).sum() >= before)
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..circuit import SPN
+
+__all__ = ["Counts", "expected_counts", "m_step"]
+
+#: smallest sum weight written by the M-step (keeps log-weights finite)
+WEIGHT_FLOOR = 1e-12
+
+
+@dataclass
+class Counts:
+    """Expected counts of one or more batches; ``a + b`` accumulates two.
+
+    Attributes:
+        sums: per level, expected counts of the product-sum weights ``(P, I*J, K_out)``.
+        mixing: per level, counts of the mixing weights ``(R_h, P_max, K)``, or None.
+        leaves: expected sufficient statistics ``(R, n, K, S)`` of the leaf factors.
+        log_likelihood: summed log-likelihood of the samples (0-dim, detached).
+        num_samples: number of samples.
+    """
+
+    sums: list[Tensor]
+    mixing: list[Tensor | None]
+    leaves: Tensor
+    log_likelihood: Tensor
+    num_samples: int
+
+    def __add__(self, other: "Counts") -> "Counts":
+        return Counts(
+            [a + b for a, b in zip(self.sums, other.sums)],
+            [None if a is None else a + b for a, b in zip(self.mixing, other.mixing)],
+            self.leaves + other.leaves,
+            self.log_likelihood + other.log_likelihood,
+            self.num_samples + other.num_samples,
+        )
+
+
+def root_log_likelihood(root: Tensor, labels: Tensor | None) -> Tensor:
+    """The generative objective per sample ``(B,)`` from root values ``(B, C)``.
+
+    ``log p(x | y)`` with labels; without them ``log p(x)`` (for ``C > 1`` the
+    roots are mixed with a uniform class prior).
+    """
+    if labels is not None:
+        return root.gather(1, labels.view(-1, 1)).squeeze(1)
+    if root.shape[1] == 1:
+        return root[:, 0]
+    return torch.logsumexp(root, dim=1) - math.log(root.shape[1])
+
+
+def expected_counts(spn: SPN, x: Tensor, marginalized: Tensor | None = None, labels: Tensor | None = None) -> Counts:
+    """E-step: expected counts of every weight and statistics of every leaf.
+
+    Args:
+        spn: the circuit (its parameters are read, not changed).
+        x: ``(B, D)`` data.
+        marginalized: ``(B, D)`` mask, True / 1.0 = unobserved (missing values).
+        labels: ``(B,)`` class indices when ``num_classes > 1``: counts of
+            ``log p(x | y)`` under the labelled root.
+
+    Returns:
+        the :class:`Counts` of the batch.
+
+    Raises:
+        ValueError: on malformed inputs, or if a sample has zero likelihood.
+    """
+    x, m = spn._prepare(x, marginalized)
+    labels = check_labels(spn, labels, x.shape[0])
+    return _e_step(spn, x, m, labels)[0]
+
+
+def check_labels(spn: SPN, labels: Tensor | None, batch: int) -> Tensor | None:
+    """Validate class labels: None or an integer tensor ``(batch,)`` in ``[0, num_classes)``."""
+    if labels is None:
+        return None
+    if not isinstance(labels, Tensor) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be an integer torch.Tensor of shape ({batch},), got {getattr(labels, 'dtype', type(labels).__name__)}")
+    if labels.shape != (batch,):
+        raise ValueError(f"labels must have shape ({batch},), got {tuple(labels.shape)}")
+    if spn.num_classes == 1:
+        raise ValueError("labels need a circuit with num_classes > 1")
+    if bool(((labels < 0) | (labels >= spn.num_classes)).any()):
+        raise ValueError(f"labels must lie in 0..{spn.num_classes - 1}")
+    return labels.to(device=spn.device, dtype=torch.long)
+
+
+def _em_params(spn: SPN) -> dict[str, Tensor]:
+    """Detached current parameters, as leaves requiring grad, in the layout ``SPN._upward`` accepts."""
+    with torch.no_grad():
+        params = {"eta": spn.leaf_layer.natural()}  # (R, n, K, S)
+        for i, lv in enumerate(spn._levels):
+            params[f"sums.{i}"] = lv.sums.log_weights()  # (P, I*J, K_out)
+            if lv.mixing is not None:
+                params[f"mix.{i}"] = lv.mixing.log_weights()  # (R_h, P_max, K)
+    return {k: v.detach().requires_grad_() for k, v in params.items()}
+
+
+def _e_step(spn: SPN, x: Tensor, m: Tensor, labels: Tensor | None) -> tuple[Counts, Tensor]:
+    """E-step on prepared inputs (``x``, float mask ``m``, long labels or None); also returns the detached root values ``(B, C)``."""
+    params = _em_params(spn)
+    with torch.enable_grad():
+        root = spn._upward(*spn._to_leaf_input(x, m), "sum", params).root  # (B, C)
+        ll = root_log_likelihood(root, labels)  # (B,)
+        if not bool(torch.isfinite(ll).all()):
+            raise ValueError("a sample has zero likelihood (log-likelihood -inf or NaN); EM needs every sample to have positive density")
+        total = ll.sum()
+        grads = dict(zip(params, torch.autograd.grad(total, list(params.values()))))
+    sums = [grads[f"sums.{i}"] for i in range(len(spn._levels))]
+    mixing = [grads.get(f"mix.{i}") for i in range(len(spn._levels))]
+    return Counts(sums, mixing, grads["eta"], total.detach(), x.shape[0]), root.detach()
+
+
+@torch.no_grad()
+def m_step(spn: SPN, counts: Counts, step_size: float = 1.0) -> None:
+    """M-step: set the parameters of ``spn`` from expected counts, in place.
+
+    Args:
+        spn: the circuit whose counts these are.
+        counts: from :func:`expected_counts` (summed over batches for full-batch EM).
+        step_size: 1 for the exact M-step; ``0 < s < 1`` mixes old and new
+            estimates in mean-parameter space (stochastic EM).
+
+    Sum weights or leaf factors that received no count keep their values.
+    """
+    if not 0 < step_size <= 1:
+        raise ValueError(f"step_size must lie in (0, 1], got {step_size!r}")
+    if len(counts.sums) != len(spn._levels) or counts.leaves.shape[:3] != spn.leaf_layer.var_index.shape + (spn.num_leaves,):
+        raise ValueError("these counts belong to a circuit of another structure")
+    for i, lv in enumerate(spn._levels):
+        _update_weights(lv.sums.logits, lv.sums.log_weights(), counts.sums[i], step_size)
+        if lv.mixing is not None:
+            _update_weights(lv.mixing.logits, lv.mixing.log_weights(), counts.mixing[i], step_size)
+    _update_leaves(spn, counts.leaves, step_size)
+
+
+def _update_weights(logits: Tensor, log_w: Tensor, n: Tensor, step: float) -> None:
+    """Normalized counts (mixed with the old weights) into ``logits``; normalization runs over dim 1.
+
+    Args:
+        logits: the layer's parameter ``(A, I, K)``, written in place.
+        log_w: its current normalized log-weights ``(A, I, K)`` (``-inf`` on padding).
+        n: expected counts ``(A, I, K)`` (zero on padding).
+    """
+    total = n.sum(1, keepdim=True)  # (A, 1, K)
+    seen = total > 0
+    new = n / torch.where(seen, total, torch.ones_like(total))
+    if step < 1:
+        new = (1 - step) * log_w.exp() + step * new
+    logits.copy_(torch.where(seen, new.clamp_min(WEIGHT_FLOOR).log(), logits))
+
+
+def _update_leaves(spn: SPN, stats: Tensor, step: float) -> None:
+    """Leaf M-step from expected statistics ``(R, n, K, S)``, in place."""
+    layer, leaf = spn.leaf_layer, spn.leaf
+    old = layer.param_dict()
+    new = leaf.m_step(stats, old)
+    if step < 1:
+        # EinsumNetworks' online EM: mix E[T] of the old and the new parameters
+        # (the new ones match the batch's normalized statistics, projected into
+        # the family's bounds), then map the mixture back to parameters.
+        try:
+            mixed = (1 - step) * leaf.mean_statistics(old) + step * leaf.mean_statistics(new)
+        except NotImplementedError as err:
+            raise ValueError(f"stochastic EM needs {type(leaf).__name__}.mean_statistics: {err}") from None
+        mixed_params = leaf.m_step(mixed, old)
+        # factors without data come back from the first m_step unchanged: keep them exactly
+        same = torch.ones(layer.var_index.shape + (spn.num_leaves,), dtype=torch.bool, device=stats.device)  # (R, n, K)
+        for name, value in new.items():
+            eq = value == old[name]
+            same &= eq.flatten(3).all(-1) if eq.dim() > 3 else eq
+        new = {name: torch.where(same.view(same.shape + (1,) * (v.dim() - 3)), old[name], v) for name, v in mixed_params.items()}
+    for name, value in new.items():
+        layer.params[name].copy_(value)

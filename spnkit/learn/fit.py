@@ -1,0 +1,354 @@
+"""Parameter learning: :func:`fit` trains a circuit by Adam or by EM.
+
+Example:
+    >>> import torch, spnkit
+    >>> rg = spnkit.RegionGraph.random(num_vars=6, depth=1, repetitions=2, seed=0)
+    >>> spn = spnkit.SPN(rg, spnkit.Bernoulli(), num_sums=3, num_leaves=3)
+    >>> x = (torch.rand(400, 6) < 0.3).float()
+    >>> history = spnkit.fit(spn, x, method="em", epochs=3, progress=False)
+    >>> [sorted(k for k in history[0] if k in ("train_ll", "valid_ll", "seconds"))]
+    [['seconds', 'train_ll', 'valid_ll']]
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Callable, Iterable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..circuit import SPN
+from .em import Counts, _e_step, check_labels, m_step, root_log_likelihood
+
+__all__ = ["fit", "METHODS", "OBJECTIVES"]
+
+METHODS = ("adam", "em", "em-batch")
+OBJECTIVES = ("generative", "discriminative")
+
+#: a hook: called with a record (dict); returning True stops training
+Callback = Callable[[dict], "bool | None"]
+
+
+def fit(
+    spn: SPN,
+    data: Tensor,
+    valid: Tensor | None = None,
+    *,
+    labels: Tensor | None = None,
+    valid_labels: Tensor | None = None,
+    marginalized: Tensor | None = None,
+    valid_marginalized: Tensor | None = None,
+    method: str = "adam",
+    objective: str = "generative",
+    epochs: int = 5,
+    batch_size: int = 128,
+    lr: float = 1e-2,
+    step_size: float = 0.1,
+    patience: int | None = None,
+    valid_fraction: float = 0.1,
+    max_seconds: float | None = None,
+    callbacks: Iterable[Callback] = (),
+    step_callbacks: Iterable[Callback] = (),
+    progress: bool = True,
+    seed: int | None = 0,
+    generator: torch.Generator | None = None,
+) -> list[dict]:
+    """Train the parameters of ``spn`` in place; return one record per epoch.
+
+    Methods:
+        * ``"adam"``: mini-batch gradient ascent on the objective with Adam (``lr``).
+        * ``"em"``: stochastic EM (EinsumNetworks): after each mini-batch, new
+          and old estimates are mixed with weight ``step_size``.
+        * ``"em-batch"``: full-batch EM: counts are summed over all mini-batches
+          of an epoch, then one exact M-step. It never decreases the training
+          log-likelihood.
+
+    Objectives (``num_classes > 1`` with ``labels``):
+        * ``"generative"``: ``log p(x | y)`` of the labelled root (without labels,
+          ``log p(x)`` under a uniform class prior).
+        * ``"discriminative"``: ``log p(y | x) = log p(x | y) - logsumexp_c log p(x | c)``,
+          i.e. minus the cross-entropy over the class posteriors (RAT-SPN); Adam only.
+
+    Validation: when ``valid`` is None, a seeded ``valid_fraction`` of ``data``
+    is held out (0 disables validation). After each epoch the mean validation
+    objective is computed; with ``patience`` training stops after that many
+    epochs without improvement, and the best parameters are restored at the end.
+
+    Args:
+        spn: the circuit, trained in place.
+        data: ``(N, D)`` training samples.
+        valid: ``(M, D)`` validation samples, or None.
+        labels, valid_labels: ``(N,)`` / ``(M,)`` class indices (``num_classes > 1``).
+        marginalized, valid_marginalized: masks of ``data`` / ``valid`` (True = missing).
+        method: one of :data:`METHODS`.
+        objective: one of :data:`OBJECTIVES`.
+        epochs: passes over the training data.
+        batch_size: mini-batch size.
+        lr: Adam's learning rate.
+        step_size: stochastic EM's step size in ``(0, 1]``.
+        patience: early-stopping patience in epochs (None: train all epochs).
+        valid_fraction: share of ``data`` held out when ``valid`` is None.
+        max_seconds: wall-clock budget; training stops after the step that exceeds it.
+        callbacks: called after each epoch with its record; returning True stops.
+        step_callbacks: called after each step with ``{"epoch", "step", "batch_ll",
+            "elapsed", "samples"}``; returning True stops.
+        progress: show a tqdm bar with the running log-likelihood and samples/s.
+        seed: seeds shuffling and the validation split (ignored with ``generator``).
+        generator: random generator for shuffling and the split.
+
+    Returns:
+        per epoch a dict with ``epoch``, ``train_ll`` (mean per sample over the
+        epoch's mini-batches, each scored before its update), ``valid_ll`` (mean
+        per validation sample after the epoch, None without validation),
+        ``seconds`` (training time of the epoch), ``elapsed``, ``samples_per_second``,
+        ``steps``, ``best`` (True where valid_ll was the best so far), and with
+        labels ``train_acc`` / ``valid_acc``.
+
+    Raises:
+        ValueError: on inconsistent arguments or malformed data.
+    """
+    if not isinstance(spn, SPN):
+        raise ValueError(f"spn must be a spnkit.SPN, got {type(spn).__name__}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if objective == "discriminative":
+        if spn.num_classes < 2 or labels is None:
+            raise ValueError("objective='discriminative' needs a circuit with num_classes > 1 and labels")
+        if method != "adam":
+            raise ValueError("EM maximizes a likelihood; objective='discriminative' needs method='adam'")
+    _check_int("epochs", epochs, 1)
+    _check_int("batch_size", batch_size, 1)
+    if patience is not None:
+        _check_int("patience", patience, 1)
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if not (isinstance(step_size, (int, float)) and 0 < step_size <= 1):
+        raise ValueError(f"step_size must lie in (0, 1], got {step_size!r}")
+    if not (isinstance(valid_fraction, (int, float)) and 0 <= valid_fraction < 1):
+        raise ValueError(f"valid_fraction must lie in [0, 1), got {valid_fraction!r}")
+    if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
+        raise ValueError(f"max_seconds must be a positive number or None, got {max_seconds!r}")
+    callbacks, step_callbacks = list(callbacks), list(step_callbacks)
+    for cb in callbacks + step_callbacks:
+        if not callable(cb):
+            raise ValueError(f"callbacks must be callables taking a dict, got {cb!r}")
+
+    x, m = _prepare(spn, data, marginalized, "data")
+    y = check_labels(spn, labels, x.shape[0])
+    if generator is None:
+        generator = torch.Generator()
+        generator.manual_seed(0 if seed is None else seed)
+    if valid is None:
+        if valid_labels is not None or valid_marginalized is not None:
+            raise ValueError("valid_labels / valid_marginalized need valid")
+        (x, m, y), (vx, vm, vy) = _split(x, m, y, valid_fraction, generator)
+    else:
+        vx, vm = _prepare(spn, valid, valid_marginalized, "valid")
+        vy = check_labels(spn, valid_labels, vx.shape[0])
+        if (y is None) != (vy is None):
+            raise ValueError("give labels for both data and valid, or for neither")
+    if x.shape[0] < 1:
+        raise ValueError("no training samples left after the validation split")
+
+    trainer = _Trainer(spn, method, objective, lr, step_size)
+    history: list[dict] = []
+    best_ll, best_state, bad_epochs = -math.inf, None, 0
+    start = time.perf_counter()
+    step = 0
+    stop = False
+    n = x.shape[0]
+    for epoch in range(1, epochs + 1):
+        order = torch.randperm(n, generator=generator).to(x.device)
+        t0 = time.perf_counter()
+        ll_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(total=n, desc=f"epoch {epoch}/{epochs} [{method}]", unit="samples", unit_scale=True, disable=not progress, leave=False)
+        for s in range(0, n, batch_size):
+            idx = order[s : s + batch_size]
+            xb, yb = x[idx], None if y is None else y[idx]
+            mb = torch.zeros_like(xb) if m is None else m[idx]
+            batch_ll, batch_correct = trainer.step(xb, mb, yb)
+            step += 1
+            ll_sum += batch_ll
+            correct += batch_correct
+            seen += len(idx)
+            elapsed = time.perf_counter() - start
+            bar.update(len(idx))
+            bar.set_postfix(ll=f"{ll_sum / seen:.4g}", refresh=False)
+            record = {"epoch": epoch, "step": step, "batch_ll": batch_ll / len(idx), "elapsed": elapsed, "samples": len(idx)}
+            if any(cb(record) for cb in step_callbacks):
+                stop = True
+            if max_seconds is not None and elapsed >= max_seconds:
+                stop = True
+            if stop:
+                break
+        trainer.end_epoch()
+        bar.close()
+        seconds = time.perf_counter() - t0
+        record = {
+            "epoch": epoch,
+            "train_ll": ll_sum / seen,
+            "valid_ll": None,
+            "seconds": seconds,
+            "samples_per_second": seen / max(seconds, 1e-12),
+            "steps": step,
+        }
+        if y is not None:
+            record["train_acc"] = correct / seen
+        if vx is not None:
+            record["valid_ll"], acc = _evaluate(spn, vx, vm, vy, objective, max(batch_size, 256))
+            if vy is not None:
+                record["valid_acc"] = acc
+            if record["valid_ll"] > best_ll:
+                best_ll, best_state, bad_epochs = record["valid_ll"], copy.deepcopy(spn.state_dict()), 0
+                record["best"] = True
+            else:
+                bad_epochs += 1
+                record["best"] = False
+            if patience is not None and bad_epochs >= patience:
+                stop = True
+        record["elapsed"] = time.perf_counter() - start
+        history.append(record)
+        if progress:
+            tqdm.write(_describe(record))
+        if any(cb(record) for cb in callbacks):
+            stop = True
+        if stop:
+            break
+    if best_state is not None:
+        spn.load_state_dict(best_state)
+    return history
+
+
+def evaluate(
+    spn: SPN,
+    x: Tensor,
+    marginalized: Tensor | None = None,
+    labels: Tensor | None = None,
+    objective: str = "generative",
+    batch_size: int = 1024,
+) -> tuple[float, float | None]:
+    """Mean objective per sample and, with labels, accuracy (argmax over the class roots).
+
+    Args:
+        spn: the circuit.
+        x: ``(N, D)`` data.
+        marginalized: ``(N, D)`` mask (True = missing) or None.
+        labels: ``(N,)`` class indices or None.
+        objective: "generative" (``log p(x | y)``, or ``log p(x)`` without labels) or
+            "discriminative" (``log p(y | x)``, needs labels).
+        batch_size: evaluation batch size.
+
+    Returns:
+        ``(mean objective, accuracy or None)``.
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if objective == "discriminative" and labels is None:
+        raise ValueError("objective='discriminative' needs labels")
+    _check_int("batch_size", batch_size, 1)
+    x, m = _prepare(spn, x, marginalized, "x")
+    return _evaluate(spn, x, m, check_labels(spn, labels, x.shape[0]), objective, batch_size)
+
+
+@torch.no_grad()
+def _evaluate(spn: SPN, x: Tensor, m: Tensor | None, y: Tensor | None, objective: str, batch_size: int) -> tuple[float, float | None]:
+    """:func:`evaluate` on prepared inputs."""
+    total, correct = 0.0, 0
+    for s in range(0, x.shape[0], batch_size):
+        xb = x[s : s + batch_size]
+        mb = torch.zeros_like(xb) if m is None else m[s : s + batch_size]
+        yb = None if y is None else y[s : s + batch_size]
+        root = spn._upward(*spn._to_leaf_input(xb, mb)).root  # (B, C)
+        total += float(_objective(root, yb, objective).sum())
+        if yb is not None:
+            correct += int((root.argmax(1) == yb).sum())
+    return total / x.shape[0], (None if y is None else correct / x.shape[0])
+
+
+def _objective(root: Tensor, labels: Tensor | None, objective: str) -> Tensor:
+    """Per-sample objective ``(B,)`` from root values ``(B, C)``."""
+    ll = root_log_likelihood(root, labels)
+    if objective == "discriminative":
+        return ll - torch.logsumexp(root, dim=1)  # log p(y | x) under a uniform class prior
+    return ll
+
+
+class _Trainer:
+    """One optimization step per mini-batch, for each method."""
+
+    def __init__(self, spn: SPN, method: str, objective: str, lr: float, step_size: float) -> None:
+        self.spn, self.method, self.objective, self.step_size = spn, method, objective, step_size
+        self.optimizer = torch.optim.Adam(spn.parameters(), lr=lr) if method == "adam" else None
+        self.counts: Counts | None = None
+
+    def step(self, x: Tensor, m: Tensor, y: Tensor | None) -> tuple[float, int]:
+        """Update on one batch; return its summed objective (before the update) and correct predictions."""
+        spn = self.spn
+        if self.method == "adam":
+            self.optimizer.zero_grad(set_to_none=True)
+            root = spn._upward(*spn._to_leaf_input(x, m)).root  # (B, C)
+            obj = _objective(root, y, self.objective)
+            if not bool(torch.isfinite(obj).all()):
+                raise ValueError("the objective is -inf or NaN on a training batch (a sample has zero likelihood)")
+            (-obj.mean()).backward()
+            self.optimizer.step()
+            total = float(obj.detach().sum())
+        else:
+            counts, root = _e_step(spn, x, m, y)
+            if self.method == "em":
+                m_step(spn, counts, self.step_size)
+            else:
+                self.counts = counts if self.counts is None else self.counts + counts
+            total = float(counts.log_likelihood)
+        correct = 0 if y is None else int((root.detach().argmax(1) == y).sum())
+        return total, correct
+
+    def end_epoch(self) -> None:
+        if self.method == "em-batch" and self.counts is not None:
+            m_step(self.spn, self.counts, 1.0)
+            self.counts = None
+
+
+def _prepare(spn: SPN, data: Tensor, marginalized: Tensor | None, name: str) -> tuple[Tensor, Tensor | None]:
+    """Validate once; return data in the circuit's dtype and the float mask (None if all observed)."""
+    x, m = spn._prepare(data, marginalized, name)
+    return x, (None if marginalized is None else m)
+
+
+def _split(x: Tensor, m: Tensor | None, y: Tensor | None, fraction: float, generator: torch.Generator) -> tuple[tuple, tuple]:
+    """Seeded split of ``(x, m, y)`` into training and validation parts."""
+    n = x.shape[0]
+    k = int(round(n * fraction))
+    if k == 0:
+        return (x, m, y), (None, None, None)
+    if k >= n:
+        raise ValueError(f"valid_fraction={fraction} leaves no training samples out of {n}")
+    perm = torch.randperm(n, generator=generator).to(x.device)
+    tr, va = perm[k:], perm[:k]
+
+    def take(t: Tensor | None, i: Tensor) -> Tensor | None:
+        return None if t is None else t[i]
+
+    return (take(x, tr), take(m, tr), take(y, tr)), (take(x, va), take(m, va), take(y, va))
+
+
+def _describe(record: dict) -> str:
+    parts = [f"epoch {record['epoch']}", f"train_ll {record['train_ll']:.4f}"]
+    if record.get("valid_ll") is not None:
+        parts.append(f"valid_ll {record['valid_ll']:.4f}")
+    for key in ("train_acc", "valid_acc"):
+        if key in record:
+            parts.append(f"{key} {record[key]:.4f}")
+    parts.append(f"{record['samples_per_second']:.0f} samples/s")
+    return ", ".join(parts)
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")

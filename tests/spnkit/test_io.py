@@ -1,0 +1,217 @@
+"""Tests of spnkit.io: round trips, and clear errors on damaged, foreign or newer files."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+import spnkit
+from spnkit import io as spnio
+from spnkit.testing.circuits import randomize_parameters
+
+F64 = torch.float64
+
+
+def _spn(leaf=None, classes=1, graph="random", dtype=F64, seed=0) -> spnkit.SPN:
+    if graph == "random":
+        rg = spnkit.RegionGraph.random(num_vars=6, depth=2, repetitions=2, seed=seed)
+    else:
+        rg = spnkit.RegionGraph.poon_domingos(height=2, width=3, delta=1)
+    spn = spnkit.SPN(rg, leaf or spnkit.Normal(0.1, 2.0, (-1.0, 1.0)), num_sums=3, num_leaves=2, num_classes=classes)
+    return randomize_parameters(spn.to(F64), seed).to(dtype)
+
+
+def _x(spn: spnkit.SPN, n: int = 7) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    if isinstance(spn.leaf, spnkit.Normal):
+        return torch.randn(n, spn.num_vars, generator=g, dtype=spn.dtype)
+    k = spn.leaf.num_categories if isinstance(spn.leaf, spnkit.Categorical) else 2
+    return torch.randint(0, k, (n, spn.num_vars), generator=g).to(spn.dtype)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    spn = _spn()
+    path = tmp_path / "model.spn"
+    spn.save(path)
+    return spn, path
+
+
+CASES = [
+    pytest.param(dict(), id="normal"),
+    pytest.param(dict(leaf=spnkit.Bernoulli(), classes=3), id="bernoulli-classes"),
+    pytest.param(dict(leaf=spnkit.Categorical(4), graph="pd"), id="categorical-poon-domingos"),
+    pytest.param(dict(dtype=torch.float32), id="float32"),
+]
+
+
+@pytest.mark.parametrize("kwargs", CASES)
+def test_round_trip_gives_identical_log_prob(tmp_path, kwargs):
+    spn = _spn(**kwargs)
+    spn.save(tmp_path / "m.spn")
+    back = spnkit.load(tmp_path / "m.spn")
+    x = _x(spn)
+    mask = torch.rand(x.shape, generator=torch.Generator().manual_seed(2)) < 0.4
+    assert torch.equal(back.log_prob(x), spn.log_prob(x))
+    assert torch.equal(back.log_prob(x, mask), spn.log_prob(x, mask))
+    assert back.region_graph == spn.region_graph and back.leaf == spn.leaf and back.dtype == spn.dtype
+    assert (back.num_sums, back.num_leaves, back.num_classes) == (spn.num_sums, spn.num_leaves, spn.num_classes)
+
+
+def test_file_holds_json_structure_and_tensors_without_pickled_objects(saved):
+    spn, path = saved
+    with zipfile.ZipFile(path) as zf:
+        assert set(zf.namelist()) == {"spn.json", "weights.pt"}
+        meta = json.loads(zf.read("spn.json"))
+        state = torch.load(io.BytesIO(zf.read("weights.pt")), weights_only=True)
+    assert meta["format"] == "spnkit" and meta["version"] == spnio.FORMAT_VERSION
+    assert meta["leaf"] == {"family": "Normal", "fields": {"min_var": 0.1, "max_var": 2.0, "loc_range": [-1.0, 1.0]}}
+    assert meta["region_graph"]["num_vars"] == 6 and len(meta["region_graph"]["regions"]) == len(spn.region_graph.regions)
+    assert set(state) == set(spn.state_dict())
+
+
+def test_load_leaves_the_global_random_state_alone(saved):
+    _, path = saved
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    spnkit.load(path)
+    assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("keep", [0, 10, 100, 0.5, -20])
+def test_truncated_file_raises(saved, tmp_path, keep):
+    _, path = saved
+    raw = path.read_bytes()
+    n = int(len(raw) * keep) if isinstance(keep, float) else (len(raw) + keep if keep < 0 else keep)
+    bad = tmp_path / "bad.spn"
+    bad.write_bytes(raw[:n])
+    with pytest.raises(ValueError, match="truncated|corrupted|not a spnkit file"):
+        spnkit.load(bad)
+
+
+@pytest.mark.parametrize("where", [0.3, 0.6, 0.9])
+def test_corrupted_file_raises(saved, tmp_path, where):
+    _, path = saved
+    raw = bytearray(path.read_bytes())
+    i = int(len(raw) * where)
+    raw[i : i + 16] = bytes(b ^ 0xA5 for b in raw[i : i + 16])
+    bad = tmp_path / "bad.spn"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="truncated|corrupted|not a spnkit file|damaged|cannot read|malformed"):
+        spnkit.load(bad)
+
+
+def _zip(path, entries: dict[str, bytes]) -> None:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+
+
+def test_foreign_files_raise(tmp_path):
+    spn = _spn()
+    cases = {
+        "random.bin": os.urandom(2000),
+        "text.json": json.dumps({"hello": 1}).encode(),
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+    torch.save(spn.state_dict(), tmp_path / "torch.pt")  # a zip, but no spn.json
+    _zip(tmp_path / "other.zip", {"readme.txt": b"hi"})
+    _zip(tmp_path / "marker.zip", {"spn.json": json.dumps({"format": "other", "version": 1}).encode()})
+    for name in [*cases, "torch.pt", "other.zip", "marker.zip"]:
+        with pytest.raises(ValueError, match="not a spnkit file"):
+            spnkit.load(tmp_path / name)
+    with pytest.raises(ValueError, match="no such file"):
+        spnkit.load(tmp_path / "missing.spn")
+
+
+def _rewrite(path, out, meta_update=None, weights: bytes | None = None) -> None:
+    with zipfile.ZipFile(path) as zf:
+        meta = json.loads(zf.read("spn.json"))
+        w = zf.read("weights.pt")
+    meta.update(meta_update or {})
+    _zip(out, {"spn.json": json.dumps(meta).encode(), "weights.pt": w if weights is None else weights})
+
+
+def test_newer_format_raises(saved, tmp_path):
+    _, path = saved
+    _rewrite(path, tmp_path / "new.spn", {"version": spnio.FORMAT_VERSION + 1})
+    with pytest.raises(ValueError, match="newer|format 2.*Upgrade"):
+        spnkit.load(tmp_path / "new.spn")
+
+
+@pytest.mark.parametrize(
+    "update, match",
+    [
+        ({"leaf": {"family": "Gamma", "fields": {}}}, "unknown leaf family"),
+        ({"num_sums": 0}, "invalid circuit"),
+        ({"region_graph": {"num_vars": 6}}, "malformed"),
+        ({"num_leaves": 5}, "do not match"),
+        ({"version": "1"}, "invalid format version"),
+    ],
+)
+def test_inconsistent_description_raises(saved, tmp_path, update, match):
+    _, path = saved
+    _rewrite(path, tmp_path / "bad.spn", update)
+    with pytest.raises(ValueError, match=match):
+        spnkit.load(tmp_path / "bad.spn")
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("code ran while loading",))
+
+
+def test_weights_with_pickled_code_are_refused(saved, tmp_path, capsys):
+    _, path = saved
+    buf = io.BytesIO()
+    torch.save({"x": _Payload()}, buf)
+    _rewrite(path, tmp_path / "evil.spn", weights=buf.getvalue())
+    with pytest.raises(ValueError, match="cannot read the parameters"):
+        spnkit.load(tmp_path / "evil.spn")
+    assert "code ran" not in capsys.readouterr().out
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(saved, monkeypatch):
+    spn, path = saved
+    before = path.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", boom)
+    with pytest.raises(OSError, match="disk full"):
+        _spn(seed=3).save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.spn"]
+    assert torch.equal(spnkit.load(path).log_prob(_x(spn)), spn.log_prob(_x(spn)))
+
+
+def test_save_rejects_bad_targets_and_unregistered_leaves(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        _spn().save(tmp_path / "no" / "m.spn")
+
+    @dataclass(frozen=True)
+    class WideNormal(spnkit.Normal):
+        pass
+
+    spn = _spn(leaf=WideNormal(0.2, 3.0))
+    with pytest.raises(ValueError, match="register_leaf"):
+        spn.save(tmp_path / "m.spn")
+    spnio.register_leaf(WideNormal)
+    try:
+        spn.save(tmp_path / "m.spn")
+        back = spnkit.load(tmp_path / "m.spn")
+        assert isinstance(back.leaf, WideNormal) and torch.equal(back.log_prob(_x(spn)), spn.log_prob(_x(spn)))
+    finally:
+        spnio._LEAVES.pop("WideNormal")
+    with pytest.raises(ValueError, match="register_leaf needs"):
+        spnio.register_leaf(int)
