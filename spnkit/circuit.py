@@ -293,8 +293,12 @@ class SPN(nn.Module):
         Returns:
             ``(B,)`` or ``(B, num_classes)``.
         """
+        if not isinstance(x, Tensor):
+            raise ValueError(f"x must be a torch.Tensor of shape (batch, {self.num_vars}), got {type(x).__name__}")
         if not isinstance(query, Tensor) or query.dtype != torch.bool or query.shape != x.shape:
             raise ValueError(f"query must be a bool tensor of the shape of x, {tuple(x.shape)}")
+        if marginalized is not None and (not isinstance(marginalized, Tensor) or marginalized.dtype != torch.bool or marginalized.shape != x.shape):
+            raise ValueError(f"marginalized must be None or a bool tensor of the shape of x, {tuple(x.shape)} (soft masks have no conditional here)")
         hidden = query if marginalized is None else (query | marginalized.bool())
         joint = self.log_prob(x, marginalized)
         return joint - self.log_prob(x, hidden)
@@ -305,6 +309,11 @@ class SPN(nn.Module):
             if self.num_classes == 1:
                 return torch.zeros(batch, dtype=torch.long, device=root.device)
             return self._choose(root, -1, generator, greedy)  # uniform class prior
+        ok = hasattr(type(which), "__index__") and not isinstance(which, (bool, Tensor))  # int, numpy int
+        if isinstance(which, Tensor):
+            ok = not (which.is_floating_point() or which.is_complex() or which.dtype == torch.bool) and which.shape in ((), (batch,))
+        if not ok:
+            raise ValueError(f"root must be None, an int or an integer tensor of shape () or ({batch},), got {which!r}")
         which = torch.as_tensor(which, device=root.device, dtype=torch.long).expand(batch)
         if bool(((which < 0) | (which >= self.num_classes)).any()):
             raise ValueError(f"root must index one of the {self.num_classes} root sums")
@@ -410,7 +419,7 @@ class SPN(nn.Module):
             marginalized = torch.ones_like(evidence, dtype=torch.bool)
         elif num_samples is not None:
             raise ValueError("give either num_samples or evidence, not both")
-        elif marginalized is None:
+        elif marginalized is None and isinstance(evidence, Tensor):
             marginalized = torch.ones(evidence.shape, dtype=torch.bool, device=evidence.device)
         x, m = self._prepare(evidence, marginalized, "evidence")
         return self._complete(x, m, False, root, generator)[0]

@@ -1,0 +1,199 @@
+"""Deliberately broken variants of the spnkit core, to check that the tests catch real bugs.
+
+Each mutant rewrites one snippet in the source of one function or method, compiles
+the result and installs it in place of the original (nothing on disk changes).
+
+Usage::
+
+    SPNKIT_MUTANT=swap_children_downward .venv/bin/python -m pytest tests/spnkit -q
+    .venv/bin/python tests/spnkit/spnkit_mutants.py            # every mutant, one table
+    .venv/bin/python tests/spnkit/spnkit_mutants.py --list
+
+A mutant whose snippet is no longer in the source (the core was edited) fails
+loudly instead of silently testing the original.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Mutant:
+    target: str  # "module:Qualified.name"
+    old: str
+    new: str
+    doc: str
+
+
+MUTANTS: dict[str, Mutant] = {
+    "swap_children_downward": Mutant(
+        "spnkit.circuit:SPN._downward",
+        "((lv.sums.left, ij // lv.sums.k_in), (lv.sums.right, ij % lv.sums.k_in))",
+        "((lv.sums.left, ij % lv.sums.k_in), (lv.sums.right, ij // lv.sums.k_in))",
+        "the downward pass sends each child the other child's choice (sampling and MPE)",
+    ),
+    "first_partition_downward": Mutant(
+        "spnkit.circuit:SPN._downward",
+        "target = torch.gather(lv.mixing.table, 1, pick)",
+        "target = torch.gather(lv.mixing.table, 1, torch.zeros_like(pick))",
+        "the downward pass always takes a region's first partition",
+    ),
+    "root_class_zero": Mutant(
+        "spnkit.circuit:SPN._root_choice",
+        "return self._choose(root, -1, generator, greedy)  # uniform class prior",
+        "return torch.zeros(batch, dtype=torch.long, device=root.device)",
+        "sampling / MPE ignore the class posterior and always use root sum 0",
+    ),
+    "no_max_shift": Mutant(
+        "spnkit.layers:log_matmul_exp",
+        "ma, mb = _stable_max(log_a, -1), _stable_max(log_b, -1)",
+        "ma, mb = torch.zeros_like(log_a[..., :1]), torch.zeros_like(log_b[..., :1])",
+        "log_matmul_exp without the max-shift (underflow)",
+    ),
+    "leaf_ignores_mask": Mutant(
+        "spnkit.layers:LeafLayer.forward",
+        "self._linear(self.leaf.statistics(x) * w, eta)",
+        "self._linear(self.leaf.statistics(x), eta)",
+        "the leaf layer ignores the marginalization mask",
+    ),
+    "sums_skip_softmax": Mutant(
+        "spnkit.layers:ProductSumLayer.log_weights",
+        "return torch.log_softmax(logits, dim=1)",
+        "return logits",
+        "sum weights are not normalized",
+    ),
+    "mixing_skip_softmax": Mutant(
+        "spnkit.layers:MixingLayer.log_weights",
+        "return torch.log_softmax(self.logits.masked_fill(~self.valid, -torch.inf), dim=1)",
+        "return self.logits.masked_fill(~self.valid, -torch.inf)",
+        "mixing weights are not normalized",
+    ),
+    "batch_reshape": Mutant(
+        "spnkit.circuit:SPN._to_leaf_input",
+        "return x, 1 - m",
+        "return x.t().reshape(x.shape), 1 - m",
+        "reshape instead of transpose: samples of a batch get mixed",
+    ),
+    "mpe_no_peak": Mutant(
+        "spnkit.layers:LeafLayer.forward_max",
+        "return self.forward(x, w) + self._linear((1 - w).unsqueeze(0), peak)",
+        "return self.forward(x, w)",
+        "max-product treats unobserved factors as 1 instead of their maximum",
+    ),
+    "overwrite_evidence": Mutant(
+        "spnkit.circuit:SPN._complete",
+        "torch.where(m > 0, filled, x)",
+        "filled",
+        "sample / mpe overwrite observed entries",
+    ),
+    "ignore_evidence": Mutant(
+        "spnkit.circuit:SPN._complete",
+        "self._upward(*self._to_leaf_input(x, m),",
+        "self._upward(*self._to_leaf_input(x, torch.ones_like(m)),",
+        "sample / mpe draw from the prior instead of the conditional",
+    ),
+    "soft_mask_rounded": Mutant(
+        "spnkit.circuit:SPN._prepare",
+        'or NaN")\n            m = marginalized.to(self.dtype)',
+        'or NaN")\n            m = marginalized.round().to(self.dtype)',
+        "soft masks are rounded to hard ones",
+    ),
+    "check_valid_no_overlap": Mutant(
+        "spnkit.region_graph:RegionGraph.check_valid",
+        "if overlap:",
+        "if False:",
+        "check_valid misses non-decomposable partitions",
+    ),
+    "check_valid_no_cover": Mutant(
+        "spnkit.region_graph:RegionGraph.check_valid",
+        "if root_scope != set(range(self.num_vars)):",
+        "if False:",
+        "check_valid misses a root that does not cover every variable",
+    ),
+    "detach_sum_weights": Mutant(
+        "spnkit.layers:ProductSumLayer.forward",
+        "return log_matmul_exp(a, b, torch.exp(log_w))",
+        "return log_matmul_exp(a, b, torch.exp(log_w).detach())",
+        "no gradient reaches the sum weights",
+    ),
+    "detach_leaf_input": Mutant(
+        "spnkit.layers:LeafLayer.forward",
+        "self.leaf.statistics(x) * w",
+        "self.leaf.statistics(x.detach()) * w",
+        "no gradient reaches the inputs",
+    ),
+    "networkx_wrong_child": Mutant(
+        "spnkit.circuit:SPN.to_networkx",
+        "g.add_edge(node, self._node_of(b, j))",
+        "g.add_edge(node, self._node_of(a, min(j, ka - 1)))",
+        "to_networkx wires both children of a product to the same region",
+    ),
+    "compile_same_child": Mutant(
+        "spnkit.circuit:SPN._compile",
+        "ProductSumLayer(kids[:, 0].contiguous(), kids[:, 1].contiguous(),",
+        "ProductSumLayer(kids[:, 0].contiguous(), kids[:, 0].contiguous(),",
+        "the compiled products read their left child twice",
+    ),
+}
+
+
+def _resolve(target: str):
+    module_name, qualname = target.split(":")
+    module = importlib.import_module(module_name)
+    owner, attr = module, qualname
+    if "." in qualname:
+        cls_name, attr = qualname.split(".")
+        owner = getattr(module, cls_name)
+    return module, owner, attr
+
+
+def apply(name: str) -> None:
+    """Install mutant ``name`` (for the rest of the process)."""
+    if name not in MUTANTS:
+        raise ValueError(f"unknown mutant {name!r}; choose one of {sorted(MUTANTS)}")
+    mutant = MUTANTS[name]
+    module, owner, attr = _resolve(mutant.target)
+    original = inspect.getattr_static(owner, attr)
+    func = original.fget if isinstance(original, property) else getattr(original, "__func__", original)
+    src = textwrap.dedent(inspect.getsource(func))
+    if src.count(mutant.old) != 1:
+        raise RuntimeError(f"mutant {name}: the snippet {mutant.old!r} occurs {src.count(mutant.old)} times in {mutant.target}")
+    namespace = dict(vars(module))
+    exec(compile(src.replace(mutant.old, mutant.new), f"<mutant {name}>", "exec"), namespace)
+    setattr(owner, attr, namespace[attr])
+
+
+def _run_all(paths: list[str]) -> int:
+    """Run the given test paths once per mutant; print which tests fail."""
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    survivors = []
+    for name, mutant in MUTANTS.items():
+        env["SPNKIT_MUTANT"] = name
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "--tb=no", "-rf", *paths],
+            env=env, capture_output=True, text=True,
+        )
+        failed = sorted({m.group(1).split("[")[0] for m in re.finditer(r"^FAILED \S+::(\S+)", proc.stdout, re.M)})
+        errors = "ERROR" in proc.stdout
+        print(f"{name:26s} {len(failed):2d} failing: {', '.join(failed) or '-'}{'  (errors!)' if errors else ''}", flush=True)
+        if not failed:
+            survivors.append(name)
+    print(f"survivors: {survivors or 'none'}")
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    if "--list" in sys.argv:
+        for name, m in MUTANTS.items():
+            print(f"{name:26s} {m.target:45s} {m.doc}")
+        sys.exit(0)
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.exit(_run_all([a for a in sys.argv[1:] if not a.startswith("-")] or [os.path.join(here, "test_properties.py")]))
