@@ -35,8 +35,11 @@ class SPNConfig:
     num_sums: int = 20
     min_var: float = 0.12
     max_var: float = 0.35
+    init_loc: tuple[float, float] = (-0.1, 0.1)  # leaf means start uniform in this range
 
     def assert_valid(self, name: str) -> None:
+        if not self.init_loc[0] <= self.init_loc[1]:
+            raise ValueError(f"{name}.init_loc must be (low, high) with low <= high, got {self.init_loc}")
         if self.structure not in ("random", "poon-domingos"):
             raise ValueError(f"{name}.structure must be 'random' or 'poon-domingos', got {self.structure!r}")
         for f in ("depth", "repetitions", "delta", "num_leaves", "num_sums"):
@@ -53,10 +56,10 @@ class InferenceConfig:
     encoder: str = "flat"  # "flat" (flattened image, as the original) or "cnn"
     lstm_units: int = 256
     head_units: int = 50
-    scale_range: tuple[float, float] = (0.3, 0.9)  # box width as a fraction of the canvas
+    scale_range: tuple[float, float] = (0.3, 0.9)  # box width relative to the glimpse size
     ratio_range: tuple[float, float] = (0.75, 1.25)  # box height / width
     position_range: tuple[float, float] = (0.0, 0.9)  # box top-left corner, fraction of the canvas
-    min_std: float = 1e-3  # floor of the z_where posterior std (pre-squash space)
+    max_std: float = 0.3  # z_where posterior std is max_std * sigmoid(.), in (scale, scale, pixel, pixel) units
 
     def assert_valid(self) -> None:
         if self.encoder not in ("flat", "cnn"):
@@ -65,8 +68,8 @@ class InferenceConfig:
             lo, hi = getattr(self, name)
             if not lo < hi:
                 raise ValueError(f"inference.{name} must be (low, high) with low < high, got {(lo, hi)}")
-        if self.scale_range[0] <= 0:
-            raise ValueError("inference.scale_range must be positive")
+        if self.scale_range[0] <= 0 or self.max_std <= 0:
+            raise ValueError("inference.scale_range and inference.max_std must be positive")
 
 
 @dataclass(frozen=True)
@@ -75,8 +78,7 @@ class PriorConfig:
 
     count_log_p0: float = -0.35667494393873245  # log 0.7: log p(n) = log_p0 - count_rate * n
     count_rate: float = 0.7
-    overlap_rate: float = 120.0  # Gamma(1, rate) on the occluded fraction of each glimpse: -rate * fraction
-    where_prior_std: float | None = None  # Normal(0, std) on pre-squash z_where; None = flat, as the original
+    overlap_rate: float = 120.0  # Gamma(1, rate) density on the occluded fraction f of each glimpse: log(rate) - rate * f
 
 
 @dataclass(frozen=True)

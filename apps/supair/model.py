@@ -23,9 +23,24 @@ from torch.nn import functional as F
 import spnkit
 
 from .config import ModelConfig, SPNConfig
-from .transform import box_corners, cut_glimpses, paste_glimpses
+from .transform import box_corners, box_coverage, cut_glimpses, paste_glimpses
 
-__all__ = ["Supair", "InferenceNet", "Inference", "build_spn", "count_posterior"]
+__all__ = ["Supair", "InferenceNet", "Inference", "build_spn", "count_posterior", "check_images"]
+
+
+def check_images(images: Tensor, cfg: ModelConfig, values: bool = True) -> None:
+    """Raise ValueError unless ``images`` is ``(B, C, S, S)`` float in [0, 1] for this model.
+
+    ``values=False`` checks only shape and dtype (no device synchronisation).
+    """
+    want = (cfg.channels, cfg.scene_size, cfg.scene_size)
+    if not isinstance(images, Tensor) or images.dim() != 4 or tuple(images.shape[1:]) != want or images.shape[0] < 1:
+        got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"images must have shape (batch, {want[0]}, {want[1]}, {want[2]}), got {got}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be floats in [0, 1], got dtype {images.dtype}")
+    if values and bool((~torch.isfinite(images) | (images < 0) | (images > 1)).any()):
+        raise ValueError("images must hold finite values in [0, 1] (found NaN, inf or values outside)")
 
 
 def build_spn(cfg: SPNConfig, height: int, width: int, channels: int, seed: int) -> spnkit.SPN:
@@ -34,7 +49,7 @@ def build_spn(cfg: SPNConfig, height: int, width: int, channels: int, seed: int)
         rg = spnkit.RegionGraph.random(height * width * channels, depth=cfg.depth, repetitions=cfg.repetitions, seed=seed)
     else:
         rg = spnkit.RegionGraph.poon_domingos(height, width, delta=cfg.delta, channels=channels)
-    leaf = spnkit.Normal(min_var=cfg.min_var, max_var=cfg.max_var, loc_range=(0.0, 1.0))
+    leaf = spnkit.Normal(min_var=cfg.min_var, max_var=cfg.max_var, loc_range=cfg.init_loc)
     return spnkit.SPN(rg, leaf=leaf, num_sums=cfg.num_sums, num_leaves=cfg.num_leaves, validate_args=False)
 
 
@@ -43,14 +58,14 @@ class Inference:
     """Output of the attention network for a batch."""
 
     pres_logits: Tensor  # (B, N) logit of "another object" at step i
-    where_loc: Tensor  # (B, N, 4) posterior mean, pre-squash
-    where_std: Tensor  # (B, N, 4) posterior std, pre-squash
-    where_raw: Tensor  # (B, N, 4) a draw (or the mean), pre-squash
+    where_loc: Tensor  # (B, N, 4) posterior mean of (scale_x, scale_y, x0, y0): scales relative to the glimpse, corner in pixels
+    where_std: Tensor  # (B, N, 4) posterior std, same units
+    where_sample: Tensor  # (B, N, 4) a draw (or the mean), same units
     where: Tensor  # (B, N, 4) boxes (width, height, x0, y0) in pixels
 
     def log_q_where(self) -> Tensor:
         """``log q(z_where)`` per step ``(B, N)``."""
-        return torch.distributions.Normal(self.where_loc, self.where_std).log_prob(self.where_raw).sum(-1)
+        return torch.distributions.Normal(self.where_loc, self.where_std).log_prob(self.where_sample).sum(-1)
 
     def presence(self) -> Tensor:
         """Probability that object ``i`` exists, ``prod_{j <= i} p_j``: ``(B, N)``."""
@@ -122,18 +137,26 @@ class InferenceNet(nn.Module):
             h = torch.sigmoid(o) * torch.tanh(c)
             outs.append(self.head(h))
         out = torch.stack(outs, 1)  # (B, N, 9)
-        std = F.softplus(out[..., 5:]) + self.cfg.inference.min_std
-        return out[..., 0], out[..., 1:5], std
+        return out[..., 0], self.box_mean(out[..., 1:5]), self.cfg.inference.max_std * torch.sigmoid(out[..., 5:])
 
-    def squash(self, raw: Tensor) -> Tensor:
-        """Pre-squash ``(..., 4)`` to boxes ``(width, height, x0, y0)`` in pixels within the configured ranges."""
+    def box_mean(self, raw: Tensor) -> Tensor:
+        """Squash ``(..., 4)`` into ``(scale_x, scale_y, x0, y0)`` within the configured ranges.
+
+        ``scale_y = scale_x * ratio``; scales are relative to the glimpse size and
+        the corner is in pixels.
+        """
         icfg, S = self.cfg.inference, self.cfg.scene_size
         u = torch.sigmoid(raw)
-        lo = raw.new_tensor([icfg.scale_range[0], icfg.ratio_range[0], icfg.position_range[0], icfg.position_range[0]])
-        hi = raw.new_tensor([icfg.scale_range[1], icfg.ratio_range[1], icfg.position_range[1], icfg.position_range[1]])
-        scale, ratio, x0, y0 = (lo + (hi - lo) * u).unbind(-1)
-        width = scale * S
-        return torch.stack([width, width * ratio, x0 * S, y0 * S], -1)
+        lo = raw.new_tensor([icfg.scale_range[0], icfg.ratio_range[0], icfg.position_range[0] * S, icfg.position_range[0] * S])
+        hi = raw.new_tensor([icfg.scale_range[1], icfg.ratio_range[1], icfg.position_range[1] * S, icfg.position_range[1] * S])
+        sx, ratio, x0, y0 = (lo + (hi - lo) * u).unbind(-1)
+        return torch.stack([sx, sx * ratio, x0, y0], -1)
+
+    def to_pixels(self, z: Tensor) -> Tensor:
+        """``(scale_x, scale_y, x0, y0)`` to boxes ``(width, height, x0, y0)`` in pixels (scales floored at 0.05)."""
+        G = self.cfg.glimpse_size
+        scales = z[..., :2].clamp_min(0.05) * G
+        return torch.cat([scales, z[..., 2:]], -1)
 
 
 class Supair(nn.Module):
@@ -157,8 +180,8 @@ class Supair(nn.Module):
     def infer(self, images: Tensor, sample: bool = True) -> Inference:
         """Run the attention network; ``sample=False`` takes the posterior means."""
         logits, loc, std = self.inference(images)
-        raw = loc + std * torch.randn_like(std) if sample else loc
-        return Inference(logits, loc, std, raw, self.inference.squash(raw))
+        z = loc + std * torch.randn_like(std) if sample else loc
+        return Inference(logits, loc, std, z, self.inference.to_pixels(z))
 
     # ---------------------------------------------------------------- model
     def visibility(self, where: Tensor) -> Tensor:
@@ -167,10 +190,8 @@ class Supair(nn.Module):
         Entry ``n`` is the running product of ``1 - coverage`` of objects
         ``0..n-1``: 1 where no earlier object covers the pixel.
         """
-        B, N = where.shape[:2]
-        G, S = self.cfg.glimpse_size, self.cfg.scene_size
-        ones = where.new_ones(B * N, 1, G, G)
-        cover = paste_glimpses(ones, where.reshape(B * N, 4), S).view(B, N, S, S)  # (B, N, S, S)
+        B, S = where.shape[0], self.cfg.scene_size
+        cover = box_coverage(where, S)  # (B, N, S, S)
         return torch.cumprod(torch.cat([where.new_ones(B, 1, S, S), 1 - cover], 1), dim=1)  # (B, N+1, S, S)
 
     def log_joint(self, images: Tensor, inf: Inference) -> dict[str, Tensor]:
@@ -179,9 +200,12 @@ class Supair(nn.Module):
         Returns:
             dict with ``log_joint`` ``(B, N+1)``, ``objects`` ``(B, N)`` (scaled
             object log-likelihoods), ``background`` ``(B, N+1)``, ``overlap``
-            ``(B, N)`` (occluded fraction of each glimpse).
+            ``(B, N)`` (occluded fraction of each glimpse), and the soft masks
+            given to the SPNs: ``object_mask`` ``(B, N, G*G*C)`` and
+            ``background_mask`` ``(B, N+1, C*S*S)`` (1 = marginalized).
         """
         cfg = self.cfg
+        check_images(images, cfg, values=False)
         B, C, S, _ = images.shape
         N, G = cfg.max_steps, cfg.glimpse_size
         where = inf.where  # (B, N, 4)
@@ -210,12 +234,12 @@ class Supair(nn.Module):
             F.pad(torch.cumsum(objects, 1), (1, 0))
             + background
             + (prior.count_log_p0 - prior.count_rate * counts)
-            - prior.overlap_rate * F.pad(torch.cumsum(overlap, 1), (1, 0))
+            + F.pad(torch.cumsum(math.log(prior.overlap_rate) - prior.overlap_rate * overlap, 1), (1, 0))
         )
-        if prior.where_prior_std is not None:
-            lp = torch.distributions.Normal(0.0, prior.where_prior_std).log_prob(inf.where_raw).sum(-1)  # (B, N)
-            log_joint = log_joint + F.pad(torch.cumsum(lp, 1), (1, 0))
-        return {"log_joint": log_joint, "objects": objects, "background": background, "overlap": overlap}
+        return {
+            "log_joint": log_joint, "objects": objects, "background": background, "overlap": overlap,
+            "object_mask": obj_m.view(B, N, G * G * C), "background_mask": bg_m.reshape(B, N + 1, C * S * S),
+        }
 
     def _background_log_prob(self, x: Tensor, m: Tensor) -> Tensor:
         if self.background_spn is not None:
@@ -253,3 +277,65 @@ class Supair(nn.Module):
             lq = F.pad(torch.cumsum(inf.log_q_where(), 1), (1, 0))  # (B, N+1)
             logs.append(torch.logsumexp(lj - lq, 1))
         return torch.logsumexp(torch.stack(logs), 0) - math.log(num_samples)
+
+    # ------------------------------------------------------- harness interface
+    def loss(self, images: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """Training loss (mean negative ELBO per image) and the ELBO tensor for logging."""
+        elbo, _ = self.elbo(images)
+        loss = -elbo.mean()
+        return loss, {"elbo": -loss.detach()}
+
+    @torch.no_grad()
+    def detect(self, images: Tensor) -> Inference:
+        """Deterministic detections (posterior means) for ``images`` ``(B, C, S, S)``."""
+        check_images(images, self.cfg)
+        return self.infer(images, sample=False)
+
+    @torch.no_grad()
+    def explain(self, images: Tensor) -> dict[str, Tensor]:
+        """What the model sees in ``images`` ``(B, C, S, S)``, for figures.
+
+        Returns:
+            ``inference`` (:class:`Inference`, posterior means), ``count`` ``(B,)``,
+            ``glimpses`` ``(B, N, C, G, G)``, ``hidden`` ``(B, N, 1, G, G)`` (the
+            part of each glimpse occluded by earlier objects), ``completions``
+            ``(B, N, C, G, G)`` (each glimpse with its hidden part filled by the
+            object SPN's MPE: amodal completion) and ``reconstruction`` ``(B, C,
+            S, S)`` (the background SPN's MPE reconstruction with every present
+            object's MPE reconstruction pasted at its box, front object on top).
+        """
+        cfg = self.cfg
+        check_images(images, cfg)
+        B, C, S, _ = images.shape
+        N, G = cfg.max_steps, cfg.glimpse_size
+        inf = self.infer(images, sample=False)
+        count = inf.count()
+        where = inf.where.reshape(B * N, 4)
+        vis = self.visibility(inf.where)  # (B, N+1, S, S)
+        rep = images.unsqueeze(1).expand(B, N, C, S, S).reshape(B * N, C, S, S)
+        glimpses = cut_glimpses(rep, where, G)  # (B*N, C, G, G)
+        hidden = (1 - cut_glimpses(vis[:, :N].reshape(B * N, 1, S, S), where, G)).clamp(0, 1)  # (B*N, 1, G, G)
+        flat = lambda t: t.permute(0, 2, 3, 1).reshape(t.shape[0], -1)  # (B', C, h, w) -> (B', h*w*C)  # noqa: E731
+        unflat = lambda t, h: t.view(-1, h, h, C).permute(0, 3, 1, 2)  # noqa: E731
+        occluded = (hidden > 0.5).expand(-1, C, -1, -1)
+        completions = unflat(self.object_spn.mpe(flat(glimpses), marginalized=flat(occluded)), G)
+        recon_obj = unflat(self.object_spn.mpe(flat(glimpses), marginalized=flat(occluded), keep_observed=False), G)
+        covered = (1 - vis[torch.arange(B), count]).unsqueeze(1).expand(B, C, S, S)  # (B, C, S, S)
+        if self.background_spn is not None:
+            bg = unflat(self.background_spn.mpe(flat(images), marginalized=flat(covered > 0.5), keep_observed=False), S)
+        else:
+            bg = torch.full_like(images, cfg.fixed_background_mean)
+        canvas = bg
+        cover = box_coverage(inf.where, S).unsqueeze(2)  # (B, N, 1, S, S)
+        pasted = paste_glimpses(recon_obj, where, S).view(B, N, C, S, S)
+        for i in reversed(range(N)):  # back to front over the N steps
+            on = (count > i).view(B, 1, 1, 1).to(images.dtype)
+            canvas = canvas * (1 - on * cover[:, i]) + on * pasted[:, i]
+        return {
+            "inference": inf,
+            "count": count,
+            "glimpses": glimpses.view(B, N, C, G, G),
+            "hidden": hidden.view(B, N, 1, G, G),
+            "completions": completions.view(B, N, C, G, G),
+            "reconstruction": canvas.clamp(0, 1),
+        }

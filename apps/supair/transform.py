@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-__all__ = ["box_to_theta", "glimpse_to_image_theta", "cut_glimpses", "paste_glimpses", "box_corners"]
+__all__ = ["box_to_theta", "glimpse_to_image_theta", "cut_glimpses", "paste_glimpses", "box_coverage", "box_corners"]
 
 
 def box_to_theta(where: Tensor, canvas: int) -> Tensor:
@@ -71,6 +71,19 @@ def paste_glimpses(glimpses: Tensor, where: Tensor, canvas: int) -> Tensor:
     B, C = glimpses.shape[:2]
     grid = F.affine_grid(glimpse_to_image_theta(where, canvas), [B, C, canvas, canvas], align_corners=False)
     return F.grid_sample(glimpses, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def box_coverage(where: Tensor, canvas: int) -> Tensor:
+    """Fraction of each pixel's area inside each box: ``(..., 4) -> (..., S, S)``.
+
+    Exact and piecewise linear in the box, so pixels wholly inside a box are
+    covered by exactly 1 (a bilinear paste of ones leaks at the edges).
+    """
+    w, h, x0, y0 = where.unbind(-1)
+    px = torch.arange(canvas, dtype=where.dtype, device=where.device)  # pixel [px, px + 1)
+    cx = (torch.minimum(px + 1, (x0 + w).unsqueeze(-1)) - torch.maximum(px, x0.unsqueeze(-1))).clamp(0, 1)  # (..., S)
+    cy = (torch.minimum(px + 1, (y0 + h).unsqueeze(-1)) - torch.maximum(px, y0.unsqueeze(-1))).clamp(0, 1)  # (..., S)
+    return cy.unsqueeze(-1) * cx.unsqueeze(-2)  # (..., S rows, S cols)
 
 
 def box_corners(where: Tensor) -> Tensor:

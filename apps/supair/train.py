@@ -1,0 +1,287 @@
+"""Training harness shared by SuPAIR and AIR: data, loop, evaluation, checkpoints, resume.
+
+A run folder holds ``config.json``, ``checkpoint.pt`` (written atomically) and
+``metrics.jsonl`` (one JSON object per evaluation). A run killed at any moment
+loses at most the steps since its last checkpoint; ``resume`` continues with
+optimizer state, step counter, clocks and metrics log intact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .config import SupairConfig
+from .data import SceneSet, load_dataset, load_user_images
+from .metrics import count_accuracy, matched_iou
+
+__all__ = ["build_model", "load_data", "Trainer", "save_checkpoint", "load_checkpoint", "load_model", "evaluate"]
+
+CHECKPOINT_FORMAT = 1
+DATA_SEED = 0  # built-in data sets are the same for every training seed
+
+
+def build_model(cfg: SupairConfig) -> nn.Module:
+    """The model named by ``cfg.model_type``, with its seeded structure."""
+    if cfg.model_type == "air":
+        from .air import Air
+
+        return Air(cfg.model)
+    from .model import Supair
+
+    return Supair(cfg.model, seed=cfg.train.seed)
+
+
+def load_data(cfg: SupairConfig, log: Callable[[str], None] = print) -> tuple[SceneSet, SceneSet | None]:
+    """Training and held-out scenes for ``cfg`` (built-in data set or the user's images)."""
+    m, t = cfg.model, cfg.train
+    if t.data_path is not None:
+        train, test = load_user_images(t.data_path, scene_size=m.scene_size, channels=m.channels, seed=DATA_SEED, log=log)
+        if test is not None:
+            test = test.subset(slice(0, t.test_images))
+        return train, test
+    common = dict(scene_size=m.scene_size, colour=m.channels == 3, seed=DATA_SEED)
+    train = load_dataset(t.dataset, "train", num_images=t.train_images, **common)
+    test = load_dataset(t.dataset, "test", num_images=t.test_images, **common)
+    return train, test
+
+
+def _atomic_write_bytes(path: Path, write: Callable[[str], None]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """Write a checkpoint atomically (temporary file in the same folder, then rename)."""
+    _atomic_write_bytes(Path(path), lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint (tensors and plain values only; no pickled code).
+
+    Raises:
+        ValueError: if the file is missing, truncated, or not a checkpoint of this harness.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.exists():
+        raise ValueError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated or foreign files raise many types
+        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "config" not in ckpt:
+        raise ValueError(f"{path} is not a SuPAIR/AIR checkpoint of format {CHECKPOINT_FORMAT}")
+    return ckpt
+
+
+def load_model(path: str | Path, device: str = "cpu") -> tuple[nn.Module, SupairConfig]:
+    """The trained model and its config from a checkpoint file or run folder."""
+    ckpt = load_checkpoint(path)
+    cfg = SupairConfig.from_dict(ckpt["config"])
+    model = build_model(cfg)
+    _load_state(model, ckpt["model"], path)
+    return model.to(device).eval(), cfg
+
+
+def _load_state(model: nn.Module, state: dict, path) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"checkpoint {path} does not fit the model built from its config: {str(err).splitlines()[0]}") from None
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, test: SceneSet, batch_size: int = 500, elbo_images: int = 500, device: str = "cpu") -> dict[str, float]:
+    """Count accuracy and box IoU on ``test``, and the mean ELBO on its first ``elbo_images``."""
+    model.eval()
+    counts, boxes, elbos = [], [], []
+    for start in range(0, len(test), batch_size):  # batches of the held-out set
+        x = test.float_batch(slice(start, start + batch_size)).to(device)
+        inf = model.detect(x)
+        counts.append(inf.count().cpu())
+        boxes.append(inf.boxes().cpu())
+        if start < elbo_images:
+            elbos.append(model.loss(x[: elbo_images - start])[1]["elbo"].cpu() * min(len(x), elbo_images - start))
+    model.train()
+    count, box = torch.cat(counts), torch.cat(boxes)
+    out = {"elbo": float(sum(elbos)) / min(len(test), elbo_images)}
+    if test.counts is not None:
+        out["count_accuracy"] = count_accuracy(count, test.counts)
+        if test.boxes is not None:
+            out["iou"] = matched_iou(box, count, test.boxes, test.counts)
+    out["mean_count"] = float(count.float().mean())
+    return out
+
+
+@dataclass
+class _Clock:
+    """Training time: wall seconds and process CPU seconds spent in training steps only."""
+
+    wall: float = 0.0
+    cpu: float = 0.0
+
+
+class Trainer:
+    """Trains one run; evaluation time is excluded from the training clocks.
+
+    Args:
+        cfg: the run's configuration.
+        run_dir: the run folder (created if missing).
+        device: torch device string.
+        resume: continue the run in ``run_dir`` from its checkpoint.
+        progress: show a tqdm progress bar.
+        log: where one-line messages go.
+    """
+
+    def __init__(self, cfg: SupairConfig, run_dir: str | Path, device: str = "cpu", resume: bool = False,
+                 progress: bool = True, log: Callable[[str], None] = print) -> None:
+        self.run_dir = Path(run_dir)
+        self.device = device
+        self.progress = progress
+        self.log = log
+        ckpt = None
+        if resume:
+            ckpt = load_checkpoint(self.run_dir / "checkpoint.pt")
+            saved = SupairConfig.from_dict(ckpt["config"])
+            if saved.model != cfg.model or saved.model_type != cfg.model_type:
+                raise ValueError(f"{self.run_dir} was trained with another model config; resume without model options or start a new run")
+            cfg = SupairConfig(model=saved.model, train=cfg.train, model_type=saved.model_type)
+        self.cfg = cfg.assert_valid()
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        torch.manual_seed(cfg.train.seed)
+        self.model = build_model(cfg).to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.learning_rate)
+        self.batch_gen = torch.Generator().manual_seed(cfg.train.seed)
+        self.step = 0
+        self.clock = _Clock()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if ckpt is not None:
+            _load_state(self.model, ckpt["model"], self.run_dir)
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.step = int(ckpt["step"])
+            self.clock = _Clock(float(ckpt["train_seconds"]), float(ckpt["cpu_seconds"]))
+            self.batch_gen.set_state(ckpt["batch_rng"])
+            torch.set_rng_state(ckpt["torch_rng"])
+            self._truncate_metrics(self.step)
+            self.log(f"resumed {self.run_dir} at step {self.step}")
+        else:
+            _atomic_write_bytes(self.run_dir / "config.json", lambda tmp: Path(tmp).write_text(cfg.to_json()))
+        self.train_set, self.test_set = load_data(cfg, log=self.log)
+        self._check_data(self.train_set)
+
+    def _check_data(self, data: SceneSet) -> None:
+        m = self.cfg.model
+        shape = tuple(data.images.shape[1:])
+        if shape != (m.channels, m.scene_size, m.scene_size):
+            raise ValueError(f"data has images of shape {shape}; the model expects {(m.channels, m.scene_size, m.scene_size)}")
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metric rows written after the checkpoint (a run killed between evaluation and checkpoint)."""
+        if not self.metrics_path.exists():
+            return
+        rows = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        keep = []
+        for line in rows:
+            try:
+                if json.loads(line)["step"] <= step:
+                    keep.append(line)
+            except (json.JSONDecodeError, KeyError):
+                continue  # a line cut by a kill
+        _atomic_write_bytes(self.metrics_path, lambda tmp: Path(tmp).write_text("".join(r + "\n" for r in keep)))
+
+    def checkpoint(self) -> None:
+        save_checkpoint(self.run_dir / "checkpoint.pt", {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.cfg.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "train_seconds": self.clock.wall,
+            "cpu_seconds": self.clock.cpu,
+            "batch_rng": self.batch_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        })
+
+    def evaluate(self) -> dict:
+        row: dict = {"step": self.step, "train_seconds": round(self.clock.wall, 3), "cpu_seconds": round(self.clock.cpu, 3)}
+        if self.test_set is not None:
+            row.update(evaluate(self.model, self.test_set, device=self.device))
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return row
+
+    def train_step(self) -> float:
+        t = self.cfg.train
+        idx = torch.randint(len(self.train_set), (t.batch_size,), generator=self.batch_gen)
+        x = self.train_set.float_batch(idx).to(self.device)
+        wall, cpu = time.perf_counter(), time.process_time()
+        loss, stats = self.model.loss(x)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        elbo = float(stats["elbo"])  # the one host sync per step, for logging
+        self.clock.wall += time.perf_counter() - wall
+        self.clock.cpu += time.process_time() - cpu
+        self.step += 1
+        return elbo
+
+    def _done(self) -> bool:
+        t = self.cfg.train
+        if t.steps is not None and self.step >= t.steps:
+            return True
+        return t.minutes is not None and self.clock.wall >= 60 * t.minutes
+
+    def run(self) -> list[dict]:
+        """Train until the step or time budget; returns the evaluations of this call."""
+        from tqdm.auto import tqdm
+
+        t = self.cfg.train
+        rows: list[dict] = []
+        bar = tqdm(total=t.steps, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True)
+        last = {}
+        elbo_avg = math.nan
+        try:
+            while not self._done():
+                elbo = self.train_step()
+                elbo_avg = elbo if math.isnan(elbo_avg) else 0.9 * elbo_avg + 0.1 * elbo
+                bar.update(1)
+                if self.step % t.eval_every == 0:
+                    last = self.evaluate()
+                    rows.append(last)
+                if self.step % t.checkpoint_every == 0:
+                    self.checkpoint()
+                ips = self.step * t.batch_size / max(self.clock.wall, 1e-9)
+                bar.set_postfix(elbo=f"{elbo_avg:.1f}", acc=f"{last.get('count_accuracy', float('nan')):.3f}", img_s=f"{ips:.0f}")
+        except KeyboardInterrupt:
+            self.log("interrupted: saving a checkpoint")
+        finally:
+            bar.close()
+        if not rows or rows[-1]["step"] != self.step:
+            rows.append(self.evaluate())
+        self.checkpoint()
+        return rows

@@ -1,0 +1,185 @@
+"""SuPAIR model: the ELBO against a direct computation, masks, glimpses, learning, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from apps.supair.config import ModelConfig, SPNConfig, InferenceConfig
+from apps.supair.model import Supair, check_images, count_posterior
+from apps.supair.transform import cut_glimpses, paste_glimpses
+
+
+def tiny_config(**changes) -> ModelConfig:
+    base = dict(
+        scene_size=12,
+        glimpse_size=6,
+        max_steps=2,
+        object_spn=SPNConfig(depth=1, repetitions=2, num_leaves=3, num_sums=2),
+        background_spn=SPNConfig(depth=1, repetitions=2, num_leaves=2, num_sums=2, min_var=0.01, max_var=0.1),
+        inference=InferenceConfig(lstm_units=16, head_units=8),
+    )
+    base.update(changes)
+    return ModelConfig(**base)
+
+
+@pytest.fixture
+def model() -> Supair:
+    torch.manual_seed(0)
+    return Supair(tiny_config()).double()
+
+
+def test_count_posterior_sums_to_one() -> None:
+    logits = torch.randn(7, 3, dtype=torch.float64) * 3
+    q = count_posterior(logits).exp()
+    assert torch.allclose(q.sum(1), torch.ones(7, dtype=torch.float64))
+    p = torch.sigmoid(logits)
+    assert torch.allclose(q[:, 0], 1 - p[:, 0])
+    assert torch.allclose(q[:, 3], p.prod(1))
+
+
+def test_identity_glimpse_equals_image() -> None:
+    img = torch.rand(2, 1, 10, 10, dtype=torch.float64)
+    where = torch.tensor([[10.0, 10.0, 0.0, 0.0]] * 2, dtype=torch.float64)
+    assert torch.allclose(cut_glimpses(img, where, 10), img, atol=1e-12)
+    assert torch.allclose(paste_glimpses(img, where, 10), img, atol=1e-12)
+
+
+def _direct_elbo(model: Supair, images: torch.Tensor, inf) -> torch.Tensor:
+    """The ELBO formula evaluated image by image and alternative by alternative."""
+    cfg = model.cfg
+    N, G, S, C = cfg.max_steps, cfg.glimpse_size, cfg.scene_size, cfg.channels
+    out = []
+    for b in range(images.shape[0]):
+        x = images[b : b + 1]
+        p = torch.sigmoid(inf.pres_logits[b])
+        visible = torch.ones(1, 1, S, S, dtype=x.dtype)
+        obj_terms, overlap_terms, vis_after = [], [], [visible]
+        for i in range(N):
+            where = inf.where[b, i : i + 1].detach()
+            glimpse = cut_glimpses(x, where, G)
+            hidden = 1 - cut_glimpses(visible, where, G)
+            ll = model.object_spn.log_prob(glimpse.reshape(1, -1), marginalized=hidden.reshape(1, -1).clamp(0, 1))
+            obj_terms.append(ll[0] * where[0, 0] * where[0, 1] / G**2)
+            f = hidden.clamp(0, 1).mean()
+            overlap_terms.append(math.log(cfg.prior.overlap_rate) - cfg.prior.overlap_rate * f)
+            x0, y0, x1, y1 = (float(v) for v in (where[0, 2], where[0, 3], where[0, 2] + where[0, 0], where[0, 3] + where[0, 1]) if True)
+            x0, y0, x1, y1 = float(x0), float(y0), float(x1), float(y1)
+            cover = torch.tensor([[max(0.0, min(r + 1, y1) - max(r, y0)) * max(0.0, min(c + 1, x1) - max(c, x0)) for c in range(S)] for r in range(S)], dtype=x.dtype)
+            visible = visible * (1 - cover.clamp(max=1))
+            vis_after.append(visible)
+        total = torch.zeros((), dtype=x.dtype)
+        for n in range(N + 1):
+            q_n = torch.prod(p[:n]) * (1 - p[n] if n < N else 1)
+            bg = model.background_spn.log_prob(x.reshape(1, -1), marginalized=(1 - vis_after[n]).reshape(1, -1).clamp(0, 1))[0]
+            log_joint = sum(obj_terms[:n], torch.zeros((), dtype=x.dtype)) + bg + cfg.prior.count_log_p0 - cfg.prior.count_rate * n
+            log_joint = log_joint + sum(overlap_terms[:n], torch.zeros((), dtype=x.dtype))
+            total = total + q_n * (log_joint - torch.log(q_n))
+        log_q_where = torch.distributions.Normal(inf.where_loc[b], inf.where_std[b]).log_prob(inf.where_sample[b]).sum()
+        out.append(total - log_q_where)
+    return torch.stack(out)
+
+
+def test_elbo_matches_direct_computation(model: Supair) -> None:
+    images = torch.rand(3, 1, 12, 12, dtype=torch.float64)
+    inf = model.infer(images)
+    elbo, _ = model.elbo(images, inf)
+    assert torch.allclose(elbo, _direct_elbo(model, images, inf), rtol=1e-9, atol=1e-8)
+
+
+def _two_boxes(model: Supair, images: torch.Tensor):
+    inf = model.infer(images, sample=False)
+    # object 0 covers columns 0..5, object 1 columns 3..8; both full height
+    inf.where = torch.tensor([[[6.0, 12.0, 0.0, 0.0], [6.0, 12.0, 3.0, 0.0]]], dtype=torch.float64).expand(images.shape[0], -1, -1).clone()
+    return inf
+
+
+def test_occluded_pixels_are_marginalized(model: Supair) -> None:
+    images = torch.rand(1, 1, 12, 12, dtype=torch.float64) * 0.5
+    inf = _two_boxes(model, images)
+    base = model.log_joint(images, inf)
+    changed = images.clone()
+    changed[0, 0, :, 4] = 1.0  # a column covered by object 0 and inside object 1's box
+    after = model.log_joint(changed, inf)
+    assert not torch.allclose(base["objects"][0, 0], after["objects"][0, 0])  # object 0 sees it
+    assert torch.allclose(base["objects"][0, 1], after["objects"][0, 1])  # hidden from object 1
+    assert not torch.allclose(base["background"][0, 0], after["background"][0, 0])  # no object: background sees it
+    assert torch.allclose(base["background"][0, 1:], after["background"][0, 1:])  # covered in alternatives n >= 1
+    # the masks given to the SPNs say the same
+    assert base["background_mask"][0, 1].view(12, 12)[:, 4].min() > 0.999
+    assert base["object_mask"][0, 1].max() > 0.999
+
+
+def test_uncovered_pixel_reaches_background_only(model: Supair) -> None:
+    images = torch.rand(1, 1, 12, 12, dtype=torch.float64) * 0.5
+    inf = _two_boxes(model, images)
+    base = model.log_joint(images, inf)
+    changed = images.clone()
+    changed[0, 0, 5, 11] = 1.0  # right of both boxes
+    after = model.log_joint(changed, inf)
+    assert torch.allclose(base["objects"], after["objects"])
+    assert not torch.allclose(base["background"][0, 2], after["background"][0, 2])
+
+
+def test_training_steps_raise_elbo_on_fixed_batch() -> None:
+    torch.manual_seed(1)
+    model = Supair(tiny_config())
+    images = torch.zeros(16, 1, 12, 12)
+    images[:8, :, 2:7, 2:7] = 0.9
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    torch.manual_seed(2)
+    before = model.elbo(images)[0].mean().item()
+    for _ in range(40):
+        loss, _ = model.loss(images)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.manual_seed(2)
+    after = model.elbo(images)[0].mean().item()
+    assert after > before + 10
+
+
+def test_every_parameter_gets_a_gradient(model: Supair) -> None:
+    loss, _ = model.loss(torch.rand(4, 1, 12, 12, dtype=torch.float64))
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing
+
+
+def test_no_background_model_uses_fixed_normal() -> None:
+    model = Supair(tiny_config(background_model=False))
+    assert model.background_spn is None
+    assert torch.isfinite(model.loss(torch.rand(2, 1, 12, 12))[0])
+
+
+def test_colour_model_runs() -> None:
+    model = Supair(tiny_config(channels=3))
+    assert torch.isfinite(model.loss(torch.rand(2, 3, 12, 12))[0])
+    ex = model.explain(torch.rand(2, 3, 12, 12))
+    assert ex["reconstruction"].shape == (2, 3, 12, 12)
+    assert ex["completions"].shape == (2, 2, 3, 6, 6)
+
+
+def test_explain_keeps_visible_glimpse_pixels(model: Supair) -> None:
+    images = torch.rand(2, 1, 12, 12, dtype=torch.float64)
+    ex = model.explain(images)
+    visible = ex["hidden"] <= 0.5
+    assert torch.equal(ex["completions"][visible.expand_as(ex["completions"])], ex["glimpses"][visible.expand_as(ex["glimpses"])])
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        (torch.rand(2, 1, 10, 10), "shape"),
+        (torch.rand(2, 3, 12, 12), "shape"),
+        (torch.rand(12, 12), "shape"),
+        (torch.full((1, 1, 12, 12), 1.5), "[0, 1]"),
+        (torch.full((1, 1, 12, 12), float("nan")), "NaN"),
+        (torch.zeros(1, 1, 12, 12, dtype=torch.long), "dtype"),
+    ],
+)
+def test_bad_images_raise(images: torch.Tensor, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        check_images(images, tiny_config())
