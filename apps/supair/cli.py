@@ -17,7 +17,9 @@ def _add_train(sub) -> None:
     p.add_argument("--dataset", choices=("multi-mnist", "sprites", "noisy-mnist", "grid-mnist"), default="multi-mnist")
     p.add_argument("--data", metavar="PATH", help="your own images: a folder of PNG/JPEG files or an .npz with 'images' (and optionally 'counts', 'boxes')")
     p.add_argument("--steps", type=int, help="stop after this many steps")
-    p.add_argument("--minutes", type=float, help="stop after this much training wall time (default 10 when --steps is not given)")
+    p.add_argument("--minutes", type=float, help="stop after this much training wall time (default 10 when no other budget is given)")
+    p.add_argument("--cpu-minutes", type=float, help="stop after this much training CPU time (process time spent in training steps)")
+    p.add_argument("--eval-seconds", type=float, help="evaluate every this many training CPU seconds (instead of --eval-every steps)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="Adam learning rate")
     p.add_argument("--eval-every", type=int, help="evaluate every N steps")
@@ -42,22 +44,23 @@ def _add_train(sub) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The run configuration: defaults, the data set's defaults, then the flags."""
-    from .config import SupairConfig, dataset_defaults
+    from .config import SupairConfig, dataset_defaults, model_defaults
 
     changes: dict = {"model_type": args.model, "train.dataset": args.dataset}
+    changes.update(model_defaults(args.model))
     changes.update(dataset_defaults(args.dataset))
     flag_map = {
         "data": "train.data_path", "steps": "train.steps", "minutes": "train.minutes", "batch_size": "train.batch_size",
         "lr": "train.learning_rate", "eval_every": "train.eval_every", "checkpoint_every": "train.checkpoint_every",
         "train_images": "train.train_images", "test_images": "train.test_images", "seed": "train.seed",
-        "threads": "train.threads", "max_steps": "model.max_steps", "glimpse_size": "model.glimpse_size",
+        "threads": "train.threads", "cpu_minutes": "train.cpu_minutes", "eval_seconds": "train.eval_cpu_seconds", "max_steps": "model.max_steps", "glimpse_size": "model.glimpse_size",
         "encoder": "model.inference.encoder",
     }
     for flag, key in flag_map.items():
         value = getattr(args, flag)
         if value is not None:
             changes[key] = value
-    if args.steps is None and args.minutes is None:
+    if args.steps is None and args.minutes is None and args.cpu_minutes is None:
         changes["train.minutes"] = 10.0
     if args.no_background_model:
         changes["model.background_model"] = False

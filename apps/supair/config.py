@@ -16,10 +16,12 @@ __all__ = [
     "SPNConfig",
     "InferenceConfig",
     "PriorConfig",
+    "AirConfig",
     "ModelConfig",
     "TrainConfig",
     "SupairConfig",
     "dataset_defaults",
+    "model_defaults",
 ]
 
 
@@ -82,6 +84,46 @@ class PriorConfig:
 
 
 @dataclass(frozen=True)
+class AirConfig:
+    """AIR's own settings (the baseline model, ``model_type="air"``); see apps/supair/air.py.
+
+    Defaults: pyro's examples/air with its tutorial's flags (``--z-pres-prior 0.01
+    --scale-prior-sd 0.2 --predict-net 200 --bl-predict-net 200
+    --decoder-output-use-sigmoid --decoder-output-bias -2 -blr 0.1``).
+    """
+
+    z_what_size: int = 50
+    encoder_units: int = 200
+    decoder_units: int = 200
+    predict_units: int = 200  # MLP from the LSTM state to z_pres and z_where
+    baseline_units: int = 200  # MLP of the baseline network
+    decoder_bias: float = -2.0  # added before the decoder's sigmoid: new objects start near blank
+    likelihood_sd: float = 0.3
+    scale_prior_mean: float = 3.0  # z_where = (s, x, y): the window is 1/s of the image wide
+    scale_prior_sd: float = 0.2
+    pos_prior_mean: float = 0.0
+    pos_prior_sd: float = 1.0
+    pres_prior: float = 0.01  # z_pres_t ~ Bernoulli(pres_prior * z_pres_{t-1}): p(n) ~ 0.01^n
+    pres_prior_start: float | None = None  # anneal geometrically from this value to pres_prior ...
+    pres_prior_anneal_steps: int = 0  # ... over this many training steps (0: no annealing)
+    pres_logit_clamp: float = 25.0  # z_pres probabilities stay within sigmoid(+-25), about 1e-11 from 0 and 1
+    baseline_lr: float = 0.1  # Adam rate of the baseline network
+    nvil_normalize: bool = False  # also centre and scale the learning signal by running moments (NVIL)
+    nvil_decay: float = 0.9
+
+    def assert_valid(self) -> None:
+        for f in ("z_what_size", "encoder_units", "decoder_units", "predict_units", "baseline_units"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"air.{f} must be >= 1, got {getattr(self, f)}")
+        if not 0 < self.pres_prior < 1 or (self.pres_prior_start is not None and not 0 < self.pres_prior_start < 1):
+            raise ValueError(f"air.pres_prior and air.pres_prior_start must be in (0, 1), got {self.pres_prior}, {self.pres_prior_start}")
+        if min(self.likelihood_sd, self.scale_prior_sd, self.pos_prior_sd, self.baseline_lr, self.pres_logit_clamp) <= 0:
+            raise ValueError("air.likelihood_sd, scale_prior_sd, pos_prior_sd, baseline_lr and pres_logit_clamp must be positive")
+        if not 0 <= self.nvil_decay < 1:
+            raise ValueError(f"air.nvil_decay must be in [0, 1), got {self.nvil_decay}")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Scene and model sizes, and the two SPNs."""
 
@@ -98,6 +140,7 @@ class ModelConfig:
     )
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
+    air: AirConfig = field(default_factory=AirConfig)  # used when model_type is "air"
 
     def assert_valid(self) -> None:
         if self.scene_size < 8 or self.glimpse_size < 4:
@@ -109,6 +152,7 @@ class ModelConfig:
         self.object_spn.assert_valid("object_spn")
         self.background_spn.assert_valid("background_spn")
         self.inference.assert_valid()
+        self.air.assert_valid()
 
 
 @dataclass(frozen=True)
@@ -123,6 +167,8 @@ class TrainConfig:
     learning_rate: float = 1e-3
     steps: int | None = None  # stop after this many steps
     minutes: float | None = None  # ... or after this much training wall time
+    cpu_minutes: float | None = None  # ... or after this much training CPU time (process time in training steps)
+    eval_cpu_seconds: float | None = None  # evaluate every this many training CPU seconds instead of every eval_every steps
     eval_every: int = 50
     checkpoint_every: int = 200
     seed: int = 0
@@ -135,6 +181,8 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.steps is not None and self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if self.eval_cpu_seconds is not None and self.eval_cpu_seconds <= 0:
+            raise ValueError(f"eval_cpu_seconds must be positive, got {self.eval_cpu_seconds}")
 
 
 @dataclass(frozen=True)
@@ -206,6 +254,7 @@ _NESTED = {
     ("ModelConfig", "background_spn"): SPNConfig,
     ("ModelConfig", "inference"): InferenceConfig,
     ("ModelConfig", "prior"): PriorConfig,
+    ("ModelConfig", "air"): AirConfig,
 }
 
 
@@ -215,4 +264,10 @@ def dataset_defaults(dataset: str) -> dict[str, Any]:
         return {"model.background_spn.max_var": 0.16}
     if dataset == "noisy-mnist":
         return {"model.background_spn.max_var": 0.06, "model.object_spn.min_var": 0.25}
+    return {}
+
+def model_defaults(model_type: str) -> dict[str, Any]:
+    """Per-model changes of the training defaults (dotted paths): AIR trains with batch 64 and Adam 1e-4 (pyro's tutorial)."""
+    if model_type == "air":
+        return {"train.batch_size": 64, "train.learning_rate": 1e-4, "train.eval_every": 200}
     return {}

@@ -169,7 +169,9 @@ class Trainer:
             torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(cfg).to(device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.learning_rate)
+        groups = getattr(self.model, "param_groups", None)  # a model may set per-group rates (AIR's baseline)
+        params = groups(cfg.train.learning_rate) if callable(groups) else self.model.parameters()
+        self.optimizer = torch.optim.Adam(params, lr=cfg.train.learning_rate)
         self.batch_gen = torch.Generator().manual_seed(cfg.train.seed)
         self.step = 0
         self.clock = _Clock()
@@ -254,7 +256,19 @@ class Trainer:
         t = self.cfg.train
         if t.steps is not None and self.step >= t.steps:
             return True
+        if t.cpu_minutes is not None and self.clock.cpu >= 60 * t.cpu_minutes:
+            return True
         return t.minutes is not None and self.clock.wall >= 60 * t.minutes
+
+    def _eval_due(self) -> bool:
+        """Every ``eval_every`` steps, or each time the CPU clock passes a multiple of ``eval_cpu_seconds``."""
+        t = self.cfg.train
+        if t.eval_cpu_seconds is None:
+            return self.step % t.eval_every == 0
+        if self.clock.cpu >= self._next_eval_cpu:
+            self._next_eval_cpu = (math.floor(self.clock.cpu / t.eval_cpu_seconds) + 1) * t.eval_cpu_seconds
+            return True
+        return False
 
     def run(self) -> list[dict]:
         """Train until the step or time budget; returns the evaluations of this call."""
@@ -265,12 +279,17 @@ class Trainer:
         bar = tqdm(total=t.steps, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True)
         last = {}
         elbo_avg = math.nan
+        if t.eval_cpu_seconds is not None:
+            self._next_eval_cpu = (math.floor(self.clock.cpu / t.eval_cpu_seconds) + 1) * t.eval_cpu_seconds
+            if self.step == 0:
+                last = self.evaluate()  # the untrained model: accuracy at time 0
+                rows.append(last)
         try:
             while not self._done():
                 elbo = self.train_step()
                 elbo_avg = elbo if math.isnan(elbo_avg) else 0.9 * elbo_avg + 0.1 * elbo
                 bar.update(1)
-                if self.step % t.eval_every == 0:
+                if self._eval_due():
                     last = self.evaluate()
                     rows.append(last)
                 if self.step % t.checkpoint_every == 0:

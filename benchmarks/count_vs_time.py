@@ -1,0 +1,377 @@
+"""Count accuracy against training time: SuPAIR, SuPAIR without the background SPN, and AIR.
+
+For one data set, each model is trained ``--seeds`` times through the SuPAIR
+harness (``python -m apps.supair train`` in a subprocess, one run folder per
+(data set, model, seed) under ``--runs-dir``), evaluating held-out count
+accuracy every ``--eval-seconds`` of training CPU time. The clock is the
+process's CPU time spent in training steps (evaluation excluded); wall time of
+the training steps is recorded beside it. Runs are resumable: calling the script
+again with a larger ``--budget`` continues every run from its checkpoint, and
+the results accumulate.
+
+Writes, under ``--out-dir`` (default benchmarks/results/):
+
+- ``count_vs_time_<dataset>.csv``: one row per evaluation (model, dataset, seed,
+  step, train_seconds = CPU seconds, wall_seconds, count_accuracy, iou, elbo,
+  mean_count);
+- ``count_vs_time_<dataset>.png``: mean and +-1 std band over seeds, one line
+  per model (the paper's figure);
+- ``count_vs_time_<dataset>.md``: accuracy at fixed times, time to reach 0.5,
+  0.9 and 0.95, the AIR / SuPAIR speed-up, and the command line, CPU, thread
+  count and torch version.
+
+Models: ``supair``, ``supair-nobg`` (``--no-background-model``), ``air``.
+
+Usage::
+
+    .venv/bin/python benchmarks/count_vs_time.py                       # minutes: 1 seed, 2 CPU minutes each
+    .venv/bin/python benchmarks/count_vs_time.py --budget supair=15 --budget supair-nobg=15 \\
+        --budget air=60 --eval-seconds 30 --seeds 5 --parallel 2       # the full run
+    .venv/bin/python benchmarks/count_vs_time.py --collect-only          # tables and figure from the runs so far
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+__all__ = ["MODELS", "parse_args", "run_command", "collect", "summarize", "main"]
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {
+    "supair": ["--model", "supair"],
+    "supair-nobg": ["--model", "supair", "--no-background-model"],
+    "air": ["--model", "air"],
+}
+THRESHOLDS = (0.5, 0.9, 0.95)
+FIELDS = ("model", "dataset", "seed", "step", "train_seconds", "wall_seconds", "count_accuracy", "iou", "elbo", "mean_count")
+
+
+def _budget(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--budget takes MODEL=MINUTES, got {text!r}")
+    if name != "all" and name not in MODELS:
+        raise argparse.ArgumentTypeError(f"unknown model {name!r} in --budget (expected one of {sorted(MODELS)} or 'all')")
+    try:
+        minutes = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--budget {name}= needs a number of CPU minutes, got {value!r}") from None
+    if not minutes > 0:
+        raise argparse.ArgumentTypeError(f"--budget {name}= must be positive, got {minutes}")
+    return name, minutes
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", default="multi-mnist", choices=("multi-mnist", "sprites", "noisy-mnist", "grid-mnist"))
+    p.add_argument("--models", default="supair,supair-nobg,air", help="comma-separated subset of " + ",".join(MODELS))
+    p.add_argument("--seeds", type=int, default=1, help="training seeds per model, 0..S-1 (default: 1)")
+    p.add_argument("--budget", type=_budget, action="append", default=[], metavar="MODEL=MINUTES",
+                   help="training CPU minutes of a model ('all=M' for every model); default 2 each")
+    p.add_argument("--eval-seconds", type=float, default=15.0, help="training CPU seconds between evaluations (default: 15)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (default: 1)")
+    p.add_argument("--parallel", type=int, default=1, help="runs trained side by side (default: 1)")
+    p.add_argument("--train-images", type=int, help="training scenes (default: the data set's)")
+    p.add_argument("--test-images", type=int, help="held-out scenes per evaluation (default: the harness's, 2000)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override passed to every run")
+    p.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "count_vs_time")
+    p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--collect-only", action="store_true", help="no training: write the CSV, figure and table from the runs so far")
+    args = p.parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    bad = [m for m in models if m not in MODELS]
+    if bad or not models:
+        p.error(f"--models must name some of {sorted(MODELS)}, got {args.models!r}")
+    if args.seeds < 1 or args.threads < 1 or args.parallel < 1 or args.eval_seconds <= 0:
+        p.error("--seeds, --threads and --parallel must be >= 1 and --eval-seconds positive")
+    args.model_list = models
+    budgets = {m: 2.0 for m in models}
+    for name, minutes in args.budget:
+        for m in models if name == "all" else [name]:
+            budgets[m] = minutes
+    args.budgets = budgets
+    return args
+
+
+def run_dir(args: argparse.Namespace, model: str, seed: int) -> Path:
+    return args.runs_dir / args.dataset / model / f"seed{seed}"
+
+
+def run_command(args: argparse.Namespace, model: str, seed: int) -> list[str]:
+    """The ``supair train`` command line that starts or continues one run."""
+    folder = run_dir(args, model, seed)
+    cmd = [sys.executable, "-m", "apps.supair", "train", *MODELS[model], "--dataset", args.dataset,
+           "--seed", str(seed), "--threads", str(args.threads), "--no-progress",
+           "--cpu-minutes", repr(args.budgets[model]), "--eval-seconds", repr(args.eval_seconds)]
+    if args.train_images is not None:
+        cmd += ["--train-images", str(args.train_images)]
+    if args.test_images is not None:
+        cmd += ["--test-images", str(args.test_images)]
+    for item in args.set:
+        cmd += ["--set", item]
+    cmd += ["--resume", str(folder)] if (folder / "checkpoint.pt").exists() else ["--out", str(folder)]
+    return cmd
+
+
+def _trained_cpu_seconds(folder: Path) -> float:
+    rows = _read_metrics(folder)
+    return max((r.get("cpu_seconds", 0.0) for r in rows), default=0.0)
+
+
+def _train_one(args: argparse.Namespace, model: str, seed: int, log) -> int:
+    folder = run_dir(args, model, seed)
+    if _trained_cpu_seconds(folder) >= 60 * args.budgets[model]:
+        log(f"{model} seed {seed}: budget of {args.budgets[model]} CPU minutes already spent")
+        return 0
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    cmd = run_command(args, model, seed)
+    log(f"{model} seed {seed}: {shlex.join(cmd[1:])}")
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    with open(folder.parent / f"seed{seed}.log", "a") as out:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        log(f"{model} seed {seed}: training failed (exit {proc.returncode}); see {folder.parent / f'seed{seed}.log'}")
+    return proc.returncode
+
+
+def _read_metrics(folder: Path) -> list[dict]:
+    path = folder / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line being written
+    return rows
+
+
+def collect(args: argparse.Namespace) -> list[dict]:
+    """Every evaluation of every run of ``args`` so far, as CSV rows."""
+    rows = []
+    for model in args.model_list:
+        for seed in range(args.seeds):
+            for r in _read_metrics(run_dir(args, model, seed)):
+                rows.append({
+                    "model": model, "dataset": args.dataset, "seed": seed, "step": r["step"],
+                    "train_seconds": r["cpu_seconds"], "wall_seconds": r["train_seconds"],
+                    "count_accuracy": r.get("count_accuracy", math.nan), "iou": r.get("iou", math.nan),
+                    "elbo": r.get("elbo", math.nan), "mean_count": r.get("mean_count", math.nan),
+                })
+    return rows
+
+
+def _runs(rows: list[dict], model: str) -> dict[int, list[dict]]:
+    out: dict[int, list[dict]] = {}
+    for r in rows:
+        if r["model"] == model:
+            out.setdefault(r["seed"], []).append(r)
+    return {s: sorted(v, key=lambda r: r["train_seconds"]) for s, v in out.items()}
+
+
+def _at(run: list[dict], t: float, tol: float) -> float:
+    """Accuracy of a run at training time ``t``: its last evaluation at or before ``t`` (NaN if it stopped before)."""
+    if not run or run[-1]["train_seconds"] < t - tol:
+        return math.nan
+    before = [r for r in run if r["train_seconds"] <= t + tol]
+    return before[-1]["count_accuracy"] if before else math.nan
+
+
+def _time_to(run: list[dict], thr: float) -> float:
+    return next((r["train_seconds"] for r in run if r["count_accuracy"] >= thr), math.nan)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float, int]:
+    v = [x for x in values if not math.isnan(x)]
+    if not v:
+        return math.nan, math.nan, 0
+    m = sum(v) / len(v)
+    return m, math.sqrt(sum((x - m) ** 2 for x in v) / len(v)), len(v)
+
+
+def curves(rows: list[dict], models: list[str], step: float) -> dict[str, tuple[list[float], list[float], list[float]]]:
+    """Per model: times ``0, step, 2 step, ...``, mean and std of the accuracy over seeds."""
+    out = {}
+    for model in models:
+        runs = _runs(rows, model)
+        if not runs:
+            continue
+        end = max(r[-1]["train_seconds"] for r in runs.values())
+        times, means, stds = [], [], []
+        k = 0
+        while k * step <= end + 1e-9:
+            t = k * step
+            m, s, n = _mean_std([_at(r, t, 0.5 * step) for r in runs.values()])
+            if n:
+                times.append(t)
+                means.append(m)
+                stds.append(s)
+            k += 1
+        out[model] = (times, means, stds)
+    return out
+
+
+def _fmt_time(t: float) -> str:
+    return "-" if math.isnan(t) else f"{t:.0f} s"
+
+
+def summarize(rows: list[dict], args: argparse.Namespace, command: str) -> str:
+    """The markdown report: set-up, accuracy at fixed times, times to thresholds, speed-up."""
+    import torch
+
+    lines = [f"# Count accuracy vs training time: {args.dataset}", ""]
+    lines += [
+        f"- command: `{command}`",
+        f"- CPU: {_cpu_model()}; torch threads per run: {args.threads}; runs side by side: {args.parallel}",
+        f"- torch {torch.__version__}, Python {platform.python_version()}; written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "- clock: process CPU seconds spent in training steps (evaluation excluded); wall seconds of the same steps in the CSV",
+        f"- budgets (CPU minutes): {', '.join(f'{m}={args.budgets[m]:g}' for m in args.model_list)}; evaluation every {args.eval_seconds:g} CPU s",
+        "",
+    ]
+    longest = max((r["train_seconds"] for r in rows), default=0.0)
+    marks = [t for t in (30, 60, 120, 300, 600, 900, 1200, 1800, 2700, 3600, 5400, 7200) if t <= longest + args.eval_seconds]
+    tol = 0.5 * args.eval_seconds
+    lines += ["## Count accuracy at fixed training times (mean +- std over seeds, n = seeds that ran that long)", ""]
+    lines += ["| model | " + "".join(f"{t} s | " for t in marks) + "last (time) |", "|---" * (len(marks) + 2) + "|"]
+    for model in args.model_list:
+        runs = _runs(rows, model)
+        if not runs:
+            continue
+        cells = []
+        for t in marks:
+            m, s, n = _mean_std([_at(r, t, tol) for r in runs.values()])
+            cells.append("-" if not n else f"{m:.3f} +- {s:.3f} (n={n})")
+        lm, ls, ln = _mean_std([r[-1]["count_accuracy"] for r in runs.values()])
+        lt = sum(r[-1]["train_seconds"] for r in runs.values()) / len(runs)
+        cells.append(f"{lm:.3f} +- {ls:.3f} ({lt:.0f} s)")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    lines += ["", "## Training CPU time to reach a count accuracy (mean over the seeds that reached it)", ""]
+    lines += ["| model | " + " | ".join(f">= {t}" for t in THRESHOLDS) + " |", "|---" * (len(THRESHOLDS) + 1) + "|"]
+    reach: dict[str, dict[float, float]] = {}
+    for model in args.model_list:
+        runs = _runs(rows, model)
+        if not runs:
+            continue
+        cells = []
+        reach[model] = {}
+        for thr in THRESHOLDS:
+            m, s, n = _mean_std([_time_to(r, thr) for r in runs.values()])
+            reach[model][thr] = m if n == len(runs) else math.nan
+            cells.append("not reached" if not n else f"{_fmt_time(m)} +- {s:.0f} ({n}/{len(runs)} seeds)")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    if "air" in reach:
+        lines += ["", "## Speed-up: AIR's time to a count accuracy divided by the model's (all seeds must reach it)", ""]
+        lines += ["| model | " + " | ".join(f">= {t}" for t in THRESHOLDS) + " |", "|---" * (len(THRESHOLDS) + 1) + "|"]
+        for model in (m for m in reach if m != "air"):
+            cells = []
+            for thr in THRESHOLDS:
+                a, b = reach["air"][thr], reach[model][thr]
+                cells.append(f"{a / b:.1f}x" if not (math.isnan(a) or math.isnan(b)) and b > 0 else
+                             (f"> {max(r[-1]['train_seconds'] for r in _runs(rows, 'air').values()) / b:.1f}x (AIR not there yet)"
+                              if math.isnan(a) and not math.isnan(b) and b > 0 else "-"))
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} logical CPUs)"
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_outputs(args: argparse.Namespace, command: str) -> dict[str, Path]:
+    """Write the CSV, the figure and the markdown table from the runs so far."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = collect(args)
+    base = args.out_dir / f"count_vs_time_{args.dataset}"
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    paths = {"csv": base.with_suffix(".csv"), "png": base.with_suffix(".png"), "md": base.with_suffix(".md")}
+    _atomic_write(paths["csv"], buf.getvalue().encode())
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    colours = {"supair": "tab:blue", "supair-nobg": "tab:green", "air": "tab:red"}
+    labels = {"supair": "SuPAIR", "supair-nobg": "SuPAIR w/o bg SPN", "air": "AIR"}
+    for model, (times, means, stds) in curves(rows, args.model_list, args.eval_seconds).items():
+        ax.plot(times, means, color=colours[model], label=f"{labels[model]} ({len(_runs(rows, model))} seeds)")
+        ax.fill_between(times, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], color=colours[model], alpha=0.2, linewidth=0)
+    ax.set_xlabel(f"training time (CPU seconds, {args.threads} thread{'s' if args.threads > 1 else ''})")
+    ax.set_ylabel("count accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"{args.dataset}: count accuracy vs training time", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    buf_png = io.BytesIO()
+    fig.savefig(buf_png, format="png", dpi=120)
+    plt.close(fig)
+    _atomic_write(paths["png"], buf_png.getvalue())
+    _atomic_write(paths["md"], summarize(rows, args, command).encode())
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = shlex.join(["benchmarks/count_vs_time.py", *(sys.argv[1:] if argv is None else argv)])
+    log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
+    failures = 0
+    if not args.collect_only:
+        jobs = [(m, s) for s in range(args.seeds) for m in args.model_list]  # seed-major: every model gets seed 0 first
+
+        lock = threading.Lock()  # pyplot is not thread-safe
+
+        def job(ms: tuple[str, int]) -> int:
+            code = _train_one(args, *ms, log)
+            with lock:
+                write_outputs(args, command)  # results accumulate as runs finish
+            return code
+
+        with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+            failures = sum(1 for code in pool.map(job, jobs) if code != 0)
+    paths = write_outputs(args, command)
+    for p in paths.values():
+        log(f"wrote {p}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

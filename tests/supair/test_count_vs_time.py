@@ -1,0 +1,75 @@
+"""benchmarks/count_vs_time.py: the tables' arithmetic, and an end-to-end run on a tiny budget."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("count_vs_time", ROOT / "benchmarks" / "count_vs_time.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["count_vs_time"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bench = _bench()
+
+
+def _rows(model: str, seed: int, points: list[tuple[float, float]]) -> list[dict]:
+    return [{"model": model, "dataset": "d", "seed": seed, "step": i, "train_seconds": t, "wall_seconds": 2 * t,
+             "count_accuracy": a, "iou": math.nan, "elbo": 0.0, "mean_count": 1.0} for i, (t, a) in enumerate(points)]
+
+
+def test_times_to_threshold_and_speed_up() -> None:
+    rows = (_rows("supair", 0, [(0, 0.3), (30, 0.6), (60, 0.92), (90, 0.96)])
+            + _rows("supair", 1, [(0, 0.3), (30, 0.95), (60, 0.97), (90, 0.97)])
+            + _rows("air", 0, [(0, 0.3), (300, 0.55), (600, 0.91), (900, 0.93)]))
+    args = bench.parse_args(["--models", "supair,air", "--seeds", "2", "--eval-seconds", "30"])
+    md = bench.summarize(rows, args, "cmd")
+    # supair: 0.9 at 60 s and 30 s -> 45 s mean; AIR at 600 s -> 13.3x; 0.5 at 30 s both -> AIR 300 / 30 = 10x
+    assert "| supair | 30 s +- 0 (2/2 seeds) | 45 s +- 15 (2/2 seeds) | 60 s +- 30 (2/2 seeds) |" in md
+    assert "| supair | 10.0x | 13.3x |" in md
+    assert "AIR not there yet" in md  # AIR never reached 0.95
+    times, means, stds = bench.curves(rows, ["supair"], 30)["supair"]
+    assert times == [0, 30, 60, 90] and means[1] == pytest.approx(0.775) and stds[1] == pytest.approx(0.175)
+    assert bench._at(bench._runs(rows, "air")[0], 450, 15) == 0.55  # last evaluation before 450 s
+    assert math.isnan(bench._at(bench._runs(rows, "air")[0], 1200, 15))  # the run stopped before
+
+
+@pytest.mark.parametrize("argv", [["--models", "nope"], ["--budget", "air"], ["--budget", "air=-1"], ["--seeds", "0"]])
+def test_bad_arguments_exit(argv: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        bench.parse_args(argv)
+
+
+def test_end_to_end_tiny_budget(tmp_path: Path) -> None:
+    tiny = ["--set", "model.inference.lstm_units=8", "--set", "model.object_spn.repetitions=1", "--set", "model.object_spn.num_leaves=2",
+            "--set", "model.object_spn.num_sums=2", "--set", "model.air.z_what_size=3", "--set", "model.air.encoder_units=8",
+            "--set", "model.air.decoder_units=8", "--set", "model.air.predict_units=8", "--set", "model.air.baseline_units=8",
+            "--set", "train.batch_size=4"]
+    argv = ["--models", "supair-nobg,air", "--budget", "all=0.01", "--eval-seconds", "0.2", "--train-images", "16", "--test-images", "8",
+            "--parallel", "2", "--runs-dir", str(tmp_path / "runs"), "--out-dir", str(tmp_path / "out"), *tiny]
+    assert bench.main(argv) == 0
+    base = tmp_path / "out" / "count_vs_time_multi-mnist"
+    rows = list(csv.DictReader(open(base.with_suffix(".csv"))))
+    assert {r["model"] for r in rows} == {"supair-nobg", "air"}
+    for model in ("supair-nobg", "air"):
+        mine = [r for r in rows if r["model"] == model]
+        assert float(mine[0]["train_seconds"]) == 0 and float(mine[-1]["train_seconds"]) >= 0.6  # evaluated at 0 and at the end
+        assert all(0 <= float(r["count_accuracy"]) <= 1 for r in mine)
+    md = base.with_suffix(".md").read_text()
+    assert "torch threads per run: 1" in md and "| air |" in md and "CPU:" in md
+    assert base.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    # a second call with the budget spent trains nothing and keeps the results
+    n = len(rows)
+    assert bench.main(argv) == 0
+    assert len(list(csv.DictReader(open(base.with_suffix(".csv"))))) == n
