@@ -61,9 +61,14 @@ class InferenceConfig:
     scale_range: tuple[float, float] = (0.3, 0.9)  # box width relative to the glimpse size
     ratio_range: tuple[float, float] = (0.75, 1.25)  # box height / width
     position_range: tuple[float, float] = (0.0, 0.9)  # box top-left corner, fraction of the canvas
+    presence_bias: float = 0.0  # initial bias of the presence logit (positive: every step starts "on")
+    presence_bound: float | None = 6.0  # presence logits squashed into (-b, b) by b*tanh(l/b): no step's gradient dies
+    input: str = "residual"  # LSTM input per step: "image" (the original) or "residual" (earlier boxes blanked out)
     max_std: float = 0.3  # z_where posterior std is max_std * sigmoid(.), in (scale, scale, pixel, pixel) units
 
     def assert_valid(self) -> None:
+        if self.input not in ("image", "residual"):
+            raise ValueError(f"inference.input must be 'image' or 'residual', got {self.input!r}")
         if self.encoder not in ("flat", "cnn"):
             raise ValueError(f"inference.encoder must be 'flat' or 'cnn', got {self.encoder!r}")
         for name in ("scale_range", "ratio_range", "position_range"):
@@ -265,6 +270,7 @@ def dataset_defaults(dataset: str) -> dict[str, Any]:
     if dataset == "noisy-mnist":
         return {"model.background_spn.max_var": 0.06, "model.object_spn.min_var": 0.25}
     return {}
+
 
 def model_defaults(model_type: str) -> dict[str, Any]:
     """Per-model changes of the training defaults (dotted paths): AIR trains with batch 64 and Adam 1e-4 (pyro's tutorial)."""

@@ -92,10 +92,13 @@ def count_posterior(pres_logits: Tensor) -> Tensor:
 
 
 class InferenceNet(nn.Module):
-    """LSTM over ``N`` steps fed the image at every step, with an MLP head per step.
+    """LSTM over ``N`` steps with an MLP head per step, proposing presence and a box.
 
-    The input is the same at every step, so its projection into the LSTM gates
-    is computed once.
+    ``inference.input == "image"`` feeds the image at every step, as the
+    original (its projection into the LSTM gates is then computed once).
+    ``"residual"`` feeds the image with the boxes of the earlier steps blanked
+    out, so every step faces the same task, "find an object in what is left",
+    and the skill the first step learns carries over to the later ones.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -118,26 +121,44 @@ class InferenceNet(nn.Module):
         self.input_gates = nn.Linear(features, 4 * units)
         self.hidden_gates = nn.Linear(units, 4 * units, bias=False)
         self.head = nn.Sequential(nn.Linear(units, icfg.head_units), nn.ReLU(), nn.Linear(icfg.head_units, 9))
+        with torch.no_grad():
+            self.head[2].bias[0] = icfg.presence_bias
         self.units = units
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, images: Tensor, sample: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Per-step outputs for ``images`` ``(B, C, S, S)``.
 
+        Args:
+            sample: draw ``z_where`` (reparameterised); False takes the means.
+
         Returns:
-            presence logits ``(B, N)``, z_where mean ``(B, N, 4)`` and std ``(B, N, 4)``.
+            presence logits ``(B, N)``, and z_where mean, std and draw, each ``(B, N, 4)``.
         """
-        B = images.shape[0]
-        x_gates = self.input_gates(self.encoder(images))  # (B, 4U), shared by every step
+        B, S = images.shape[0], self.cfg.scene_size
+        residual = self.cfg.inference.input == "residual"
+        x_gates = None if residual else self.input_gates(self.encoder(images))  # (B, 4U), shared by every step
         h = images.new_zeros(B, self.units)
         c = images.new_zeros(B, self.units)
-        outs = []
+        visible = images.new_ones(B, 1, S, S)
+        outs, locs, stds, draws = [], [], [], []
         for _ in range(self.cfg.max_steps):  # the N steps of attention (not pixels or images)
+            if residual:
+                x_gates = self.input_gates(self.encoder(images * visible))  # (B, 4U)
             i, f, g, o = (x_gates + self.hidden_gates(h)).chunk(4, dim=1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)
-            outs.append(self.head(h))
-        out = torch.stack(outs, 1)  # (B, N, 9)
-        return out[..., 0], self.box_mean(out[..., 1:5]), self.cfg.inference.max_std * torch.sigmoid(out[..., 5:])
+            out = self.head(h)  # (B, 9)
+            loc, std = self.box_mean(out[:, 1:5]), self.cfg.inference.max_std * torch.sigmoid(out[:, 5:])
+            z = loc + std * torch.randn_like(std) if sample else loc
+            if residual:
+                visible = visible * (1 - box_coverage(self.to_pixels(z), S).unsqueeze(1))
+            logit = out[:, 0]
+            bound = self.cfg.inference.presence_bound
+            outs.append(logit if bound is None else bound * torch.tanh(logit / bound))
+            locs.append(loc)
+            stds.append(std)
+            draws.append(z)
+        return torch.stack(outs, 1), torch.stack(locs, 1), torch.stack(stds, 1), torch.stack(draws, 1)
 
     def box_mean(self, raw: Tensor) -> Tensor:
         """Squash ``(..., 4)`` into ``(scale_x, scale_y, x0, y0)`` within the configured ranges.
@@ -179,8 +200,7 @@ class Supair(nn.Module):
     # ------------------------------------------------------------ inference
     def infer(self, images: Tensor, sample: bool = True) -> Inference:
         """Run the attention network; ``sample=False`` takes the posterior means."""
-        logits, loc, std = self.inference(images)
-        z = loc + std * torch.randn_like(std) if sample else loc
+        logits, loc, std, z = self.inference(images, sample)
         return Inference(logits, loc, std, z, self.inference.to_pixels(z))
 
     # ---------------------------------------------------------------- model
