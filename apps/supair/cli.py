@@ -85,17 +85,29 @@ def config_from_args(args: argparse.Namespace):
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .distributed import init_from_env
     from .train import Trainer
 
     cfg = config_from_args(args)
-    if args.resume:
-        run_dir = Path(args.resume)
-    else:
-        run_dir = Path(args.out or f"runs/{cfg.train.dataset if not cfg.train.data_path else 'custom'}-{cfg.model_type}-{time.strftime('%Y%m%d-%H%M%S')}")
-        if (run_dir / "checkpoint.pt").exists():
-            raise ValueError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
-    trainer = Trainer(cfg, run_dir, device=args.device, resume=bool(args.resume), progress=not args.no_progress, log=_err)
-    rows = trainer.run()
+    dist = init_from_env(args.device)  # under torchrun: data-parallel over the launched processes
+    try:
+        main_process = dist is None or dist.is_main
+        if args.resume:
+            run_dir = Path(args.resume)
+        else:
+            run_dir = Path(args.out or f"runs/{cfg.train.dataset if not cfg.train.data_path else 'custom'}-{cfg.model_type}-{time.strftime('%Y%m%d-%H%M%S')}")
+            if dist is not None:
+                run_dir = dist.broadcast(run_dir)  # rank 0's clock names the folder
+            if (run_dir / "checkpoint.pt").exists():
+                raise ValueError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
+        trainer = Trainer(cfg, run_dir, device=args.device if dist is None else dist.device, resume=bool(args.resume),
+                          progress=not args.no_progress, log=_err if main_process else _quiet, dist=dist)
+        rows = trainer.run()
+    finally:
+        if dist is not None:
+            dist.close()
+    if not main_process:
+        return 0
     last = rows[-1]
     summary = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items())
     print(f"run folder: {run_dir}\nlast evaluation: {summary}")
@@ -140,6 +152,10 @@ def _show(args: argparse.Namespace) -> int:
 
 def _err(msg: str) -> None:
     print(msg, file=sys.stderr)
+
+
+def _quiet(msg: str) -> None:
+    """Messages of processes other than rank 0 under torchrun (rank 0 says the same)."""
 
 
 def build_parser() -> argparse.ArgumentParser:

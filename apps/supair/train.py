@@ -4,6 +4,11 @@ A run folder holds ``config.json``, ``checkpoint.pt`` (written atomically) and
 ``metrics.jsonl`` (one JSON object per evaluation). A run killed at any moment
 loses at most the steps since its last checkpoint; ``resume`` continues with
 optimizer state, step counter, clocks and metrics log intact.
+
+Under torchrun the Trainer gets a :class:`~apps.supair.distributed.DataParallel`
+(``dist``): each process trains on its shard of every global batch through DDP,
+evaluates a shard of the test set, and rank 0 alone writes the run folder. The
+files are the same as a single process writes, so runs resume either way.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
@@ -23,6 +28,9 @@ from torch import nn
 from .config import SupairConfig
 from .data import SceneSet, load_dataset, load_user_images
 from .metrics import count_accuracy, matched_iou
+
+if TYPE_CHECKING:
+    from .distributed import DataParallel
 
 __all__ = ["build_model", "load_data", "Trainer", "save_checkpoint", "load_checkpoint", "load_model", "evaluate"]
 
@@ -149,13 +157,16 @@ class Trainer:
         resume: continue the run in ``run_dir`` from its checkpoint.
         progress: show a tqdm progress bar.
         log: where one-line messages go.
+        dist: the process group under torchrun (None: a single process).
     """
 
     def __init__(self, cfg: SupairConfig, run_dir: str | Path, device: str = "cpu", resume: bool = False,
-                 progress: bool = True, log: Callable[[str], None] = print) -> None:
+                 progress: bool = True, log: Callable[[str], None] = print, dist: DataParallel | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.device = device
-        self.progress = progress
+        self.dist = dist
+        self.is_main = dist is None or dist.is_main  # the process that writes files
+        self.progress = progress and self.is_main
         self.log = log
         ckpt = None
         if resume:
@@ -165,6 +176,8 @@ class Trainer:
                 raise ValueError(f"{self.run_dir} was trained with another model config; resume without model options or start a new run")
             cfg = SupairConfig(model=saved.model, train=cfg.train, model_type=saved.model_type)
         self.cfg = cfg.assert_valid()
+        if dist is not None:
+            dist.per_process_batch(cfg.train.batch_size)  # ValueError unless it divides
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.train.seed)
@@ -183,12 +196,18 @@ class Trainer:
             self.clock = _Clock(float(ckpt["train_seconds"]), float(ckpt["cpu_seconds"]))
             self.batch_gen.set_state(ckpt["batch_rng"])
             torch.set_rng_state(ckpt["torch_rng"])
-            self._truncate_metrics(self.step)
+            if self.is_main:
+                self._truncate_metrics(self.step)
             self.log(f"resumed {self.run_dir} at step {self.step}")
-        else:
+        elif self.is_main:
             _atomic_write_bytes(self.run_dir / "config.json", lambda tmp: Path(tmp).write_text(cfg.to_json()))
-        self.train_set, self.test_set = load_data(cfg, log=self.log)
+        if dist is None:
+            self.train_set, self.test_set = load_data(cfg, log=self.log)
+        else:  # rank 0 builds the data cache, then the others read it
+            self.train_set, self.test_set = dist.main_first(lambda: load_data(cfg, log=self.log))
         self._check_data(self.train_set)
+        # the loss: model.loss, or under torchrun this process's shard of it through DDP
+        self._loss = self.model.loss if dist is None else dist.wrap(self.model)
 
     def _check_data(self, data: SceneSet) -> None:
         m = self.cfg.model
@@ -215,6 +234,8 @@ class Trainer:
         _atomic_write_bytes(self.metrics_path, lambda tmp: Path(tmp).write_text("".join(r + "\n" for r in keep)))
 
     def checkpoint(self) -> None:
+        if not self.is_main:
+            return
         save_checkpoint(self.run_dir / "checkpoint.pt", {
             "format": CHECKPOINT_FORMAT,
             "config": self.cfg.to_dict(),
@@ -230,23 +251,28 @@ class Trainer:
     def evaluate(self) -> dict:
         row: dict = {"step": self.step, "train_seconds": round(self.clock.wall, 3), "cpu_seconds": round(self.clock.cpu, 3)}
         if self.test_set is not None:
-            row.update(evaluate(self.model, self.test_set, device=self.device))
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+            if self.dist is None:
+                row.update(evaluate(self.model, self.test_set, device=self.device))
+            else:
+                row.update(self.dist.evaluate(self.model, self.test_set, device=self.device))
+        if self.is_main:
+            old = self.metrics_path.read_text() if self.metrics_path.exists() else ""
+            _atomic_write_bytes(self.metrics_path, lambda tmp: Path(tmp).write_text(old + json.dumps(row) + "\n"))
         return row
 
     def train_step(self) -> float:
         t = self.cfg.train
         idx = torch.randint(len(self.train_set), (t.batch_size,), generator=self.batch_gen)
+        if self.dist is not None:
+            idx = self.dist.shard(idx)  # this process's rows of the global batch
         x = self.train_set.float_batch(idx).to(self.device)
         wall, cpu = time.perf_counter(), time.process_time()
-        loss, stats = self.model.loss(x)
+        loss, stats = self._loss(x)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        elbo = float(stats["elbo"])  # the one host sync per step, for logging
+        # the one host sync per step, for logging (under torchrun: the global batch's mean)
+        elbo = float(stats["elbo"]) if self.dist is None else self.dist.mean(stats["elbo"])
         self.clock.wall += time.perf_counter() - wall
         self.clock.cpu += time.process_time() - cpu
         self.step += 1
@@ -256,19 +282,21 @@ class Trainer:
         t = self.cfg.train
         if t.steps is not None and self.step >= t.steps:
             return True
-        if t.cpu_minutes is not None and self.clock.cpu >= 60 * t.cpu_minutes:
-            return True
-        return t.minutes is not None and self.clock.wall >= 60 * t.minutes
+        out_of_time = t.minutes is not None and self.clock.wall >= 60 * t.minutes
+        out_of_time = out_of_time or (t.cpu_minutes is not None and self.clock.cpu >= 60 * t.cpu_minutes)
+        if self.dist is not None and (t.minutes is not None or t.cpu_minutes is not None):
+            return self.dist.agree(out_of_time)  # the processes' clocks differ: rank 0's decides for all
+        return out_of_time
 
     def _eval_due(self) -> bool:
         """Every ``eval_every`` steps, or each time the CPU clock passes a multiple of ``eval_cpu_seconds``."""
         t = self.cfg.train
         if t.eval_cpu_seconds is None:
             return self.step % t.eval_every == 0
-        if self.clock.cpu >= self._next_eval_cpu:
+        due = self.clock.cpu >= self._next_eval_cpu
+        if due:
             self._next_eval_cpu = (math.floor(self.clock.cpu / t.eval_cpu_seconds) + 1) * t.eval_cpu_seconds
-            return True
-        return False
+        return due if self.dist is None else self.dist.agree(due)  # evaluation is collective: rank 0's clock decides
 
     def run(self) -> list[dict]:
         """Train until the step or time budget; returns the evaluations of this call."""
@@ -297,6 +325,9 @@ class Trainer:
                 ips = self.step * t.batch_size / max(self.clock.wall, 1e-9)
                 bar.set_postfix(elbo=f"{elbo_avg:.1f}", acc=f"{last.get('count_accuracy', float('nan')):.3f}", img_s=f"{ips:.0f}")
         except KeyboardInterrupt:
+            if self.dist is not None:  # the other processes may be inside a collective: no final evaluation
+                self.log("interrupted: resume from the last checkpoint")
+                raise
             self.log("interrupted: saving a checkpoint")
         finally:
             bar.close()

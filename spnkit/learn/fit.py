@@ -21,8 +21,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .. import distributed as _dist
 from ..circuit import SPN
-from .em import Counts, _e_step, check_labels, m_step, root_log_likelihood
+from .em import Counts, _e_step, _em_params, check_labels, m_step, root_log_likelihood
 
 __all__ = ["fit", "METHODS", "OBJECTIVES"]
 
@@ -56,6 +57,7 @@ def fit(
     progress: bool = True,
     seed: int | None = 0,
     generator: torch.Generator | None = None,
+    distributed: bool = False,
 ) -> list[dict]:
     """Train the parameters of ``spn`` in place; return one record per epoch.
 
@@ -78,6 +80,15 @@ def fit(
     objective is computed; with ``patience`` training stops after that many
     epochs without improvement, and the best parameters are restored at the end.
 
+    Data parallelism (``distributed=True``, under torchrun; see
+    :mod:`spnkit.distributed` and docs/scaling.md): every process passes the SAME
+    data and seed; each mini-batch (and the validation set) is split into one
+    contiguous shard per process; Adam all-reduces the gradients of the summed
+    objective over the global batch size, EM all-reduces the expected counts
+    before each M-step (stochastic EM: per batch; ``"em-batch"``: once per epoch).
+    Every process ends with the same parameters, equal to a single process's up
+    to floating-point summation order; records hold global figures.
+
     Args:
         spn: the circuit, trained in place.
         data: ``(N, D)`` training samples.
@@ -99,6 +110,8 @@ def fit(
         progress: show a tqdm bar with the running log-likelihood and samples/s.
         seed: seeds shuffling and the validation split (ignored with ``generator``).
         generator: random generator for shuffling and the split.
+        distributed: train data-parallel over the ``torch.distributed`` default
+            group (initialized from torchrun's environment if needed).
 
     Returns:
         per epoch a dict with ``epoch``, ``train_ll`` (mean per sample over the
@@ -156,7 +169,14 @@ def fit(
     if x.shape[0] < 1:
         raise ValueError("no training samples left after the validation split")
 
-    trainer = _Trainer(spn, method, objective, lr, step_size)
+    info = _dist.current(spn.device) if distributed else None
+    if info is not None:  # lock-step training needs identical inputs everywhere; say so rather than hang
+        progress = progress and info.is_main
+        _dist.check_same("data, validation data, generator state and settings", [
+            *_fingerprint(x), *_fingerprint(m), *_fingerprint(vx), *_fingerprint(vm), *_fingerprint(generator.get_state()),
+            METHODS.index(method), OBJECTIVES.index(objective), epochs, batch_size, lr, step_size, -1 if patience is None else patience,
+        ], spn.device)
+    trainer = _Trainer(spn, method, objective, lr, step_size, info)
     history: list[dict] = []
     best_ll, best_state, bad_epochs = -math.inf, None, 0
     start = time.perf_counter()
@@ -170,9 +190,10 @@ def fit(
         bar = tqdm(total=n, desc=f"epoch {epoch}/{epochs} [{method}]", unit="samples", unit_scale=True, disable=not progress, leave=False)
         for s in range(0, n, batch_size):
             idx = order[s : s + batch_size]
-            xb, yb = x[idx], None if y is None else y[idx]
-            mb = torch.zeros_like(xb) if m is None else m[idx]
-            batch_ll, batch_correct = trainer.step(xb, mb, yb)
+            mine = idx if info is None else idx[_dist.rank_slice(len(idx), info.rank, info.world_size)]  # this process's shard
+            xb, yb = x[mine], None if y is None else y[mine]
+            mb = torch.zeros_like(xb) if m is None else m[mine]
+            batch_ll, batch_correct = trainer.step(xb, mb, yb, len(idx))
             step += 1
             ll_sum += batch_ll
             correct += batch_correct
@@ -185,6 +206,8 @@ def fit(
                 stop = True
             if max_seconds is not None and elapsed >= max_seconds:
                 stop = True
+            if info is not None and (step_callbacks or max_seconds is not None):
+                stop = _dist.any_rank(stop, spn.device)  # clocks and callbacks may differ: stop together
             if stop:
                 break
         trainer.end_epoch()
@@ -201,7 +224,7 @@ def fit(
         if y is not None:
             record["train_acc"] = correct / seen
         if vx is not None:
-            record["valid_ll"], acc = _evaluate(spn, vx, vm, vy, objective, max(batch_size, 256))
+            record["valid_ll"], acc = _evaluate(spn, vx, vm, vy, objective, max(batch_size, 256), info)
             if vy is not None:
                 record["valid_acc"] = acc
             if record["valid_ll"] > best_ll:
@@ -218,6 +241,8 @@ def fit(
             tqdm.write(_describe(record))
         if any(cb(record) for cb in callbacks):
             stop = True
+        if info is not None and callbacks:
+            stop = _dist.any_rank(stop, spn.device)
         if stop:
             break
     if best_state is not None:
@@ -257,8 +282,13 @@ def evaluate(
 
 
 @torch.no_grad()
-def _evaluate(spn: SPN, x: Tensor, m: Tensor | None, y: Tensor | None, objective: str, batch_size: int) -> tuple[float, float | None]:
-    """:func:`evaluate` on prepared inputs."""
+def _evaluate(spn: SPN, x: Tensor, m: Tensor | None, y: Tensor | None, objective: str, batch_size: int,
+              info: _dist.DistInfo | None = None) -> tuple[float, float | None]:
+    """:func:`evaluate` on prepared inputs; with ``info``, each process scores its shard and the sums are all-reduced."""
+    n = x.shape[0]
+    if info is not None:
+        part = _dist.rank_slice(n, info.rank, info.world_size)
+        x, m, y = x[part], None if m is None else m[part], None if y is None else y[part]
     total, correct = 0.0, 0
     for s in range(0, x.shape[0], batch_size):
         xb = x[s : s + batch_size]
@@ -268,7 +298,10 @@ def _evaluate(spn: SPN, x: Tensor, m: Tensor | None, y: Tensor | None, objective
         total += float(_objective(root, yb, objective).sum())
         if yb is not None:
             correct += int((root.argmax(1) == yb).sum())
-    return total / x.shape[0], (None if y is None else correct / x.shape[0])
+    if info is not None:
+        summed = _dist.all_reduce_sum([torch.tensor([total, float(correct)], dtype=torch.float64, device=spn.device)])[0]
+        total, correct = float(summed[0]), int(summed[1])
+    return total / n, (None if y is None else correct / n)
 
 
 def _objective(root: Tensor, labels: Tensor | None, objective: str) -> Tensor:
@@ -280,15 +313,22 @@ def _objective(root: Tensor, labels: Tensor | None, objective: str) -> Tensor:
 
 
 class _Trainer:
-    """One optimization step per mini-batch, for each method."""
+    """One optimization step per mini-batch, for each method (data-parallel with ``info``)."""
 
-    def __init__(self, spn: SPN, method: str, objective: str, lr: float, step_size: float) -> None:
+    def __init__(self, spn: SPN, method: str, objective: str, lr: float, step_size: float, info: _dist.DistInfo | None = None) -> None:
         self.spn, self.method, self.objective, self.step_size = spn, method, objective, step_size
         self.optimizer = torch.optim.Adam(spn.parameters(), lr=lr) if method == "adam" else None
         self.counts: Counts | None = None
+        self.info = info
 
-    def step(self, x: Tensor, m: Tensor, y: Tensor | None) -> tuple[float, int]:
-        """Update on one batch; return its summed objective (before the update) and correct predictions."""
+    def step(self, x: Tensor, m: Tensor, y: Tensor | None, total: int | None = None) -> tuple[float, int]:
+        """Update on one batch; return its summed objective (before the update) and correct predictions.
+
+        Data-parallel, ``x`` is this process's shard of a global batch of ``total``
+        samples, and the returned figures are those of the global batch.
+        """
+        if self.info is not None:
+            return self._step_parallel(x, m, y, x.shape[0] if total is None else total)
         spn = self.spn
         if self.method == "adam":
             self.optimizer.zero_grad(set_to_none=True)
@@ -309,10 +349,78 @@ class _Trainer:
         correct = 0 if y is None else int((root.detach().argmax(1) == y).sum())
         return total, correct
 
+    def _step_parallel(self, x: Tensor, m: Tensor, y: Tensor | None, total: int) -> tuple[float, int]:
+        """:meth:`step` on a shard: gradients or counts are summed over the processes before the update.
+
+        Failures (a zero-likelihood sample) are reduced too, so every process raises together.
+        """
+        spn, b = self.spn, x.shape[0]
+        obj_sum, correct, bad = 0.0, 0, False
+        if self.method == "adam":
+            self.optimizer.zero_grad(set_to_none=True)
+            params = [p for p in spn.parameters() if p.requires_grad]
+            if b:
+                root = spn._upward(*spn._to_leaf_input(x, m)).root  # (b, C)
+                obj = _objective(root, y, self.objective)  # (b,)
+                bad = not bool(torch.isfinite(obj).all())
+                if not bad:
+                    (-obj.sum() / total).backward()  # this shard's part of the global batch mean
+                    obj_sum = float(obj.detach().sum())
+                correct = 0 if y is None else int((root.detach().argmax(1) == y).sum())
+            grads = [torch.zeros_like(p) if bad or p.grad is None else p.grad for p in params]
+            stats = torch.tensor([obj_sum, correct, float(bad)], dtype=torch.float64, device=spn.device)
+            *grads, stats = _dist.all_reduce_sum([*grads, stats])
+            if stats[2] > 0:
+                raise ValueError("the objective is -inf or NaN on a training batch (a sample has zero likelihood)")
+            for p, g in zip(params, grads):
+                p.grad = g
+            self.optimizer.step()
+            return float(stats[0]), int(stats[1])
+        counts = None
+        if b:
+            try:
+                counts, root = _e_step(spn, x, m, y)
+                obj_sum = float(counts.log_likelihood)
+                correct = 0 if y is None else int((root.argmax(1) == y).sum())
+            except ValueError:
+                bad = True
+        stats = _dist.all_reduce_sum([torch.tensor([obj_sum, correct, float(bad)], dtype=torch.float64, device=spn.device)])[0]
+        if stats[2] > 0:
+            raise ValueError("a sample has zero likelihood (log-likelihood -inf or NaN); EM needs every sample to have positive density")
+        counts = _zero_counts(spn) if counts is None else counts
+        if self.method == "em":
+            m_step(spn, _dist.all_reduce_counts(counts), self.step_size)
+        else:
+            self.counts = counts if self.counts is None else self.counts + counts
+        return float(stats[0]), int(stats[1])
+
     def end_epoch(self) -> None:
-        if self.method == "em-batch" and self.counts is not None:
+        if self.method == "em-batch" and self.info is not None:
+            counts = _dist.all_reduce_counts(_zero_counts(self.spn) if self.counts is None else self.counts)
+            if counts.num_samples > 0:
+                m_step(self.spn, counts, 1.0)
+            self.counts = None
+        elif self.method == "em-batch" and self.counts is not None:
             m_step(self.spn, self.counts, 1.0)
             self.counts = None
+
+
+def _zero_counts(spn: SPN) -> Counts:
+    """Counts of no samples (what a process with an empty shard contributes)."""
+    params = _em_params(spn)
+    n = len(spn._levels)
+    zeros = {k: torch.zeros_like(v, requires_grad=False) for k, v in params.items()}
+    return Counts([zeros[f"sums.{i}"] for i in range(n)], [zeros.get(f"mix.{i}") for i in range(n)], zeros["eta"],
+                  torch.zeros((), dtype=spn.dtype, device=spn.device), 0)
+
+
+def _fingerprint(t: Tensor | None) -> list[float]:
+    """Size and two checksums of ``t`` (order-sensitive), to compare inputs across processes."""
+    if t is None:
+        return [-1.0, 0.0, 0.0]
+    v = t.detach().reshape(t.shape[0] if t.dim() else 1, -1).double().sum(1)  # (rows,)
+    w = torch.arange(1, v.shape[0] + 1, dtype=torch.float64, device=v.device)
+    return [float(t.numel()), float(v.sum()), float((v * w).sum())]
 
 
 def _prepare(spn: SPN, data: Tensor, marginalized: Tensor | None, name: str) -> tuple[Tensor, Tensor | None]:
