@@ -64,6 +64,7 @@ class InferenceConfig:
     presence_bias: float = 0.0  # initial bias of the presence logit (positive: every step starts "on")
     presence_bound: float | None = 6.0  # presence logits squashed into (-b, b) by b*tanh(l/b): no step's gradient dies
     input: str = "residual"  # LSTM input per step: "image" (the original) or "residual" (earlier boxes blanked out)
+    recurrent: bool = False  # False: the LSTM state is reset at every step, so every step applies the same function to its input (True: the original)
     max_std: float = 0.3  # z_where posterior std is max_std * sigmoid(.), in (scale, scale, pixel, pixel) units
 
     def assert_valid(self) -> None:

@@ -144,6 +144,8 @@ class InferenceNet(nn.Module):
         for _ in range(self.cfg.max_steps):  # the N steps of attention (not pixels or images)
             if residual:
                 x_gates = self.input_gates(self.encoder(images * visible))  # (B, 4U)
+            if not self.cfg.inference.recurrent:
+                h, c = torch.zeros_like(h), torch.zeros_like(c)
             i, f, g, o = (x_gates + self.hidden_gates(h)).chunk(4, dim=1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)
