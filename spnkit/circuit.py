@@ -233,10 +233,11 @@ class SPN(nn.Module):
             leaf = self.leaf_layer(x, w, params.get("eta"))  # (R0, B, K_leaf)
         else:
             leaf = self.leaf_layer.forward_max(x, w)  # (R0, B, K_leaf)
-        buf = self._pad(leaf)
+        buf_t = self._pad_t(leaf)  # (rows so far, K_max, B): the buffer, batch-fastest (see spnkit.layers)
         parts: list[Tensor] = []
         out = leaf
         for i, lv in enumerate(self._levels):
+            buf = buf_t.transpose(1, 2)  # (rows so far, B, K_max)
             if mode == "sum":
                 part = lv.sums(buf, params.get(f"sums.{i}"))  # (P, B, K_out)
             else:
@@ -249,14 +250,16 @@ class SPN(nn.Module):
             else:
                 out = lv.mixing.forward_max(part)
             if i + 1 < len(self._levels):
-                buf = torch.cat([buf, self._pad(out)])  # (rows so far, B, K_max)
-        return _Trace(buf=buf, parts=parts, root=out[0])
+                buf_t = torch.cat([buf_t, self._pad_t(out)])  # (rows so far, K_max, B)
+        return _Trace(buf=buf_t.transpose(1, 2), parts=parts, root=out[0])
 
-    def _pad(self, v: Tensor) -> Tensor:
-        if v.shape[-1] == self.k_max:
+    def _pad_t(self, v: Tensor) -> Tensor:
+        """Region vectors ``(R, B, K)`` to batch-fastest buffer rows ``(R, K_max, B)``, padded with ``-inf``."""
+        v = v.transpose(1, 2)  # (R, K, B)
+        if v.shape[1] == self.k_max:
             return v
-        fill = v.new_full((*v.shape[:-1], self.k_max - v.shape[-1]), -torch.inf)
-        return torch.cat([v, fill], dim=-1)
+        fill = v.new_full((v.shape[0], self.k_max - v.shape[1], v.shape[2]), -torch.inf)
+        return torch.cat([v, fill], dim=1)
 
     def _out(self, root: Tensor) -> Tensor:
         return root[:, 0] if self.num_classes == 1 else root
@@ -354,9 +357,8 @@ class SPN(nn.Module):
                 pc[rows_, cols.expand_as(rows_)] = c
                 pc = pc[:-1]
                 p_active = pc >= 0
-            scores = lv.sums.product_scores(trace.buf)  # (P, B, I*J, K_out)
-            idx = pc.clamp_min(0).view(*pc.shape, 1, 1).expand(-1, -1, scores.shape[2], 1)
-            ij = self._choose(torch.gather(scores, 3, idx).squeeze(-1), 2, generator, greedy)  # (P, B)
+            scores = lv.sums.chosen_scores(trace.buf, pc.clamp_min(0))  # (P, B, I*J)
+            ij = self._choose(scores, 2, generator, greedy)  # (P, B)
             for kids, val in ((lv.sums.left, ij // lv.sums.k_in), (lv.sums.right, ij % lv.sums.k_in)):
                 rows_ = torch.where(p_active, kids.view(-1, 1).expand_as(ij), torch.full_like(ij, dummy))
                 chosen[rows_, cols.expand_as(rows_)] = val

@@ -16,15 +16,25 @@ The layout contract, for every layer, written once here:
 * Mask polarity, for the whole library: ``m = 1`` (or True) means unobserved,
   integrated out; the leaf layer weights each factor's log-density by
   ``w = 1 - m``.
+* Memory format: the ``(regions, batch, K)`` tensors that layers return, and
+  the buffer, are stored **batch-fastest**: each is the ``.transpose(1, 2)``
+  view of a contiguous ``(regions, K, batch)`` tensor, as torch's
+  ``channels_last`` keeps NCHW shapes over NHWC memory. Internally every layer
+  works on ``(regions, K, batch)``, so each matrix product has the batch as its
+  long, contiguous dimension (3-4x faster than ``(batch, K)`` rows for small
+  ``K``). Layers accept inputs of any strides; use ``reshape``, not ``view``.
 
 No layer loops over regions, nodes or variables: each is a handful of batched
-tensor operations.
+tensor operations. The only loops run over *blocks* of regions sized so that
+no temporary exceeds :data:`CHUNK_BYTES`; a model whose temporaries fit runs
+in one block.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .leaves import Leaf
 
@@ -43,6 +53,115 @@ def _safe_log(s: Tensor) -> Tensor:
     return torch.where(pos, torch.log(torch.where(pos, s, torch.ones_like(s))), torch.full_like(s, -torch.inf))
 
 
+#: Largest temporary (bytes) a layer builds at once: the gathered leaf statistics
+#: and the outer products are built in blocks of regions below this size, and
+#: rebuilt in the backward pass rather than kept. Small temporaries stay in
+#: cache and are recycled by the allocator; large fresh allocations cost page
+#: faults on every call.
+CHUNK_BYTES = 4 * 2**20
+
+
+def _blocks(n: int, item_bytes: int) -> list[slice]:
+    """Slices of a leading dimension of length ``n`` whose temporaries (``item_bytes`` per entry) stay under :data:`CHUNK_BYTES`."""
+    step = max(1, CHUNK_BYTES // max(1, item_bytes))
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+class _GatherMatmul(torch.autograd.Function):
+    """``out[r] = coef[r] @ feats[index[r]]``: per-region statistics times coefficients, batch-fastest.
+
+    Shapes: ``feats (V, S, B)`` contiguous, ``coef (R, K, n*S)``, ``index (R, n)``
+    into ``V``; output ``(R, K, B)``. The gathered ``(R, n*S, B)`` statistics
+    (the largest tensor of the leaf layer) are built in blocks of regions and
+    gathered again in the backward pass instead of being kept.
+    """
+
+    @staticmethod
+    def forward(ctx, feats: Tensor, coef: Tensor, index: Tensor) -> Tensor:
+        R, n = index.shape
+        _, S, B = feats.shape
+        out = feats.new_empty(R, coef.shape[1], B)
+        flat = feats.view(feats.shape[0], S * B)  # index_select copies whole rows: 4x faster than feats[index]
+        for blk in _blocks(R, n * S * B * feats.element_size()):
+            g = torch.index_select(flat, 0, index[blk].reshape(-1)).view(-1, n * S, B)  # (c, n*S, B)
+            torch.bmm(coef[blk], g, out=out[blk])  # (c, K, B)
+        ctx.save_for_backward(feats, coef, index)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        feats, coef, index = ctx.saved_tensors
+        R, n = index.shape
+        _, S, B = feats.shape
+        grad = grad.contiguous()  # (R, K, B)
+        g_feats = torch.zeros_like(feats) if ctx.needs_input_grad[0] else None
+        g_coef = torch.empty_like(coef) if ctx.needs_input_grad[1] else None
+        flat = feats.view(feats.shape[0], S * B)
+        for blk in _blocks(R, n * S * B * feats.element_size()):
+            rows = index[blk]
+            if g_coef is not None:
+                g = torch.index_select(flat, 0, rows.reshape(-1)).view(-1, n * S, B)  # (c, n*S, B)
+                torch.bmm(grad[blk], g.transpose(1, 2), out=g_coef[blk])  # (c, K, n*S)
+            if g_feats is not None:
+                back = torch.bmm(coef[blk].transpose(1, 2), grad[blk])  # (c, n*S, B)
+                g_feats.index_add_(0, rows.reshape(-1), back.view(-1, S, B))
+        return g_feats, g_coef, None
+
+
+class _OuterMatmul(torch.autograd.Function):
+    """``s[p, k, b] = sum_{i, j} w[p, i*J + j, k] * ea[p, i, b] * eb[p, j, b]``, batch-fastest.
+
+    Shapes: ``ea (P, I, B)``, ``eb (P, J, B)``, ``w (P, I*J, K)``; output
+    ``(P, K, B)``. The outer products ``(P, I*J, B)`` are built in blocks of
+    partitions and rebuilt in the backward pass instead of being kept.
+    """
+
+    @staticmethod
+    def forward(ctx, ea: Tensor, eb: Tensor, w: Tensor) -> Tensor:
+        P, I, B = ea.shape
+        J = eb.shape[1]
+        out = ea.new_empty(P, w.shape[2], B)
+        for blk in _blocks(P, I * J * B * ea.element_size()):
+            outer = (ea[blk].unsqueeze(2) * eb[blk].unsqueeze(1)).view(-1, I * J, B)  # (c, I*J, B)
+            torch.bmm(w[blk].transpose(1, 2), outer, out=out[blk])  # (c, K, B)
+        ctx.save_for_backward(ea, eb, w)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        ea, eb, w = ctx.saved_tensors
+        P, I, B = ea.shape
+        J = eb.shape[1]
+        need_a, need_b, need_w = ctx.needs_input_grad
+        grad = grad.contiguous()  # (P, K, B)
+        g_a = torch.empty_like(ea) if need_a else None
+        g_b = torch.empty_like(eb) if need_b else None
+        g_w = torch.empty_like(w) if need_w else None
+        for blk in _blocks(P, 2 * I * J * B * ea.element_size()):
+            a, b, gr = ea[blk].unsqueeze(2), eb[blk].unsqueeze(1), grad[blk]  # (c, I, 1, B), (c, 1, J, B), (c, K, B)
+            tmp = None
+            if need_w:
+                tmp = a * b  # (c, I, J, B): the outer products again
+                torch.bmm(tmp.view(-1, I * J, B), gr.transpose(1, 2), out=g_w[blk])  # (c, I*J, K)
+            if need_a or need_b:
+                back = torch.bmm(w[blk], gr).view(-1, I, J, B)  # d s / d outer: (c, I, J, B)
+                if need_b:
+                    tmp = torch.mul(back, a, out=tmp) if tmp is not None else back * a
+                    torch.sum(tmp, dim=1, out=g_b[blk])  # (c, J, B)
+                if need_a:
+                    torch.sum(back.mul_(b), dim=2, out=g_a[blk])  # (c, I, B)
+        return g_a, g_b, g_w
+
+
+def _log_matmul_exp_t(log_a: Tensor, log_b: Tensor, weights: Tensor) -> Tensor:
+    """:func:`log_matmul_exp` on batch-fastest operands: ``(P, I, B)``, ``(P, J, B)``, ``(P, I*J, K)`` -> ``(P, K, B)``."""
+    ma, mb = _stable_max(log_a, 1), _stable_max(log_b, 1)  # (P, 1, B)
+    a, b = torch.exp(log_a - ma), torch.exp(log_b - mb)  # (P, I, B), (P, J, B)
+    return _safe_log(_OuterMatmul.apply(a, b, weights)) + (ma + mb)  # (P, K, B)
+
+
 def log_matmul_exp(log_a: Tensor, log_b: Tensor, weights: Tensor) -> Tensor:
     """Products of two log-vectors followed by weighted sums, in log space.
 
@@ -58,10 +177,8 @@ def log_matmul_exp(log_a: Tensor, log_b: Tensor, weights: Tensor) -> Tensor:
     Returns:
         ``(P, B, K)``.
     """
-    ma, mb = _stable_max(log_a, -1), _stable_max(log_b, -1)  # (P, B, 1)
-    a, b = torch.exp(log_a - ma), torch.exp(log_b - mb)  # (P, B, I), (P, B, J)
-    outer = (a.unsqueeze(-1) * b.unsqueeze(-2)).flatten(-2)  # (P, B, I*J)
-    return _safe_log(torch.bmm(outer, weights)) + ma + mb  # (P, B, K)
+    a_t, b_t = log_a.transpose(1, 2).contiguous(), log_b.transpose(1, 2).contiguous()  # (P, I, B), (P, J, B)
+    return _log_matmul_exp_t(a_t, b_t, weights).transpose(1, 2)  # (P, B, K), batch-fastest
 
 
 class LeafLayer(nn.Module):
@@ -74,11 +191,14 @@ class LeafLayer(nn.Module):
 
     * ``dense``: the natural parameters are scattered into a ``(S, D, R*K)``
       matrix (zero where a variable is outside a region) and the statistics
-      ``(S, B, D)`` are multiplied by it: no gather, one large GEMM. Chosen
-      when each variable lies in few of the leaf regions (``R*D <= 32 *
-      sum|scope|``), where the wasted multiply-adds cost less than a gather.
-    * ``gather``: the statistics are gathered per region into ``(R, B, S*n)``
-      and multiplied by ``(R, S*n, K)`` in a batched matmul.
+      ``(S, B, D)`` are multiplied by it: no gather, one large GEMM, but
+      ``R*D / sum|scope|`` times the minimal work. Chosen when that factor is
+      at most 4 (each variable lies in at least a quarter of the leaf
+      regions, e.g. RAT-SPNs of depth <= 2), where the wasted multiply-adds
+      cost less than a gather.
+    * ``gather``: the statistics ``(D + 1, S, B)`` are gathered per region into
+      ``(R, S*n, B)`` (in blocks, see :data:`CHUNK_BYTES`) and multiplied by
+      ``(R, K, S*n)`` in a batched matmul: the minimal work.
 
     Args:
         leaf: the leaf family.
@@ -99,7 +219,7 @@ class LeafLayer(nn.Module):
             index[r, : len(scope)] = torch.as_tensor(scope, dtype=torch.long)
         self.register_buffer("var_index", index, persistent=False)  # (R, n), padding = num_vars
         if layout == "auto":
-            layout = "dense" if len(scopes) * num_vars <= 32 * sum(len(s) for s in scopes) else "gather"
+            layout = "dense" if len(scopes) * num_vars <= 4 * sum(len(s) for s in scopes) else "gather"
         if layout not in ("dense", "gather"):
             raise ValueError(f"layout must be 'dense', 'gather' or 'auto', got {layout!r}")
         self.layout = layout
@@ -126,16 +246,15 @@ class LeafLayer(nn.Module):
         return dense[:, : self.num_vars].reshape(S, self.num_vars, R * K)  # (S, D, R*K)
 
     def _linear(self, feats: Tensor, coef: Tensor) -> Tensor:
-        """``out[r, b, k] = sum_{d, s} feats[s, b, d] * coef[r, slot(d), k, s]`` for feats ``(S, B, D)``: ``(R, B, K)``."""
+        """``out[r, b, k] = sum_{d, s} feats[s, b, d] * coef[r, slot(d), k, s]`` for feats ``(S, B, D)``: ``(R, B, K)``, batch-fastest."""
         R, n, K, S = coef.shape
         B = feats.shape[1]
         if self.layout == "dense":
-            out = torch.bmm(feats, self._dense(coef)).sum(0)  # (S, B, R*K) -> (B, R*K)
-            return out.view(B, R, K).transpose(0, 1)  # (R, B, K)
-        pad = feats.new_zeros(S, B, 1)
-        g = torch.cat([feats, pad], 2)[:, :, self.var_index]  # (S, B, R, n)
-        g = g.permute(2, 1, 0, 3).reshape(R, B, S * n)  # (R, B, S*n)
-        return torch.bmm(g, coef.permute(0, 3, 1, 2).reshape(R, S * n, K))  # (R, B, K)
+            out = torch.bmm(self._dense(coef).transpose(1, 2), feats.transpose(1, 2)).sum(0)  # (S, R*K, B) -> (R*K, B)
+            return out.view(R, K, B).transpose(1, 2)  # (R, B, K)
+        ft = torch.cat([feats.permute(2, 0, 1), feats.new_zeros(1, S, B)])  # (D + 1, S, B); row D pads short regions
+        c = coef.permute(0, 2, 1, 3).reshape(R, K, n * S)  # (R, K, n*S), slot-major like the gathered rows
+        return _GatherMatmul.apply(ft, c, self.var_index).transpose(1, 2)  # (R, K, B) -> (R, B, K)
 
     def forward(self, x: Tensor, w: Tensor, eta: Tensor | None = None) -> Tensor:
         """Leaf log-densities.
@@ -159,7 +278,9 @@ class LeafLayer(nn.Module):
             ``(R, B, K)``.
         """
         peak = self.leaf.log_max(self.param_dict()).unsqueeze(-1)  # (R, n, K, 1)
-        return self.forward(x, w) + self._linear((1 - w).unsqueeze(0), peak)
+        # one pass: the peak is one more statistic, (1 - w), with coefficient log max
+        feats = torch.cat([self.leaf.statistics(x) * w, (1 - w).unsqueeze(0)])  # (S + 1, B, D)
+        return self._linear(feats, torch.cat([self.natural(), peak], dim=-1))  # (R, B, K)
 
     def gather_params(self, choice: Tensor) -> dict[str, Tensor]:
         """Parameters of the chosen component per region and sample.
@@ -212,17 +333,56 @@ class ProductSumLayer(nn.Module):
 
     def child_values(self, buf: Tensor) -> tuple[Tensor, Tensor]:  # not `children`: that would shadow nn.Module.children (breaks .to/.double)
         """The children's log-values ``(P, B, k_in)`` each."""
-        return buf[self.left, :, : self.k_in], buf[self.right, :, : self.k_in]
+        a, b = self._child_values_t(buf)
+        return a.transpose(1, 2), b.transpose(1, 2)
+
+    def _child_values_t(self, buf: Tensor) -> tuple[Tensor, Tensor]:
+        """The children's log-values, batch-fastest: ``(P, k_in, B)`` each, contiguous."""
+        bt = buf.transpose(1, 2)  # (rows, K_max, B): contiguous for a batch-fastest buffer
+        a, b = torch.index_select(bt, 0, self.left), torch.index_select(bt, 0, self.right)  # (P, K_max, B)
+        if a.shape[1] != self.k_in:
+            a, b = a[:, : self.k_in], b[:, : self.k_in]
+        return a.contiguous(), b.contiguous()
 
     def forward(self, buf: Tensor, log_w: Tensor | None = None) -> Tensor:
-        """Sum-product values ``(P, B, K_out)`` from the buffer ``(rows, B, K_max)``."""
+        """Sum-product values ``(P, B, K_out)`` (batch-fastest) from the buffer ``(rows, B, K_max)``."""
         log_w = self.log_weights() if log_w is None else log_w
-        a, b = self.child_values(buf)
-        return log_matmul_exp(a, b, torch.exp(log_w))
+        a, b = self._child_values_t(buf)  # (P, I, B), (P, J, B)
+        return _log_matmul_exp_t(a, b, torch.exp(log_w)).transpose(1, 2)  # (P, K_out, B) -> (P, B, K_out)
 
     def forward_max(self, buf: Tensor) -> Tensor:
-        """Max-product values ``(P, B, K_out)``: the best product for each sum."""
-        return self.product_scores(buf).amax(2)
+        """Max-product values ``(P, B, K_out)``: the best product for each sum.
+
+        ``max_{i,j} (log w_ijk + a_i + b_j)`` has no matrix-product form; the
+        ``(P, I*J, K_out, B)`` scores are reduced in blocks of partitions.
+        """
+        a, b = self._child_values_t(buf)  # (P, I, B), (P, J, B)
+        P, I, B = a.shape
+        J = b.shape[1]
+        lw = self.log_weights().unsqueeze(-1)  # (P, I*J, K_out, 1)
+        outs = []
+        for blk in _blocks(P, I * J * self.k_out * B * a.element_size()):
+            prod = (a[blk].unsqueeze(2) + b[blk].unsqueeze(1)).view(-1, I * J, 1, B)  # (c, I*J, 1, B)
+            outs.append((prod + lw[blk]).amax(1))  # (c, K_out, B)
+        return torch.cat(outs).transpose(1, 2)  # (P, B, K_out)
+
+    def chosen_scores(self, buf: Tensor, choice: Tensor) -> Tensor:
+        """``log w + log product`` of every product under one chosen sum per partition and sample.
+
+        Args:
+            buf: the buffer ``(rows, B, K_max)``.
+            choice: ``(P, B)`` index of the chosen sum in ``[0, K_out)``.
+
+        Returns:
+            ``(P, B, I*J)``: the scores of :meth:`product_scores` at the chosen sums,
+            without building the ``(P, B, I*J, K_out)`` tensor.
+        """
+        a, b = self._child_values_t(buf)  # (P, I, B), (P, J, B)
+        P, I, B = a.shape
+        J = b.shape[1]
+        prod = (a.unsqueeze(2) + b.unsqueeze(1)).view(P, I * J, B)  # (P, I*J, B)
+        idx = choice.unsqueeze(1).expand(P, I * J, B)
+        return (prod + torch.gather(self.log_weights(), 2, idx)).transpose(1, 2)  # (P, B, I*J)
 
     def product_scores(self, buf: Tensor) -> Tensor:
         """``log w + log product`` for every sum and product: ``(P, B, I*J, K_out)``."""
@@ -255,13 +415,17 @@ class MixingLayer(nn.Module):
 
     def scores(self, parts: Tensor, log_w: Tensor | None = None) -> Tensor:
         """``log v + partition value``: ``(R, P_max, B, K)`` from partition values ``(P, B, K)``."""
+        return self._scores_t(parts, log_w).transpose(2, 3)
+
+    def _scores_t(self, parts: Tensor, log_w: Tensor | None = None) -> Tensor:
+        """:meth:`scores`, batch-fastest: ``(R, P_max, K, B)``."""
         log_w = self.log_weights() if log_w is None else log_w
-        return parts[self.table] + log_w.unsqueeze(2)
+        return parts.transpose(1, 2)[self.table] + log_w.unsqueeze(-1)  # (R, P_max, K, B)
 
     def forward(self, parts: Tensor, log_w: Tensor | None = None) -> Tensor:
-        """Region values ``(R, B, K)``."""
-        return torch.logsumexp(self.scores(parts, log_w), dim=1)
+        """Region values ``(R, B, K)``, batch-fastest."""
+        return torch.logsumexp(self._scores_t(parts, log_w), dim=1).transpose(1, 2)
 
     def forward_max(self, parts: Tensor) -> Tensor:
-        """Max-product region values ``(R, B, K)``."""
-        return self.scores(parts).amax(1)
+        """Max-product region values ``(R, B, K)``, batch-fastest."""
+        return self._scores_t(parts).amax(1).transpose(1, 2)
