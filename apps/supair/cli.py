@@ -13,8 +13,8 @@ __all__ = ["main", "build_parser", "config_from_args"]
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train SuPAIR (or AIR) and log count accuracy, IoU and ELBO")
-    p.add_argument("--model", choices=("supair", "air"), default="supair", help="model to train (default: supair)")
-    p.add_argument("--dataset", choices=("multi-mnist", "sprites", "noisy-mnist", "grid-mnist"), default="multi-mnist")
+    p.add_argument("--model", choices=("supair", "air"), help="model to train (default: supair)")
+    p.add_argument("--dataset", choices=("multi-mnist", "sprites", "noisy-mnist", "grid-mnist"), help="built-in data set (default: multi-mnist)")
     p.add_argument("--data", metavar="PATH", help="your own images: a folder of PNG/JPEG files or an .npz with 'images' (and optionally 'counts', 'boxes')")
     p.add_argument("--steps", type=int, help="stop after this many steps")
     p.add_argument("--minutes", type=float, help="stop after this much training wall time (default 10 when no other budget is given)")
@@ -42,13 +42,25 @@ def _add_train(sub) -> None:
     p.set_defaults(func=_train)
 
 
-def config_from_args(args: argparse.Namespace):
-    """The run configuration: defaults, the data set's defaults, then the flags."""
+def config_from_args(args: argparse.Namespace, saved=None):
+    """The run configuration: defaults, the model's and data set's defaults, then the flags.
+
+    With ``saved`` (the config of a run being resumed) only the flags given
+    explicitly change it; a model option that differs is refused by the Trainer.
+    """
     from .config import SupairConfig, dataset_defaults, model_defaults
 
-    changes: dict = {"model_type": args.model, "train.dataset": args.dataset}
-    changes.update(model_defaults(args.model))
-    changes.update(dataset_defaults(args.dataset))
+    changes: dict = {}
+    if saved is None:
+        model, dataset = args.model or "supair", args.dataset or "multi-mnist"
+        changes.update({"model_type": model, "train.dataset": dataset})
+        changes.update(model_defaults(model))
+        changes.update(dataset_defaults(dataset))
+    else:
+        if args.model is not None:
+            changes["model_type"] = args.model
+        if args.dataset is not None:
+            changes["train.dataset"] = args.dataset
     flag_map = {
         "data": "train.data_path", "steps": "train.steps", "minutes": "train.minutes", "batch_size": "train.batch_size",
         "lr": "train.learning_rate", "eval_every": "train.eval_every", "checkpoint_every": "train.checkpoint_every",
@@ -60,8 +72,12 @@ def config_from_args(args: argparse.Namespace):
         value = getattr(args, flag)
         if value is not None:
             changes[key] = value
-    if args.steps is None and args.minutes is None and args.cpu_minutes is None:
+    if saved is None and args.steps is None and args.minutes is None and args.cpu_minutes is None:
         changes["train.minutes"] = 10.0
+    elif args.steps is not None or args.minutes is not None or args.cpu_minutes is not None:
+        # a new budget replaces the old one on resume
+        for key, flag in (("train.steps", "steps"), ("train.minutes", "minutes"), ("train.cpu_minutes", "cpu_minutes")):
+            changes.setdefault(key, getattr(args, flag))
     if args.no_background_model:
         changes["model.background_model"] = False
     if args.structure:
@@ -78,17 +94,30 @@ def config_from_args(args: argparse.Namespace):
         except json.JSONDecodeError:
             changes[key] = value
     top = {k: changes.pop(k) for k in list(changes) if "." not in k}
-    cfg = SupairConfig(model_type=top.pop("model_type"))
+    base = saved if saved is not None else SupairConfig()
+    cfg = SupairConfig(model=base.model, train=base.train, model_type=top.pop("model_type", base.model_type))
     if top:
         raise ValueError(f"unknown config fields {sorted(top)}")
     return cfg.replace(**changes)
+
+
+def _saved_config(run_dir: str):
+    from .config import SupairConfig
+
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{run_dir} holds no run to resume (no config.json)")
+    try:
+        return SupairConfig.from_dict(json.loads(path.read_text()))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
 
 
 def _train(args: argparse.Namespace) -> int:
     from .distributed import init_from_env
     from .train import Trainer
 
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, _saved_config(args.resume) if args.resume else None)
     dist = init_from_env(args.device)  # under torchrun: data-parallel over the launched processes
     try:
         main_process = dist is None or dist.is_main

@@ -131,10 +131,10 @@ def evaluate(model: nn.Module, test: SceneSet, batch_size: int = 500, elbo_image
     model.train()
     count, box = torch.cat(counts), torch.cat(boxes)
     out = {"elbo": float(sum(elbos)) / min(len(test), elbo_images)}
-    if test.counts is not None:
-        out["count_accuracy"] = count_accuracy(count, test.counts)
-        if test.boxes is not None:
-            out["iou"] = matched_iou(box, count, test.boxes, test.counts)
+    # None (JSON null) where the data set cannot tell: no true counts or boxes, or no image counted right
+    out["count_accuracy"] = count_accuracy(count, test.counts) if test.counts is not None else None
+    iou = matched_iou(box, count, test.boxes, test.counts) if test.counts is not None and test.boxes is not None else math.nan
+    out["iou"] = None if math.isnan(iou) else iou
     out["mean_count"] = float(count.float().mean())
     return out
 
@@ -323,7 +323,7 @@ class Trainer:
                 if self.step % t.checkpoint_every == 0:
                     self.checkpoint()
                 ips = self.step * t.batch_size / max(self.clock.wall, 1e-9)
-                bar.set_postfix(elbo=f"{elbo_avg:.1f}", acc=f"{last.get('count_accuracy', float('nan')):.3f}", img_s=f"{ips:.0f}")
+                bar.set_postfix(elbo=f"{elbo_avg:.1f}", acc=f"{last.get('count_accuracy') or math.nan:.3f}", img_s=f"{ips:.0f}")
         except KeyboardInterrupt:
             if self.dist is not None:  # the other processes may be inside a collective: no final evaluation
                 self.log("interrupted: resume from the last checkpoint")

@@ -1,0 +1,134 @@
+"""The supair command line end to end on tiny settings: train, resume, detect, show, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from apps.supair.cli import main
+from apps.supair.train import load_checkpoint
+
+TINY = [
+    "--set", "model.scene_size=12", "--set", "model.glimpse_size=6", "--set", "model.max_steps=2",
+    "--set", "model.object_spn.depth=1", "--set", "model.object_spn.repetitions=2",
+    "--set", "model.object_spn.num_leaves=3", "--set", "model.object_spn.num_sums=2",
+    "--set", "model.background_spn.repetitions=2", "--set", "model.background_spn.num_leaves=2",
+    "--set", "model.background_spn.num_sums=2", "--set", "model.inference.lstm_units=16",
+    "--set", "model.inference.head_units=8", "--batch-size", "8", "--threads", "1", "--no-progress",
+]
+
+
+@pytest.fixture
+def scenes(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    images = np.zeros((60, 12, 12), dtype=np.float32)
+    counts = rng.integers(0, 2, size=60)
+    for i, c in enumerate(counts):
+        if c:
+            r, col = rng.integers(0, 7, size=2)
+            images[i, r : r + 5, col : col + 5] = 0.9
+    path = tmp_path / "scenes.npz"
+    np.savez(path, images=images, counts=counts)
+    return path
+
+
+def _train(tmp_path: Path, scenes: Path, *extra: str) -> Path:
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(scenes), "--out", str(run), "--eval-every", "2", "--checkpoint-every", "2", *TINY, *extra]) == 0
+    return run
+
+
+def test_train_writes_config_checkpoint_and_metrics(tmp_path: Path, scenes: Path) -> None:
+    run = _train(tmp_path, scenes, "--steps", "4")
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model"]["scene_size"] == 12 and cfg["train"]["steps"] == 4
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4]
+    for key in ("step", "train_seconds", "cpu_seconds", "elbo", "count_accuracy", "iou"):
+        assert key in rows[-1]
+    assert load_checkpoint(run)["step"] == 4
+
+
+def test_resume_continues_without_duplicates(tmp_path: Path, scenes: Path) -> None:
+    run = _train(tmp_path, scenes, "--steps", "2")
+    before = load_checkpoint(run)
+    with open(run / "metrics.jsonl", "a") as f:  # a row written after the checkpoint by a killed run
+        f.write(json.dumps({"step": 3, "train_seconds": 1.0}) + "\n{\"step\": 4, \"trunc")
+    assert main(["train", "--resume", str(run), "--steps", "6", "--eval-every", "2", "--checkpoint-every", "2", "--no-progress", "--threads", "1", "--batch-size", "8"]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    after = load_checkpoint(run)
+    assert after["step"] == 6 and after["train_seconds"] > before["train_seconds"]
+    assert after["optimizer"]["state"], "optimizer state must survive"
+
+
+def test_resume_with_other_model_config_is_refused(tmp_path: Path, scenes: Path, capsys) -> None:
+    run = _train(tmp_path, scenes, "--steps", "2")
+    assert main(["train", "--resume", str(run), "--steps", "4", "--max-steps", "3", "--no-progress"]) == 2
+    assert "another model config" in capsys.readouterr().err
+
+
+def test_detect_prints_json_and_draws(tmp_path: Path, scenes: Path, capsys) -> None:
+    run = _train(tmp_path, scenes, "--steps", "2")
+    img = np.zeros((24, 24), dtype=np.uint8)
+    img[4:14, 4:14] = 230
+    path = tmp_path / "scene.png"
+    Image.fromarray(img).save(path)
+    capsys.readouterr()
+    assert main(["detect", str(run), str(path), "--out", str(tmp_path / "boxes")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out[0]["path"] == str(path)
+    assert out[0]["count"] == len(out[0]["boxes"]) == len(out[0]["presence"])
+    assert all(0 <= v <= 24 * 3 for box in out[0]["boxes"] for v in box)
+    assert Path(out[0]["drawing"]).is_file()
+
+
+def test_show_writes_figure(tmp_path: Path, scenes: Path) -> None:
+    run = _train(tmp_path, scenes, "--steps", "2")
+    assert main(["show", str(run), "--num-images", "3"]) == 0
+    with Image.open(run / "show.png") as im:
+        assert im.size[0] > 100
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04garbage"])
+def test_bad_checkpoint_is_a_clear_error(tmp_path: Path, content: bytes, capsys) -> None:
+    bad = tmp_path / "checkpoint.pt"
+    bad.write_bytes(content)
+    assert main(["detect", str(bad), str(bad)]) == 2
+    assert "checkpoint" in capsys.readouterr().err
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path: Path, scenes: Path, capsys) -> None:
+    run = _train(tmp_path, scenes, "--steps", "2")
+    ckpt = load_checkpoint(run)
+    ckpt["config"]["model"]["object_spn"]["num_leaves"] = 5
+    torch.save(ckpt, tmp_path / "other.pt")
+    assert main(["detect", str(tmp_path / "other.pt"), str(scenes)]) == 2
+    assert "does not fit" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("make", ["empty_folder", "unreadable", "missing"])
+def test_bad_image_inputs(tmp_path: Path, scenes: Path, make: str, capsys) -> None:
+    run = _train(tmp_path, scenes, "--steps", "2")
+    if make == "empty_folder":
+        (tmp_path / "empty").mkdir()
+        args = ["train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r2"), "--steps", "1", *TINY]
+    elif make == "unreadable":
+        (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
+        args = ["detect", str(run), str(tmp_path / "broken.png")]
+    else:
+        args = ["detect", str(run), str(tmp_path / "nope.png")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "error" in err and "Traceback" not in err
+
+
+def test_bad_flag_prints_usage() -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--dataset", "cifar"])
+    assert exc.value.code == 2
