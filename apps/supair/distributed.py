@@ -51,8 +51,8 @@ from spnkit import distributed as sd
 from spnkit.distributed import DistInfo, rank_slice
 
 from .data import SceneSet
-from .metrics import count_accuracy, matched_iou
 from .model import Supair
+from .train import summarize
 
 __all__ = ["DataParallel", "ShardedLoss", "GlobalBatchNoise", "init_from_env", "shard_loss", "evaluate_sharded"]
 
@@ -168,7 +168,7 @@ class ShardedLoss(nn.Module):
 
 @torch.no_grad()
 def evaluate_sharded(model: nn.Module, test: SceneSet, info: DistInfo, batch_size: int = 500, elbo_images: int = 500,
-                     device: str = "cpu") -> dict[str, float]:
+                     device: str = "cpu") -> dict[str, float | None]:
     """:func:`apps.supair.train.evaluate` with each batch of ``test`` split over the processes.
 
     Detections are computed on this process's shard of every batch of
@@ -206,15 +206,7 @@ def evaluate_sharded(model: nn.Module, test: SceneSet, info: DistInfo, batch_siz
     elbo_total = float(sd.all_reduce_sum([elbo_sum])[0])
     _sync_generators(W - 1, device)  # a process without ELBO rows skipped draws; the last one never does
     model.train()
-    count = ordered[:, 0].long()
-    box = ordered[:, 1:].reshape(-1, N, 4).float()
-    out = {"elbo": elbo_total / min(len(test), elbo_images)}
-    if test.counts is not None:
-        out["count_accuracy"] = count_accuracy(count, test.counts)
-        if test.boxes is not None:
-            out["iou"] = matched_iou(box, count, test.boxes, test.counts)
-    out["mean_count"] = float(count.float().mean())
-    return out
+    return summarize(ordered[:, 0].long(), ordered[:, 1:].reshape(-1, N, 4).float(), elbo_total, test, elbo_images)
 
 
 def _sync_generators(src: int, device: str) -> None:

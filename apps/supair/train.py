@@ -32,7 +32,7 @@ from .metrics import count_accuracy, matched_iou
 if TYPE_CHECKING:
     from .distributed import DataParallel
 
-__all__ = ["build_model", "load_data", "Trainer", "save_checkpoint", "load_checkpoint", "load_model", "evaluate"]
+__all__ = ["build_model", "load_data", "Trainer", "save_checkpoint", "load_checkpoint", "load_model", "evaluate", "summarize"]
 
 CHECKPOINT_FORMAT = 1
 DATA_SEED = 0  # built-in data sets are the same for every training seed
@@ -129,8 +129,18 @@ def evaluate(model: nn.Module, test: SceneSet, batch_size: int = 500, elbo_image
         if start < elbo_images:
             elbos.append(model.loss(x[: elbo_images - start])[1]["elbo"].cpu() * min(len(x), elbo_images - start))
     model.train()
-    count, box = torch.cat(counts), torch.cat(boxes)
-    out = {"elbo": float(sum(elbos)) / min(len(test), elbo_images)}
+    return summarize(torch.cat(counts), torch.cat(boxes), float(sum(elbos)), test, elbo_images)
+
+
+def summarize(count: torch.Tensor, box: torch.Tensor, elbo_sum: float, test: SceneSet, elbo_images: int = 500) -> dict[str, float | None]:
+    """The metrics of :func:`evaluate` from per-image detections of all of ``test`` (also used by the data-parallel evaluation).
+
+    Args:
+        count: ``(len(test),)`` predicted counts.
+        box: ``(len(test), N, 4)`` predicted boxes ``(x0, y0, x1, y1)``.
+        elbo_sum: the summed ELBO of the first ``elbo_images`` images.
+    """
+    out = {"elbo": elbo_sum / min(len(test), elbo_images)}
     # None (JSON null) where the data set cannot tell: no true counts or boxes, or no image counted right
     out["count_accuracy"] = count_accuracy(count, test.counts) if test.counts is not None else None
     iou = matched_iou(box, count, test.boxes, test.counts) if test.counts is not None and test.boxes is not None else math.nan
