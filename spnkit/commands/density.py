@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import torch
 from ..circuit import SPN
 from ..datasets import MNIST_SHAPE, bits_per_dim, dequantize, load_mnist, pixel_centers
 from ..io import load, save
-from ..learn import METHODS, evaluate, fit
+from ..learn import evaluate, fit
 from ..leaves import Normal
 from ..region_graph import RegionGraph
 
@@ -40,23 +41,37 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``fit``, ``inpaint`` and ``classify``."""
     p = subparsers.add_parser("fit", help="fit a RAT-SPN density model of MNIST; report test bits/dim, write samples")
     p.add_argument("dataset", choices=["mnist"])
-    _model_args(p, depth=4, repetitions=10, sums=10, leaves=10, min_var=1e-4)
-    _train_args(p, minutes=10.0, out="runs/fit-mnist", method_choices=METHODS, lr=0.02)
+    _model_args(p, depth=4, repetitions=10, sums=10, leaves=10, min_var=1e-6)
+    _train_args(p, minutes=10.0, out="runs/fit-mnist", method_choices=("em", "adam", "em-batch"), lr=0.02)
     p.add_argument("--num-samples", type=int, default=64, help="samples drawn for samples.png (default: 64)")
-    p.set_defaults(func=run_fit)
+    p.set_defaults(func=_guard(p, run_fit))
 
     p = subparsers.add_parser("inpaint", help="complete half-hidden MNIST test digits by conditional sampling and MPE")
     p.add_argument("--model", type=Path, default=None, help="a density model written by `spnkit fit mnist` (default: train one for --minutes)")
-    _model_args(p, depth=4, repetitions=10, sums=10, leaves=10, min_var=1e-4)
-    _train_args(p, minutes=1.0, out="runs/inpaint", method_choices=METHODS, lr=0.02)
+    _model_args(p, depth=4, repetitions=10, sums=10, leaves=10, min_var=1e-6)
+    _train_args(p, minutes=1.0, out="runs/inpaint", method_choices=("em", "adam", "em-batch"), lr=0.02)
     p.add_argument("--num-digits", type=int, default=8, help="test digits to complete (default: 8)")
-    p.set_defaults(func=run_inpaint)
+    p.set_defaults(func=_guard(p, run_inpaint))
 
     p = subparsers.add_parser("classify", help="train a discriminative RAT-SPN classifier of MNIST; report test accuracy")
     p.add_argument("dataset", choices=["mnist"])
-    _model_args(p, depth=3, repetitions=10, sums=10, leaves=10, min_var=1e-2)
-    _train_args(p, minutes=10.0, out="runs/classify-mnist", method_choices=("adam",), lr=0.01)
-    p.set_defaults(func=run_classify)
+    _model_args(p, depth=3, repetitions=10, sums=10, leaves=10, min_var=0.1)
+    _train_args(p, minutes=10.0, out="runs/classify-mnist", method_choices=("adam",), lr=0.005)
+    p.set_defaults(func=_guard(p, run_classify))
+
+
+def _guard(parser: argparse.ArgumentParser, run):
+    """``run`` with bad input (a ValueError) reported as a usage error (exit status 2), not a traceback."""
+
+    def func(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except ValueError as err:
+            parser.print_usage(sys.stderr)
+            print(f"{parser.prog}: error: {err}", file=sys.stderr)
+            return 2
+
+    return func
 
 
 def _model_args(p: argparse.ArgumentParser, depth: int, repetitions: int, sums: int, leaves: int, min_var: float) -> None:
@@ -72,7 +87,7 @@ def _model_args(p: argparse.ArgumentParser, depth: int, repetitions: int, sums: 
 def _train_args(p: argparse.ArgumentParser, minutes: float, out: str, method_choices: tuple[str, ...], lr: float) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--minutes", type=float, default=minutes, help=f"training budget in minutes (default: {minutes})")
-    g.add_argument("--method", choices=method_choices, default=method_choices[0], help="adam, em (stochastic) or em-batch")
+    g.add_argument("--method", choices=method_choices, default=method_choices[0], help=f"one of {', '.join(method_choices)} (default: {method_choices[0]})")
     g.add_argument("--epochs", type=int, default=1000, help="most epochs (the time budget usually ends training first)")
     g.add_argument("--batch-size", type=int, default=128)
     g.add_argument("--lr", type=float, default=lr, help=f"Adam learning rate (default: {lr})")

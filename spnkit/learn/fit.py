@@ -66,8 +66,8 @@ def fit(
         * ``"em"``: stochastic EM (EinsumNetworks): after each mini-batch, new
           and old estimates are mixed with weight ``step_size``.
         * ``"em-batch"``: full-batch EM: counts are summed over all mini-batches
-          of an epoch, then one exact M-step. It never decreases the training
-          log-likelihood.
+          of an epoch, then one exact M-step (none for an epoch cut short by
+          ``max_seconds`` or a hook). It never decreases the training log-likelihood.
 
     Objectives (``num_classes > 1`` with ``labels``):
         * ``"generative"``: ``log p(x | y)`` of the labelled root (without labels,
@@ -210,7 +210,7 @@ def fit(
                 stop = _dist.any_rank(stop, spn.device)  # clocks and callbacks may differ: stop together
             if stop:
                 break
-        trainer.end_epoch()
+        trainer.end_epoch(complete=seen == n)
         bar.close()
         seconds = time.perf_counter() - t0
         record = {
@@ -394,8 +394,12 @@ class _Trainer:
             self.counts = counts if self.counts is None else self.counts + counts
         return float(stats[0]), int(stats[1])
 
-    def end_epoch(self) -> None:
-        if self.method == "em-batch" and self.info is not None:
+    def end_epoch(self, complete: bool = True) -> None:
+        """Full-batch EM's M-step, on complete epochs only: the counts of the few batches
+        of an epoch cut short (time budget, hook) would overfit them."""
+        if self.method == "em-batch" and not complete:
+            self.counts = None
+        elif self.method == "em-batch" and self.info is not None:
             counts = _dist.all_reduce_counts(_zero_counts(self.spn) if self.counts is None else self.counts)
             if counts.num_samples > 0:
                 m_step(self.spn, counts, 1.0)

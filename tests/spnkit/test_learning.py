@@ -255,6 +255,15 @@ def test_fit_stops_when_a_callback_returns_true_and_on_the_time_budget():
     assert len(h) == 1 and h[0]["steps"] == 1
 
 
+def test_full_batch_em_skips_the_m_step_of_an_epoch_cut_short():
+    spn = _rat(num_vars=6, depth=1)
+    before = {k: v.clone() for k, v in spn.state_dict().items()}
+    x = _data_for(spn.leaf, 200, 6, seed=10)
+    h = fit(spn, x, method="em-batch", epochs=3, batch_size=10, progress=False, max_seconds=1e-9)
+    assert len(h) == 1 and h[0]["steps"] == 1
+    assert all(torch.equal(v, before[k]) for k, v in spn.state_dict().items())
+
+
 def test_early_stopping_restores_the_best_parameters():
     spn = _rat(num_vars=8, depth=2, reps=3, sums=6, leaves=6, leaf=spnkit.Normal(1e-3, 4.0))
     x = _data_for(spn.leaf, 12, 8, seed=11)  # a dozen samples: it overfits
@@ -376,3 +385,9 @@ def test_inpaint_masks_hide_the_stated_pixels():
     img = m["top"].view(4, 28, 28)
     assert img[:, :14].all() and not img[:, 14:].any()
     assert (m["random50"].sum(1) == 392).all() and not torch.equal(m["random50"][0], m["random50"][1])
+
+
+def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
+    assert main(["inpaint", "--model", str(tmp_path / "missing.spn"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no such file" in err and "Traceback" not in err
