@@ -6,7 +6,7 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import torch, spnkit, mnist, pytest, hypothesis" >/dev/null 2>&1; then
+if [ ! -x .venv/bin/supair ] || ! .venv/bin/python -c "import torch, spnkit, mnist, pytest, hypothesis, tqdm" >/dev/null 2>&1; then
   .venv/bin/python -m pip install -q --upgrade pip
   # torch 2.13.0 CPU is on this machine's disk; pinning it avoids a multi-GB CUDA download
   .venv/bin/python -m pip install -q "torch==2.13.0" "numpy<2"
