@@ -145,6 +145,12 @@ def init_from_env(device: str | torch.device = "cpu", *, set_threads: bool = Tru
         raise ValueError(f"need 0 <= RANK < WORLD_SIZE, got RANK={rank}, WORLD_SIZE={world}")
     if world == 1:
         return None
+    return _join(device, set_threads, timeout_s)
+
+
+def _join(device: str | torch.device, set_threads: bool = True, timeout_s: float = 600.0) -> DistInfo:
+    """Initialize (or reuse) the default group from torchrun's environment; see :func:`init_from_env`."""
+    world = _env_int("WORLD_SIZE")
     local_rank = _env_int("LOCAL_RANK", 0)
     local_world = _env_int("LOCAL_WORLD_SIZE", world)
     dev = torch.device(device)
@@ -170,7 +176,7 @@ def _destroy() -> None:
 
 
 def current(device: str | torch.device = "cpu") -> DistInfo:
-    """The :class:`DistInfo` of the initialized default group (initializing it from torchrun's environment if needed).
+    """The :class:`DistInfo` of the initialized default group (joining torchrun's group, of any size, if needed).
 
     Raises:
         ValueError: if there is no process group and none can be made.
@@ -178,11 +184,12 @@ def current(device: str | torch.device = "cpu") -> DistInfo:
     if not dist.is_available():
         raise ValueError("torch.distributed is not available in this torch build")
     if not dist.is_initialized():
-        if init_from_env(device) is None and not dist.is_initialized():
+        if not launched_by_torchrun():
             raise ValueError(
                 "distributed training needs a torch.distributed process group: start the program with "
-                "torchrun (WORLD_SIZE > 1) or call torch.distributed.init_process_group first"
+                "torchrun or call torch.distributed.init_process_group first"
             )
+        return _join(device)  # also a group of one process (torchrun --nproc_per_node 1)
     dev = torch.device(device)
     local_rank = _env_int("LOCAL_RANK", 0)
     if dev.type == "cuda" and dev.index is None:
