@@ -193,6 +193,18 @@ def _at(run: list[dict], t: float, tol: float) -> float:
     return before[-1]["count_accuracy"] if before else math.nan
 
 
+def _interp(run: list[dict], t: float) -> float:
+    """Accuracy of a run at ``t``, linear between its evaluations (NaN outside them): for the figure."""
+    if not run or t < run[0]["train_seconds"] or t > run[-1]["train_seconds"]:
+        return math.nan
+    for a, b in zip(run, run[1:]):
+        if a["train_seconds"] <= t <= b["train_seconds"]:
+            span = b["train_seconds"] - a["train_seconds"]
+            w = (t - a["train_seconds"]) / span if span > 0 else 1.0
+            return (1 - w) * a["count_accuracy"] + w * b["count_accuracy"]
+    return run[-1]["count_accuracy"]
+
+
 def _time_to(run: list[dict], thr: float) -> float:
     return next((r["train_seconds"] for r in run if r["count_accuracy"] >= thr), math.nan)
 
@@ -206,7 +218,7 @@ def _mean_std(values: list[float]) -> tuple[float, float, int]:
 
 
 def curves(rows: list[dict], models: list[str], step: float) -> dict[str, tuple[list[float], list[float], list[float]]]:
-    """Per model: times ``0, step, 2 step, ...``, mean and std of the accuracy over seeds."""
+    """Per model: times ``0, step, 2 step, ...``, mean and std over seeds of the accuracy interpolated between evaluations."""
     out = {}
     for model in models:
         runs = _runs(rows, model)
@@ -217,7 +229,7 @@ def curves(rows: list[dict], models: list[str], step: float) -> dict[str, tuple[
         k = 0
         while k * step <= end + 1e-9:
             t = k * step
-            m, s, n = _mean_std([_at(r, t, 0.5 * step) for r in runs.values()])
+            m, s, n = _mean_std([_interp(r, t) for r in runs.values()])
             if n:
                 times.append(t)
                 means.append(m)
@@ -238,7 +250,8 @@ def summarize(rows: list[dict], args: argparse.Namespace, command: str) -> str:
     lines = [f"# Count accuracy vs training time: {args.dataset}", ""]
     lines += [
         f"- command: `{command}`",
-        f"- CPU: {_cpu_model()}; torch threads per run: {args.threads}; runs side by side: {args.parallel}",
+        f"- CPU: {_cpu_model()}; torch threads per run: {args.threads}; runs side by side: "
+        + ("see the note (this call only collected)" if args.collect_only else str(args.parallel)),
         f"- torch {torch.__version__}, Python {platform.python_version()}; written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "- clock: process CPU seconds spent in training steps (evaluation excluded); wall seconds of the same steps in the CSV",
         *([f"- note: {args.note}"] if args.note else []),
@@ -282,11 +295,18 @@ def summarize(rows: list[dict], args: argparse.Namespace, command: str) -> str:
         lines += ["| model | " + " | ".join(f">= {t}" for t in THRESHOLDS) + " |", "|---" * (len(THRESHOLDS) + 1) + "|"]
         for model in (m for m in reach if m != "air"):
             cells = []
+            air_end = min(r[-1]["train_seconds"] for r in _runs(rows, "air").values())
+            model_end = min(r[-1]["train_seconds"] for r in _runs(rows, model).values())
             for thr in THRESHOLDS:
                 a, b = reach["air"][thr], reach[model][thr]
-                cells.append(f"{a / b:.1f}x" if not (math.isnan(a) or math.isnan(b)) and b > 0 else
-                             (f"> {max(r[-1]['train_seconds'] for r in _runs(rows, 'air').values()) / b:.1f}x (AIR not there yet)"
-                              if math.isnan(a) and not math.isnan(b) and b > 0 else "-"))
+                if not (math.isnan(a) or math.isnan(b)) and b > 0:
+                    cells.append(f"{a / b:.1f}x")
+                elif math.isnan(a) and not math.isnan(b) and b > 0:  # AIR needs more than it has trained
+                    cells.append(f"> {air_end / b:.1f}x (AIR not there yet)")
+                elif math.isnan(b) and not math.isnan(a) and model_end > 0:  # the model needs more than it has trained
+                    cells.append(f"< {a / model_end:.1f}x ({model} not there yet)")
+                else:
+                    cells.append("-")
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
     lines.append("")
     return "\n".join(lines)

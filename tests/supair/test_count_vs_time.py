@@ -43,6 +43,9 @@ def test_times_to_threshold_and_speed_up() -> None:
     assert times == [0, 30, 60, 90] and means[1] == pytest.approx(0.775) and stds[1] == pytest.approx(0.175)
     assert bench._at(bench._runs(rows, "air")[0], 450, 15) == 0.55  # last evaluation before 450 s
     assert math.isnan(bench._at(bench._runs(rows, "air")[0], 1200, 15))  # the run stopped before
+    assert bench._interp(bench._runs(rows, "air")[0], 450) == pytest.approx(0.73)  # the figure interpolates
+    md_partial = bench.summarize([r for r in rows if r["train_seconds"] <= 30 or r["model"] == "air"], args, "cmd")
+    assert "< 20.0x (supair not there yet)" in md_partial  # AIR reached 0.9 at 600 s; supair only trained 30 s
 
 
 @pytest.mark.parametrize("argv", [["--models", "nope"], ["--budget", "air"], ["--budget", "air=-1"], ["--seeds", "0"]])
