@@ -331,57 +331,55 @@ class SPN(nn.Module):
         return logits.argmax(dim)
 
     @torch.no_grad()
-    def _downward(self, trace: _Trace, choice_root: Tensor, greedy: bool, generator) -> Tensor:
+    def _downward(self, trace: _Trace | None, choice_root: Tensor, greedy: bool, generator) -> Tensor:
         """Backtrack from the root: the chosen node per buffer row and sample, ``(rows, B)``, -1 if unused.
 
-        Each level is handled by a few batched gathers and scatters over all
-        its regions at once.
+        Only the (region, sample) pairs on a chosen path are scored: per level,
+        the ``A`` active pairs gather their children's values and the chosen
+        sum's weights (``(A, I*J)`` scores), choose, and scatter the choices to
+        the children rows. ``trace=None`` backtracks through the prior (every
+        value 0: nothing observed).
         """
         B = choice_root.shape[0]
-        dummy = self.num_rows  # scatter target of inactive entries
-        chosen = torch.full((self.num_rows + 1, B), -1, dtype=torch.long, device=choice_root.device)
+        chosen = torch.full((self.num_rows, B), -1, dtype=torch.long, device=choice_root.device)
         chosen[self.num_rows - 1] = choice_root
-        cols = torch.arange(B, device=chosen.device)
-        for lv, part in zip(reversed(self._levels), reversed(trace.parts)):
+        buf = None if trace is None else trace.buf
+        for i in reversed(range(len(self._levels))):
+            lv = self._levels[i]
             c = chosen[lv.start : lv.start + len(lv.regions)]  # (R_h, B)
-            active = c >= 0
+            reg, smp = torch.nonzero(c >= 0, as_tuple=True)  # (A,) active pairs
+            k = c[reg, smp]  # (A,) chosen sums
             if lv.mixing is None:
-                pc, p_active = c, active  # partition p belongs to region p
+                part = reg  # partition p belongs to region p
             else:
-                scores = lv.mixing.scores(part)  # (R_h, P_max, B, K)
-                idx = c.clamp_min(0).view(c.shape[0], 1, B, 1).expand(-1, scores.shape[1], -1, 1)
-                pick = self._choose(torch.gather(scores, 3, idx).squeeze(-1), 1, generator, greedy)  # (R_h, B)
-                target = torch.gather(lv.mixing.table, 1, pick)  # (R_h, B) partition positions
-                pc = torch.full((len(lv.partitions) + 1, B), -1, dtype=torch.long, device=c.device)
-                rows_ = torch.where(active, target, torch.full_like(target, len(lv.partitions)))
-                pc[rows_, cols.expand_as(rows_)] = c
-                pc = pc[:-1]
-                p_active = pc >= 0
-            scores = lv.sums.chosen_scores(trace.buf, pc.clamp_min(0))  # (P, B, I*J)
-            ij = self._choose(scores, 2, generator, greedy)  # (P, B)
-            for kids, val in ((lv.sums.left, ij // lv.sums.k_in), (lv.sums.right, ij % lv.sums.k_in)):
-                rows_ = torch.where(p_active, kids.view(-1, 1).expand_as(ij), torch.full_like(ij, dummy))
-                chosen[rows_, cols.expand_as(rows_)] = val
+                scores = lv.mixing.pair_scores(None if trace is None else trace.parts[i], reg, smp, k)  # (A, P_max)
+                part = lv.mixing.table[reg, self._choose(scores, 1, generator, greedy)]  # (A,)
+            ij = self._choose(lv.sums.pair_scores(buf, part, smp, k), 1, generator, greedy)  # (A,)
+            chosen[lv.sums.left[part], smp] = ij // lv.sums.k_in
+            chosen[lv.sums.right[part], smp] = ij % lv.sums.k_in
         return chosen[: self.leaf_layer.num_regions]  # (R0, B)
 
     @torch.no_grad()
     def _fill_leaves(self, leaf_choice: Tensor, greedy: bool, generator) -> Tensor:
-        """Values of every variable from the chosen leaf components: ``(B, D)``."""
-        params = self.leaf_layer.gather_params(leaf_choice.clamp_min(0))  # (R0, n, B, ...)
-        vals = self.leaf.mode(params) if greedy else self.leaf.sample(params, generator)  # (R0, n, B)
-        R0, n, B = vals.shape
-        var = self.leaf_layer.var_index.view(R0, n, 1).expand(R0, n, B)
-        var = torch.where((leaf_choice >= 0).unsqueeze(1), var, torch.full_like(var, self.num_vars))
-        out = vals.new_zeros(self.num_vars + 1, B)
-        out[var, torch.arange(B, device=vals.device).expand_as(var)] = vals
-        return out[: self.num_vars].t()  # (B, D)
+        """Values of every variable from the chosen leaf components: ``(B, D)``; only the chosen leaves are drawn."""
+        reg, smp = torch.nonzero(leaf_choice >= 0, as_tuple=True)  # (A,) leaf regions on the chosen trees
+        params = self.leaf_layer.pair_params(reg, leaf_choice[reg, smp])  # each (A, n, ...)
+        vals = self.leaf.mode(params) if greedy else self.leaf.sample(params, generator)  # (A, n)
+        var = self.leaf_layer.var_index[reg]  # (A, n); padding slots point at column D
+        out = vals.new_zeros(leaf_choice.shape[1], self.num_vars + 1)
+        out[smp.unsqueeze(1).expand_as(var), var] = vals
+        return out[:, : self.num_vars]  # (B, D)
 
     @torch.no_grad()
     def _complete(self, x: Tensor, m: Tensor, greedy: bool, root, generator, keep_observed: bool = True) -> tuple[Tensor, Tensor]:
-        trace = self._upward(*self._to_leaf_input(x, m), mode="max" if greedy else "sum")
-        choice = self._root_choice(trace.root, x.shape[0], root, generator, greedy)
+        if not greedy and bool((m >= 1).all()):  # nothing observed: the posterior is the prior, no upward pass
+            trace, root_values = None, x.new_zeros(x.shape[0], self.num_classes)  # every value log 1 = 0
+        else:
+            trace = self._upward(*self._to_leaf_input(x, m), mode="max" if greedy else "sum")
+            root_values = trace.root
+        choice = self._root_choice(root_values, x.shape[0], root, generator, greedy)
         filled = self._fill_leaves(self._downward(trace, choice, greedy, generator), greedy, generator)
-        value = torch.gather(trace.root, 1, choice.view(-1, 1)).squeeze(1)
+        value = torch.gather(root_values, 1, choice.view(-1, 1)).squeeze(1)
         return (torch.where(m > 0, filled, x) if keep_observed else filled), value
 
     def sample(

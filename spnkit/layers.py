@@ -294,6 +294,10 @@ class LeafLayer(nn.Module):
         feats = torch.cat([self.leaf.statistics(x) * w, (1 - w).unsqueeze(0)])  # (S + 1, B, D)
         return self._linear(feats, torch.cat([self.natural(), peak], dim=-1))  # (R, B, K)
 
+    def pair_params(self, region: Tensor, choice: Tensor) -> dict[str, Tensor]:
+        """Parameters of one chosen component per selected region: each ``(A, n, *extra)`` for ``region, choice (A,)``."""
+        return {name: p[region, :, choice] for name, p in self.params.items()}
+
     def gather_params(self, choice: Tensor) -> dict[str, Tensor]:
         """Parameters of the chosen component per region and sample.
 
@@ -385,23 +389,28 @@ class ProductSumLayer(nn.Module):
             torch.amax(torch.add(prod, lw[blk], out=ws[:c]), dim=1, out=out[blk])  # (c, I*J, K_out, B) -> (c, K_out, B)
         return out.transpose(1, 2)  # (P, B, K_out)
 
-    def chosen_scores(self, buf: Tensor, choice: Tensor) -> Tensor:
-        """``log w + log product`` of every product under one chosen sum per partition and sample.
+    def pair_scores(self, buf: Tensor | None, part: Tensor, sample: Tensor, choice: Tensor) -> Tensor:
+        """``log w + log product`` of every product under one chosen sum, for selected (partition, sample) pairs.
+
+        The backtracking of sampling and MPE scores only the pairs on a chosen
+        path, without building :meth:`product_scores` for every partition and sample.
 
         Args:
-            buf: the buffer ``(rows, B, K_max)``.
-            choice: ``(P, B)`` index of the chosen sum in ``[0, K_out)``.
+            buf: the buffer ``(rows, B, K_max)``; None scores the prior (every
+                child value 0, as when no variable is observed).
+            part: ``(A,)`` partition positions in this layer.
+            sample: ``(A,)`` sample indices.
+            choice: ``(A,)`` index of the chosen sum in ``[0, K_out)``.
 
         Returns:
-            ``(P, B, I*J)``: the scores of :meth:`product_scores` at the chosen sums,
-            without building the ``(P, B, I*J, K_out)`` tensor.
+            ``(A, I*J)``.
         """
-        a, b = self._child_values_t(buf)  # (P, I, B), (P, J, B)
-        P, I, B = a.shape
-        J = b.shape[1]
-        prod = (a.unsqueeze(2) + b.unsqueeze(1)).view(P, I * J, B)  # (P, I*J, B)
-        idx = choice.unsqueeze(1).expand(P, I * J, B)
-        return (prod + torch.gather(self.log_weights(), 2, idx)).transpose(1, 2)  # (P, B, I*J)
+        lw = self.log_weights()[part, :, choice]  # (A, I*J)
+        if buf is None:
+            return lw
+        a = buf[self.left[part], sample, : self.k_in]  # (A, I)
+        b = buf[self.right[part], sample, : self.k_in]  # (A, J)
+        return lw + (a.unsqueeze(2) + b.unsqueeze(1)).flatten(1)
 
     def product_scores(self, buf: Tensor) -> Tensor:
         """``log w + log product`` for every sum and product: ``(P, B, I*J, K_out)``."""
@@ -448,3 +457,15 @@ class MixingLayer(nn.Module):
     def forward_max(self, parts: Tensor) -> Tensor:
         """Max-product region values ``(R, B, K)``, batch-fastest."""
         return self._scores_t(parts).amax(1).transpose(1, 2)
+
+    def pair_scores(self, parts: Tensor | None, region: Tensor, sample: Tensor, choice: Tensor) -> Tensor:
+        """:meth:`scores` of selected (region, sample, chosen sum) triples: ``(A, P_max)``.
+
+        Args:
+            parts: partition values ``(P, B, K)``; None scores the prior (all 0).
+            region, sample, choice: ``(A,)`` each.
+        """
+        log_v = self.log_weights()[region, :, choice]  # (A, P_max)
+        if parts is None:
+            return log_v
+        return log_v + parts[self.table[region], sample.unsqueeze(1), choice.unsqueeze(1)]  # (A, P_max)
