@@ -1,0 +1,766 @@
+"""spnkit speed benchmark (issue 8): spnkit against SPFlow 1.1 and against the machine's dense matmul.
+
+Times six queries on RAT-SPNs over Normal leaves (``spnkit.RegionGraph.random``,
+``num_sums = num_leaves = K``):
+
+* ``fwd``: ``log_prob(x)`` under ``torch.no_grad``;
+* ``fwd_masked``: the same with a random per-sample bool mask (half the entries unobserved);
+* ``fwd_bwd``: ``log_prob(x).sum().backward()`` w.r.t. the module parameters;
+* ``em``: one EM step, ``m_step(spn, expected_counts(spn, x))`` from ``spnkit.learn``
+  (without ``spnkit.learn``: forward + backward w.r.t. the normalized
+  parameters, the same E-step computation);
+* ``sample``: ``sample(B)``;
+* ``mpe``: ``mpe(x, mask)`` with a random mask.
+
+Method, per row: median of ``--repeats`` runs (default 10) after ``--warmup``
+runs (default 2), ``torch.set_num_threads(--threads)`` (default 2),
+``OMP_WAIT_POLICY=PASSIVE`` set in ``os.environ`` before torch is imported.
+Peak memory growth: each (library, model, query) runs once in a fresh
+subprocess that builds the model and inputs, runs a tiny warm-up, resets the
+kernel's peak-RSS counter (``/proc/self/clear_refs``, falling back to the
+``ru_maxrss`` before the call), runs the query once and reports
+``VmHWM - VmRSS`` (torch's CPU allocations are invisible to tracemalloc).
+
+SPFlow 1.1 (optional, ``pip install --no-deps spflow==1.1.0 einops
+fast_pytorch_kmeans psutil pydot``) is run on exactly the same model in the
+same process, alternating call by call with spnkit: its ``RatSPN`` (outer
+products, ``n_root_nodes=1``) is built first, spnkit's region graph is read off
+its ``Factorize`` assignment and consecutive splits, and spnkit's parameters are
+copied into it; the script stops if the two log-likelihoods differ (plain and
+masked, float64 and the benchmark dtype).
+
+Figure of merit: the minimal floating-point work of the query, counted from the
+structure (see :func:`work`), divided by the measured time, as a fraction of the
+throughput of a dense ``N x N`` matmul (``--gemm-size``, default 2048) timed in
+the same run with the same threads (the better of a measurement at the start
+and one at the end).
+
+Usage::
+
+    .venv/bin/python benchmarks/spn_speed.py            # default grid, a few minutes
+    .venv/bin/python benchmarks/spn_speed.py --full     # every query on every row, D x K cross, SPFlow everywhere
+    .venv/bin/python benchmarks/spn_speed.py --smoke --no-readme --out-dir /tmp/x   # seconds
+
+Writes ``spn_speed.csv``, ``spn_speed.json`` and ``spn_speed.md`` into
+``--out-dir`` (default ``benchmarks/results``) and the markdown table into
+``benchmarks/README.md`` between the ``spn_speed`` markers.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # before torch (and its OpenMP runtime) is loaded
+
+import argparse
+import copy
+import csv
+import json
+import math
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import spnkit  # noqa: E402
+from spnkit.region_graph import Partition, RegionGraph  # noqa: E402
+
+__all__ = ["Case", "Row", "QUERIES", "work", "build_spnkit", "build_spflow_pair", "run", "main"]
+
+QUERIES = ("fwd", "fwd_masked", "fwd_bwd", "em", "sample", "mpe")
+#: queries where SPFlow does different work (noted in the table)
+NOT_EQUAL_WORK = {
+    "em": "both include the M-step; SPFlow's also re-estimates leaves by weighted MLE",
+    "mpe": "SPFlow: sum-product pass + argmax descent; spnkit: max-product (Viterbi) pass + backtracking",
+}
+README_BEGIN = "<!-- spn_speed:begin -->"
+README_END = "<!-- spn_speed:end -->"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One model and batch size: a RAT-SPN over ``num_vars`` Normal variables."""
+
+    num_vars: int = 784
+    depth: int = 4
+    repetitions: int = 10
+    k: int = 10
+    batch: int = 256
+
+    def label(self) -> str:
+        return f"D={self.num_vars} depth={self.depth} R={self.repetitions} K={self.k} B={self.batch}"
+
+
+@dataclass
+class Row:
+    """One measured (library, case, query)."""
+
+    library: str
+    query: str
+    num_vars: int
+    depth: int
+    repetitions: int
+    k: int
+    batch: int
+    dtype: str
+    threads: int
+    runs: int
+    median_ms: float
+    q1_ms: float
+    q3_ms: float
+    work_mflop: float
+    gflops: float
+    fom: float  # fraction of the dense-matmul throughput
+    peak_mem_mb: float | None = None
+    note: str = ""
+    ratio_vs_spflow: float | None = None  # SPFlow time / spnkit time, on spnkit rows
+    extra: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- models
+def build_spnkit(case: Case, dtype: torch.dtype, seed: int = 0) -> spnkit.SPN:
+    """The spnkit model of ``case``: ``SPN(RegionGraph.random(D, depth, R), Normal(), K, K)``."""
+    torch.manual_seed(seed)
+    rg = RegionGraph.random(case.num_vars, depth=case.depth, repetitions=case.repetitions, seed=seed)
+    return spnkit.SPN(rg, leaf=spnkit.Normal(), num_sums=case.k, num_leaves=case.k).to(dtype)
+
+
+def spflow_available() -> bool:
+    try:
+        import spflow  # noqa: F401
+        from spflow.zoo.rat.rat_spn import RatSPN  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def _spflow_parts(model) -> tuple:
+    """SPFlow RatSPN internals: (Factorize, leaf, sums bottom-up, repetition mixing)."""
+    from spflow.modules.leaves.normal import Normal as SPNormal
+    from spflow.modules.rat.factorize import Factorize
+    from spflow.modules.sums.repetition_mixing_layer import RepetitionMixingLayer
+    from spflow.modules.sums.sum import Sum
+
+    fac = [m for m in model.modules() if isinstance(m, Factorize)]
+    leaves = [m for m in model.modules() if isinstance(m, SPNormal)]
+    sums = [m for m in model.modules() if type(m) is Sum]
+    mix = [m for m in model.modules() if isinstance(m, RepetitionMixingLayer)]
+    if len(fac) != 1 or len(leaves) != 1 or len(mix) != 1:
+        raise RuntimeError("unexpected SPFlow RatSPN structure (expected one Factorize, one Normal leaf, one repetition mixing)")
+    sums.sort(key=lambda s: -s.logits.shape[0])  # features 2^(depth-1), ..., 1: bottom-up
+    return fac[0], leaves[0], sums, mix[0]
+
+
+def build_spflow(case: Case, dtype: torch.dtype, seed: int = 0):
+    """SPFlow 1.1's RAT-SPN of the same size (outer products, one root, mixture over repetitions)."""
+    from spflow.meta.data.scope import Scope
+    from spflow.modules.leaves.normal import Normal as SPNormal
+    from spflow.zoo.rat.rat_spn import RatSPN
+
+    torch.manual_seed(seed)
+    import numpy as np
+
+    np.random.seed(seed)
+    leaf = SPNormal(scope=Scope(list(range(case.num_vars))), out_channels=case.k, num_repetitions=case.repetitions)
+    model = RatSPN([leaf], n_root_nodes=1, n_region_nodes=case.k, num_repetitions=case.repetitions, depth=case.depth, outer_product=True)
+    return model.to(dtype)
+
+
+def build_spflow_pair(case: Case, seed: int = 0):
+    """An SPFlow RatSPN and the spnkit SPN of the same structure and parameters.
+
+    SPFlow's ``Factorize`` assigns variables to ``2**depth`` groups per
+    repetition; consecutive splits then pair feature ``i`` with feature
+    ``i + F/2`` at every level (left child first, product index ``i * K + j``
+    as in spnkit). The spnkit region graph is built from that assignment, then
+    spnkit's parameters (leaf means and bounded variances, sum and mixing
+    logits) are copied into SPFlow.
+
+    Returns:
+        ``(spflow_model, spnkit_spn)``, both in float64.
+    """
+    model = build_spflow(case, torch.float64, seed)  # copy in float64, then cast both
+    fac, sp_leaf, sp_sums, sp_mix = _spflow_parts(model)
+    D, depth, reps = case.num_vars, case.depth, case.repetitions
+    groups = fac.indices.detach().cpu()  # (D, 2**depth, reps), one-hot over groups
+    regions: list[tuple[int, ...]] = [tuple(range(D))]
+    partitions: list[Partition] = []
+    region_of: dict[tuple[int, int, int], int] = {}  # (height, feature, rep) -> region
+    part_of: dict[int, tuple[int, int, int]] = {}  # partition -> (height, feature, rep)
+    for q in range(reps):
+        for o in range(2**depth):
+            regions.append(tuple(int(v) for v in torch.nonzero(groups[:, o, q]).flatten()))
+            region_of[(0, o, q)] = len(regions) - 1
+        for h in range(1, depth + 1):
+            F = 2 ** (depth - h)
+            for i in range(F):
+                left, right = region_of[(h - 1, i, q)], region_of[(h - 1, i + F, q)]
+                if h == depth:
+                    parent = 0
+                else:
+                    regions.append(tuple(sorted(regions[left] + regions[right])))
+                    parent = len(regions) - 1
+                region_of[(h, i, q)] = parent
+                partitions.append(Partition(parent, (left, right)))
+                part_of[len(partitions) - 1] = (h, i, q)
+    rg = RegionGraph(D, tuple(regions), tuple(partitions))
+    torch.manual_seed(seed)
+    spn = spnkit.SPN(rg, leaf=spnkit.Normal(), num_sums=case.k, num_leaves=case.k).to(torch.float64)
+    leaf_key = {r: key for key, r in region_of.items() if key[0] == 0}
+    with torch.no_grad():
+        params = spn.leaf_layer.param_dict()
+        var = spn.leaf.variance(params)  # (R0, n, K)
+        idx = spn.leaf_layer.var_index
+        for row, r in enumerate(rg.leaf_regions):  # setup only, not a forward pass
+            _, _, q = leaf_key[r]
+            n = len(rg.regions[r])
+            vars_ = idx[row, :n]
+            sp_leaf.loc[vars_, :, q] = params["loc"][row, :n]
+            sp_leaf.log_scale[vars_, :, q] = 0.5 * torch.log(var[row, :n])
+        for lv in spn._levels:
+            for pos, pj in enumerate(lv.partitions):
+                h, i, q = part_of[pj]
+                sp_sums[h - 1].logits[i, :, :, q] = lv.sums.logits[pos]
+            if lv.mixing is not None:
+                for slot, pos in enumerate(lv.mixing.table[0].tolist()):
+                    _, _, q = part_of[lv.partitions[pos]]
+                    sp_mix.logits[0, 0, q] = lv.mixing.logits[0, slot, 0]
+    return model, spn
+
+
+def check_same_model(model, spn: spnkit.SPN, case: Case, dtype: torch.dtype) -> dict:
+    """Compare SPFlow's and spnkit's log-likelihoods (plain and masked) in float64 and in ``dtype``.
+
+    Raises:
+        RuntimeError: if they differ beyond rounding.
+    """
+    g = torch.Generator().manual_seed(123)
+    x = torch.randn(16, case.num_vars, generator=g, dtype=torch.float64)
+    mask = torch.rand(16, case.num_vars, generator=g) < 0.5
+    out = {}
+    for dt, rtol in ((torch.float64, 1e-9), (dtype, 1e-5 if dtype == torch.float32 else 1e-9)):
+        m2, s2 = copy.deepcopy(model).to(dt), copy.deepcopy(spn).to(dt)
+        with torch.no_grad():
+            for name, msk in (("plain", None), ("masked", mask)):
+                xs = x.to(dt)
+                a = s2.log_prob(xs, msk)
+                xf = xs.clone()
+                if msk is not None:
+                    xf[msk] = float("nan")
+                b = m2.log_likelihood(xf).reshape(-1)
+                err = float((a - b).abs().max())
+                tol = rtol * float(a.abs().max()) + (1e-3 if dt == torch.float32 else 1e-9)
+                out[f"{name}_{str(dt).replace('torch.', '')}_max_abs_diff"] = err
+                if not err <= tol:
+                    raise RuntimeError(f"SPFlow and spnkit disagree ({name}, {dt}): max |diff| = {err:.3g} > {tol:.3g}")
+    return out
+
+
+# ------------------------------------------------------------------------------- work
+def _tree_products(spn: spnkit.SPN) -> int:
+    """Products visited by the largest induced tree (sum of ``I*J`` over its product-sum nodes)."""
+    rg = spn.region_graph
+    leaves = set(rg.leaf_regions)
+    memo: dict[int, int] = {}
+    order = sorted(range(len(rg.regions)), key=lambda r: rg.heights[r])
+    for r in order:
+        if r in leaves:
+            memo[r] = 0
+            continue
+        best = 0
+        for p in rg.partitions_of[r]:
+            kids = rg.partitions[p].children
+            ij = math.prod(spn.num_leaves if c in leaves else spn.num_sums for c in kids)
+            best = max(best, ij + sum(memo[c] for c in kids))
+        memo[r] = best
+    return memo[rg.root]
+
+
+def work(spn: spnkit.SPN, query: str, batch: int) -> float:
+    """Minimal floating-point operations of ``query`` on ``spn`` for ``batch`` samples.
+
+    Counted from the compiled structure (a multiply-add is 2 flops):
+
+    * leaf layer ``L = 2 B S sum|scope| K`` (statistics times natural parameters);
+    * per product-sum layer ``2 B sum_p I_p J_p K_out`` for the sums plus
+      ``B sum_p I_p J_p`` for the outer products; mixing ``2 B sum_r P_r K``;
+    * ``fwd`` = leaf + layers; ``fwd_masked`` adds ``B D S`` for the evidence weights;
+    * ``fwd_bwd`` / ``em`` = ``fwd`` + ``L`` (gradient w.r.t. the leaf parameters
+      only: the data need none) + twice each layer (gradients w.r.t. weights and inputs);
+    * ``mpe`` = a max-product pass (leaf ``2L``: densities and peaks; layers as
+      ``fwd``, an add and a max per weight) + the backtracking ``2 B T``;
+    * ``sample`` (unconditional) = the top-down draw only, ``2 B (T + D)``,
+      where ``T`` is the number of products of the largest induced tree.
+    """
+    B = batch
+    ll = spn.leaf_layer
+    scope_total = int((ll.var_index < spn.num_vars).sum())
+    S, K = spn.leaf.num_stats, spn.num_leaves
+    leaf = 2.0 * B * S * scope_total * K
+    layers = 0.0
+    for lv in spn._levels:
+        P, kin, kout = lv.sums.num_partitions, lv.sums.k_in, lv.sums.k_out
+        ij = P * kin * kin if lv.sums.valid is None else int(lv.sums.valid.sum())
+        layers += 2.0 * B * ij * kout + B * ij
+        if lv.mixing is not None:
+            layers += 2.0 * B * int(lv.mixing.valid.sum()) * kout
+    fwd = leaf + layers
+    T = _tree_products(spn)
+    if query == "fwd":
+        return fwd
+    if query == "fwd_masked":
+        return fwd + B * spn.num_vars * S
+    if query in ("fwd_bwd", "em"):
+        return fwd + leaf + 2 * layers
+    if query == "mpe":
+        return 2 * leaf + layers + 2.0 * B * T
+    if query == "sample":
+        return 2.0 * B * (T + spn.num_vars)
+    raise ValueError(f"unknown query {query!r}")
+
+
+# ----------------------------------------------------------------------------- timing
+def gemm_throughput(n: int, dtype: torch.dtype, repeats: int = 10) -> float:
+    """Flop/s of a dense ``n x n`` matmul with the current threads (median of ``repeats``)."""
+    a, b = torch.rand(n, n, dtype=dtype), torch.rand(n, n, dtype=dtype)
+    t = _times(lambda: torch.mm(a, b), repeats, 2)
+    return 2.0 * n**3 / statistics.median(t)
+
+
+def _times(fn: Callable[[], object], repeats: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _times_alternating(fns: list[Callable[[], object]], repeats: int, warmup: int) -> list[list[float]]:
+    """Run the functions call by call, in turn, so that both see the same machine load."""
+    for _ in range(warmup):
+        for f in fns:
+            f()
+    out: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, f in enumerate(fns):
+            t0 = time.perf_counter()
+            f()
+            out[i].append(time.perf_counter() - t0)
+    return out
+
+
+def _inputs(case: Case, dtype: torch.dtype, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(case.batch, case.num_vars, generator=g).to(dtype)
+    mask = torch.rand(case.batch, case.num_vars, generator=g) < 0.5  # True = unobserved
+    return x, mask
+
+
+def _spnkit_em_step() -> tuple[Callable, str]:
+    """The EM step to time: ``spnkit.learn`` when present, else the E-step's forward + backward."""
+    try:
+        from spnkit.learn import expected_counts, m_step
+
+        return (lambda spn, x: m_step(spn, expected_counts(spn, x))), "spnkit.learn expected_counts + m_step"
+    except Exception:  # spnkit.learn not available: the same gradient computation by hand
+
+        def e_step(spn, x):
+            xp, m = spn._prepare(x, None)
+            with torch.no_grad():
+                params = {"eta": spn.leaf_layer.natural()}
+                for i, lv in enumerate(spn._levels):
+                    params[f"sums.{i}"] = lv.sums.log_weights()
+                    if lv.mixing is not None:
+                        params[f"mix.{i}"] = lv.mixing.log_weights()
+            params = {k: v.detach().requires_grad_() for k, v in params.items()}
+            root = spn._upward(*spn._to_leaf_input(xp, m), "sum", params).root
+            torch.autograd.grad(root.sum(), list(params.values()))
+
+        return e_step, "forward + backward w.r.t. normalized parameters (spnkit.learn not found)"
+
+
+def spnkit_query(spn: spnkit.SPN, query: str, x: torch.Tensor, mask: torch.Tensor) -> Callable[[], object]:
+    """A no-argument callable running ``query`` once."""
+    B = x.shape[0]
+    if query == "fwd":
+        return lambda: _no_grad(spn.log_prob, x)
+    if query == "fwd_masked":
+        return lambda: _no_grad(spn.log_prob, x, mask)
+    if query == "fwd_bwd":
+
+        def fb():
+            spn.zero_grad(set_to_none=True)
+            spn.log_prob(x).sum().backward()
+
+        return fb
+    if query == "em":
+        step, _ = _spnkit_em_step()
+        return lambda: step(spn, x)
+    if query == "sample":
+        return lambda: spn.sample(B)
+    if query == "mpe":
+        return lambda: spn.mpe(x, mask)
+    raise ValueError(query)
+
+
+def spflow_query(model, query: str, x: torch.Tensor, mask: torch.Tensor) -> Callable[[], object]:
+    B = x.shape[0]
+    xn = x.clone()
+    xn[mask] = float("nan")  # SPFlow marginalizes NaN entries
+    if query == "fwd":
+        return lambda: _no_grad(model.log_likelihood, x)
+    if query == "fwd_masked":
+        return lambda: _no_grad(model.log_likelihood, xn)
+    if query == "fwd_bwd":
+
+        def fb():
+            model.zero_grad(set_to_none=True)
+            model.log_likelihood(x).sum().backward()
+
+        return fb
+    if query == "em":
+        from spflow.learn.expectation_maximization import expectation_maximization
+
+        return lambda: expectation_maximization(model, x, max_steps=1)
+    if query == "sample":
+        return lambda: _no_grad(model.sample, num_samples=B)
+    if query == "mpe":
+        return lambda: _no_grad(model.sample_with_evidence, xn.clone(), is_mpe=True)
+    raise ValueError(query)
+
+
+def _no_grad(fn, *args, **kwargs):
+    with torch.no_grad():
+        return fn(*args, **kwargs)
+
+
+# ----------------------------------------------------------------------------- memory
+def _status_kb(key: str) -> int | None:
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    m = re.search(rf"^{key}:\s+(\d+) kB", text, re.M)
+    return int(m.group(1)) if m else None
+
+
+def _memory_probe(spec: dict) -> dict:
+    """Run inside a fresh subprocess: peak RSS growth (MB) of one call of the query."""
+    torch.set_num_threads(spec["threads"])
+    dtype = getattr(torch, spec["dtype"])
+    case = Case(**spec["case"])
+    x, mask = _inputs(case, dtype)
+    if spec["library"] == "spnkit":
+        spn = build_spnkit(case, dtype)
+        fn = spnkit_query(spn, spec["query"], x, mask)
+        tiny = spnkit_query(spn, spec["query"], x[:2], mask[:2])
+    else:
+        model = build_spflow(case, dtype)
+        fn = spflow_query(model, spec["query"], x, mask)
+        tiny = spflow_query(model, spec["query"], x[:2], mask[:2])
+    tiny()  # load kernels and thread pools without touching much memory
+    method = "VmHWM after clear_refs"
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS counter to the current RSS
+    except OSError:
+        method = "ru_maxrss delta"
+    rss0 = _status_kb("VmRSS")
+    max0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn()
+    if method.startswith("VmHWM") and rss0 is not None:
+        peak = _status_kb("VmHWM")
+        grow_kb = peak - rss0
+    else:
+        grow_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - max0
+    return {"peak_mem_mb": grow_kb / 1024.0, "method": method}
+
+
+def measure_memory(library: str, case: Case, query: str, dtype: torch.dtype, threads: int) -> float | None:
+    spec = {"library": library, "case": asdict(case), "query": query, "dtype": str(dtype).replace("torch.", ""), "threads": threads}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_memory-probe", json.dumps(spec)]
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    except subprocess.TimeoutExpired:
+        return None
+    for line in res.stdout.splitlines()[::-1]:
+        if line.startswith("{"):
+            return float(json.loads(line)["peak_mem_mb"])
+    print(f"  memory probe failed for {library} {query}: {res.stderr.strip()[-300:]}", file=sys.stderr)
+    return None
+
+
+# ------------------------------------------------------------------------------- grid
+HEADLINE = Case()
+FOM_CASE = Case(num_vars=2500, k=20)
+
+
+def grid(full: bool, smoke: bool) -> list[tuple[Case, tuple[str, ...], bool, bool]]:
+    """(case, queries, compare with SPFlow, measure memory) per row group."""
+    if smoke:
+        c = Case(num_vars=64, depth=2, repetitions=2, k=4, batch=16)
+        return [(c, QUERIES, True, True), (Case(64, 2, 2, 4, 32), ("fwd",), False, False)]
+    scal = ("fwd", "fwd_bwd")
+    sweep: list[Case] = []
+    for b in (64, 256, 1024):
+        sweep.append(Case(batch=b))
+    for d in (784, 2500, 3072):
+        sweep.append(Case(num_vars=d))
+    for k in (10, 20, 40):
+        sweep.append(Case(k=k))
+    for depth in (2, 3, 4, 5):
+        sweep.append(Case(depth=depth))
+    if full:
+        for d in (784, 2500, 3072):
+            for k in (10, 20, 40):
+                sweep.append(Case(num_vars=d, k=k))
+    rows: list[tuple[Case, tuple[str, ...], bool, bool]] = [(HEADLINE, QUERIES, True, True), (FOM_CASE, QUERIES, full, True)]
+    seen = {HEADLINE, FOM_CASE}
+    for c in sweep:
+        if c in seen:
+            continue
+        seen.add(c)
+        rows.append((c, QUERIES if full else scal, full, True))
+    return rows
+
+
+# -------------------------------------------------------------------------------- run
+def _row(lib: str, case: Case, query: str, times: list[float], flop: float, gemm: float, args, note: str = "") -> Row:
+    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    med = statistics.median(times)
+    return Row(
+        library=lib, query=query, num_vars=case.num_vars, depth=case.depth, repetitions=case.repetitions, k=case.k,
+        batch=case.batch, dtype=args.dtype, threads=args.threads, runs=len(times), median_ms=med * 1e3,
+        q1_ms=q[0] * 1e3, q3_ms=q[2] * 1e3, work_mflop=flop / 1e6, gflops=flop / med / 1e9, fom=flop / med / gemm, note=note,
+    )
+
+
+def run(args) -> tuple[list[Row], dict]:
+    torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    use_spflow = not args.no_spflow and spflow_available()
+    meta: dict = {
+        "torch": torch.__version__, "threads": args.threads, "dtype": args.dtype, "repeats": args.repeats,
+        "warmup": args.warmup, "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "spflow": None, "checks": {},
+        "em_method": _spnkit_em_step()[1],
+    }
+    if use_spflow:
+        import spflow
+
+        meta["spflow"] = getattr(spflow, "__version__", "installed")
+    elif not args.no_spflow:
+        print("SPFlow is not installed: skipping the comparison (pip install --no-deps spflow==1.1.0 einops fast_pytorch_kmeans psutil pydot)")
+    gemm_n = 256 if args.smoke else args.gemm_size
+    gemm0 = gemm_throughput(gemm_n, dtype)
+    print(f"dense {gemm_n}x{gemm_n} matmul: {gemm0 / 1e9:.1f} GFLOP/s ({args.threads} threads, {args.dtype})")
+    rows: list[Row] = []
+    for case, queries, compare, memory in grid(args.full, args.smoke):
+        compare = compare and use_spflow
+        print(f"\n{case.label()}")
+        x, mask = _inputs(case, dtype)
+        if compare:
+            model, spn = build_spflow_pair(case)
+            meta["checks"][case.label()] = check_same_model(model, spn, case, dtype)
+            model, spn = model.to(dtype), spn.to(dtype)
+            print(f"  SPFlow and spnkit agree: {meta['checks'][case.label()]}")
+        else:
+            spn = build_spnkit(case, dtype)
+        for query in queries:
+            flop = work(spn, query, case.batch)
+            if compare:
+                # EM changes parameters: each library steps its own copy
+                s_obj, f_obj = (copy.deepcopy(spn), copy.deepcopy(model)) if query == "em" else (spn, model)
+                ts, tf = _times_alternating(
+                    [spnkit_query(s_obj, query, x, mask), spflow_query(f_obj, query, x, mask)], args.repeats, args.warmup
+                )
+            else:
+                s_obj = copy.deepcopy(spn) if query == "em" else spn
+                ts, tf = _times(spnkit_query(s_obj, query, x, mask), args.repeats, args.warmup), None
+            r = _row("spnkit", case, query, ts, flop, gemm0, args)
+            out = [r]
+            if tf is not None:
+                rf = _row("spflow", case, query, tf, flop, gemm0, args, NOT_EQUAL_WORK.get(query, ""))
+                r.ratio_vs_spflow = rf.median_ms / r.median_ms
+                r.note = NOT_EQUAL_WORK.get(query, "")
+                out.append(rf)
+            if memory and not args.no_memory:
+                for rr in out:
+                    rr.peak_mem_mb = measure_memory(rr.library, case, query, dtype, args.threads)
+            for rr in out:
+                rows.append(rr)
+            msg = f"  {query:<10} spnkit {r.median_ms:9.2f} ms  {r.gflops:6.2f} GFLOP/s  fom {100 * r.fom:5.1f}%"
+            if r.peak_mem_mb is not None:
+                msg += f"  mem {r.peak_mem_mb:7.1f} MB"
+            if tf is not None:
+                msg += f" | SPFlow {out[1].median_ms:9.2f} ms"
+                if out[1].peak_mem_mb is not None:
+                    msg += f"  mem {out[1].peak_mem_mb:7.1f} MB"
+                msg += f" | ratio {r.ratio_vs_spflow:6.1f}x"
+            print(msg, flush=True)
+    gemm1 = gemm_throughput(gemm_n, dtype)
+    gemm = max(gemm0, gemm1)
+    for r in rows:  # figure of merit against the better of the two matmul measurements
+        r.fom = r.gflops * 1e9 / gemm
+    meta["gemm_gflops"] = {"start": gemm0 / 1e9, "end": gemm1 / 1e9, "used": gemm / 1e9, "size": gemm_n}
+    meta["goals"] = goals(rows)
+    return rows, meta
+
+
+def _find(rows: list[Row], lib: str, case: Case, query: str) -> Row | None:
+    for r in rows:
+        if (r.library, r.query, r.num_vars, r.depth, r.repetitions, r.k, r.batch) == (lib, query, *asdict(case).values()):
+            return r
+    return None
+
+
+def goals(rows: list[Row]) -> list[dict]:
+    """The issue's measured goals, each with its numbers and a verdict (None when not measured)."""
+    out = []
+
+    def add(name: str, ok: bool | None, detail: str) -> None:
+        out.append({"goal": name, "met": ok, "detail": detail})
+
+    for q in ("fwd", "fwd_bwd"):
+        s, f = _find(rows, "spnkit", HEADLINE, q), _find(rows, "spflow", HEADLINE, q)
+        if s and f:
+            add(f"{q}: >= 10x faster than SPFlow", s.ratio_vs_spflow >= 10, f"{f.median_ms:.1f} / {s.median_ms:.1f} ms = {s.ratio_vs_spflow:.1f}x")
+            if s.peak_mem_mb is not None and f.peak_mem_mb:
+                frac = s.peak_mem_mb / f.peak_mem_mb
+                add(f"{q}: peak memory growth <= 1/3 of SPFlow's", frac <= 1 / 3, f"{s.peak_mem_mb:.1f} / {f.peak_mem_mb:.1f} MB = {frac:.2f}")
+        else:
+            add(f"{q}: >= 10x faster than SPFlow", None, "SPFlow not measured")
+    a, b = _find(rows, "spnkit", HEADLINE, "fwd_masked"), _find(rows, "spnkit", HEADLINE, "fwd")
+    if a and b:
+        add("masked fwd within 1.2x of fwd", a.median_ms <= 1.2 * b.median_ms, f"{a.median_ms:.1f} / {b.median_ms:.1f} ms = {a.median_ms / b.median_ms:.2f}")
+    r = _find(rows, "spnkit", FOM_CASE, "fwd_bwd")
+    if r:
+        add("fwd_bwd figure of merit >= 25% at D=2500, K=20", r.fom >= 0.25, f"{100 * r.fom:.1f}% ({r.gflops:.1f} GFLOP/s)")
+    for name, key, values in (("batch", "batch", (64, 256, 1024)), ("D", "num_vars", (784, 2500, 3072))):
+        for q in ("fwd", "fwd_bwd"):
+            pts = [_find(rows, "spnkit", Case(**{key: v}), q) for v in values]
+            if all(pts):
+                # time per unit of size may not grow by more than 10% from the smallest size on
+                per = [p.median_ms / v for p, v in zip(pts, values)]
+                ok = all(p <= 1.1 * per[0] for p in per)
+                add(f"{q}: time at most linear in {name}", ok, ", ".join(f"{v}: {p.median_ms:.1f} ms" for v, p in zip(values, pts)))
+    return out
+
+
+# ------------------------------------------------------------------------------ output
+def markdown(rows: list[Row], meta: dict) -> str:
+    g = meta["gemm_gflops"]
+    lines = [
+        f"torch {meta['torch']}, {meta['threads']} threads, {meta['dtype']}, OMP_WAIT_POLICY={meta['omp_wait_policy']}, "
+        f"median of {meta['repeats']} runs after {meta['warmup']} warm-up; SPFlow: {meta['spflow'] or 'not installed'}; "
+        f"dense {g['size']}x{g['size']} matmul {g['used']:.1f} GFLOP/s (start {g['start']:.1f}, end {g['end']:.1f}); "
+        f"em = {meta['em_method']}.",
+        "",
+        "| query | D | depth | R | K | B | spnkit ms (q1-q3) | GFLOP/s | FoM | mem MB | SPFlow ms | SPFlow mem MB | ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r.library != "spnkit":
+            continue
+        f = next((x for x in rows if x.library == "spflow" and (x.query, x.num_vars, x.depth, x.repetitions, x.k, x.batch)
+                  == (r.query, r.num_vars, r.depth, r.repetitions, r.k, r.batch)), None)
+        mem = "" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.1f}"
+        fms = "" if f is None else f"{f.median_ms:.1f}"
+        fmem = "" if f is None or f.peak_mem_mb is None else f"{f.peak_mem_mb:.1f}"
+        ratio = "" if r.ratio_vs_spflow is None else f"{r.ratio_vs_spflow:.1f}x" + ("*" if r.query in NOT_EQUAL_WORK else "")
+        lines.append(
+            f"| {r.query} | {r.num_vars} | {r.depth} | {r.repetitions} | {r.k} | {r.batch} | {r.median_ms:.2f} ({r.q1_ms:.2f}-{r.q3_ms:.2f}) "
+            f"| {r.gflops:.2f} | {100 * r.fom:.1f}% | {mem} | {fms} | {fmem} | {ratio} |"
+        )
+    if any(r.query in NOT_EQUAL_WORK and r.ratio_vs_spflow is not None for r in rows):
+        lines.append("")
+        lines.append("\\* not equal work: " + "; ".join(f"{k}: {v}" for k, v in NOT_EQUAL_WORK.items()) + ".")
+    if meta.get("goals"):
+        lines += ["", "Goals:", ""]
+        for gl in meta["goals"]:
+            verdict = {True: "met", False: "NOT met", None: "not measured"}[gl["met"]]
+            lines.append(f"- {gl['goal']}: **{verdict}** ({gl['detail']})")
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_results(rows: list[Row], meta: dict, out_dir: Path, readme: Path | None) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cols = [k for k in asdict(rows[0]) if k != "extra"]
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix="spn_speed.csv.")
+    with os.fdopen(fd, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            d = asdict(r)
+            d.pop("extra")
+            w.writerow(d)
+    os.replace(tmp, out_dir / "spn_speed.csv")
+    _write_atomic(out_dir / "spn_speed.json", json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
+    md = markdown(rows, meta)
+    _write_atomic(out_dir / "spn_speed.md", md)
+    if readme is not None:
+        text = readme.read_text() if readme.exists() else "# Benchmarks\n"
+        block = f"{README_BEGIN}\n{md}{README_END}"
+        if README_BEGIN in text and README_END in text:
+            text = text[: text.index(README_BEGIN)] + block + text[text.index(README_END) + len(README_END):]
+        else:
+            text = text.rstrip("\n") + "\n\n" + block + "\n"
+        _write_atomic(readme, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--full", action="store_true", help="every query on every row, the D x K cross, SPFlow on every row")
+    p.add_argument("--smoke", action="store_true", help="a tiny grid that runs in seconds (for tests)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--gemm-size", type=int, default=2048)
+    p.add_argument("--no-spflow", action="store_true", help="skip the SPFlow comparison")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--readme", type=Path, default=ROOT / "benchmarks" / "README.md")
+    p.add_argument("--no-readme", action="store_true")
+    p.add_argument("--_memory-probe", dest="memory_probe", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.memory_probe is not None:
+        print(json.dumps(_memory_probe(json.loads(args.memory_probe))))
+        return 0
+    for name in ("threads", "repeats", "gemm_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.warmup < 0:
+        raise ValueError("--warmup must be >= 0")
+    rows, meta = run(args)
+    write_results(rows, meta, args.out_dir, None if args.no_readme else args.readme)
+    print("\n" + markdown(rows, meta))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
