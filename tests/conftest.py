@@ -6,8 +6,10 @@ Choose a profile with the environment variable ``SPNKIT_HYPOTHESIS_PROFILE``
 * ``ci`` (default): few examples per property, derandomized (the same examples
   on every run and machine), no example database; the property tests stay
   within about two minutes on two cores.
-* ``thorough``: 20 times as many examples, random exploration, examples that
+* ``thorough``: 10 times as many examples, random exploration, examples that
   failed before are replayed from the local ``.hypothesis/`` database.
+* ``mutation``: the ``ci`` examples without shrinking, for the mutation
+  harness ``tests/spnkit/spnkit_mutants.py``.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 #: examples per property in the "ci" profile; tests scale their budgets relative to it
-CI_EXAMPLES = 20
+CI_EXAMPLES = 100
 
 settings.register_profile(
     "ci",
@@ -31,16 +33,23 @@ settings.register_profile(
 )
 settings.register_profile(
     "thorough",
-    max_examples=20 * CI_EXAMPLES,
+    max_examples=10 * CI_EXAMPLES,
     derandomize=False,
     deadline=None,
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+settings.register_profile(  # used by tests/spnkit/spnkit_mutants.py: the ci examples, no shrinking
+    "mutation",
+    parent=settings.get_profile("ci"),
+    phases=[Phase.explicit, Phase.generate],
+    report_multiple_bugs=False,
+)
 
+_PROFILES = ("ci", "thorough", "mutation")
 _PROFILE = os.environ.get("SPNKIT_HYPOTHESIS_PROFILE", "ci")
-if _PROFILE not in ("ci", "thorough"):
-    raise pytest.UsageError(f"SPNKIT_HYPOTHESIS_PROFILE must be 'ci' or 'thorough', got {_PROFILE!r}")
+if _PROFILE not in _PROFILES:
+    raise pytest.UsageError(f"SPNKIT_HYPOTHESIS_PROFILE must be one of {_PROFILES}, got {_PROFILE!r}")
 settings.load_profile(_PROFILE)
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "discrete_leaves",
     "normal_leaves",
     "circuit_specs",
+    "circuits",
     "enumerable_circuit_specs",
     "leaf_values",
     "inputs",
@@ -183,6 +184,14 @@ def circuit_specs(
         seed=draw(st.integers(0, 2**16)),
         scale=draw(st.sampled_from(scales)),
     )
+
+
+def circuits(**kwargs) -> st.SearchStrategy:
+    """Built float64 :class:`~spnkit.SPN` modules; takes the arguments of :func:`circuit_specs`.
+
+    Prefer :func:`circuit_specs` in tests: a failing spec prints as code, a module does not.
+    """
+    return circuit_specs(**kwargs).map(CircuitSpec.build)
 
 
 @st.composite

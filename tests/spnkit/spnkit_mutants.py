@@ -31,6 +31,7 @@ class Mutant:
     old: str
     new: str
     doc: str
+    alternatives: tuple[tuple[str, str, str], ...] = ()  # (target, old, new) for other versions of the core
 
 
 MUTANTS: dict[str, Mutant] = {
@@ -57,6 +58,8 @@ MUTANTS: dict[str, Mutant] = {
         "ma, mb = _stable_max(log_a, -1), _stable_max(log_b, -1)",
         "ma, mb = torch.zeros_like(log_a[..., :1]), torch.zeros_like(log_b[..., :1])",
         "log_matmul_exp without the max-shift (underflow)",
+        (("spnkit.layers:_log_matmul_exp_t", "ma, mb = _stable_max(log_a, 1), _stable_max(log_b, 1)",
+          "ma, mb = torch.zeros_like(log_a[:, :1]), torch.zeros_like(log_b[:, :1])"),),
     ),
     "leaf_ignores_mask": Mutant(
         "spnkit.layers:LeafLayer.forward",
@@ -87,6 +90,7 @@ MUTANTS: dict[str, Mutant] = {
         "return self.forward(x, w) + self._linear((1 - w).unsqueeze(0), peak)",
         "return self.forward(x, w)",
         "max-product treats unobserved factors as 1 instead of their maximum",
+        (("spnkit.layers:LeafLayer.forward_max", "(1 - w).unsqueeze(0)", "torch.zeros_like(w).unsqueeze(0)"),),
     ),
     "overwrite_evidence": Mutant(
         "spnkit.circuit:SPN._complete",
@@ -123,6 +127,8 @@ MUTANTS: dict[str, Mutant] = {
         "return log_matmul_exp(a, b, torch.exp(log_w))",
         "return log_matmul_exp(a, b, torch.exp(log_w).detach())",
         "no gradient reaches the sum weights",
+        (("spnkit.layers:ProductSumLayer.forward", "_log_matmul_exp_t(a, b, torch.exp(log_w))",
+          "_log_matmul_exp_t(a, b, torch.exp(log_w).detach())"),),
     ),
     "detach_leaf_input": Mutant(
         "spnkit.layers:LeafLayer.forward",
@@ -142,6 +148,18 @@ MUTANTS: dict[str, Mutant] = {
         "ProductSumLayer(kids[:, 0].contiguous(), kids[:, 0].contiguous(),",
         "the compiled products read their left child twice",
     ),
+    "normal_sample_scale": Mutant(
+        "spnkit.leaves:Normal.sample",
+        "self.variance(params).sqrt() * noise",
+        "self.variance(params) * noise",
+        "Normal leaves sample with the variance as the standard deviation",
+    ),
+    "load_skips_weights": Mutant(
+        "spnkit.io:_load_state",
+        "spn.load_state_dict(state)",
+        "None",
+        "spnkit.load returns a circuit with fresh parameters",
+    ),
 }
 
 
@@ -156,24 +174,34 @@ def _resolve(target: str):
 
 
 def apply(name: str) -> None:
-    """Install mutant ``name`` (for the rest of the process)."""
+    """Install mutant ``name`` (for the rest of the process).
+
+    Raises:
+        RuntimeError: if neither the snippet nor any alternative occurs exactly
+            once in its target's source.
+    """
     if name not in MUTANTS:
         raise ValueError(f"unknown mutant {name!r}; choose one of {sorted(MUTANTS)}")
     mutant = MUTANTS[name]
-    module, owner, attr = _resolve(mutant.target)
-    original = inspect.getattr_static(owner, attr)
-    func = original.fget if isinstance(original, property) else getattr(original, "__func__", original)
-    src = textwrap.dedent(inspect.getsource(func))
-    if src.count(mutant.old) != 1:
-        raise RuntimeError(f"mutant {name}: the snippet {mutant.old!r} occurs {src.count(mutant.old)} times in {mutant.target}")
-    namespace = dict(vars(module))
-    exec(compile(src.replace(mutant.old, mutant.new), f"<mutant {name}>", "exec"), namespace)
-    setattr(owner, attr, namespace[attr])
+    tried = []
+    for target, old, new in ((mutant.target, mutant.old, mutant.new), *mutant.alternatives):
+        module, owner, attr = _resolve(target)
+        original = inspect.getattr_static(owner, attr)
+        func = original.fget if isinstance(original, property) else getattr(original, "__func__", original)
+        src = textwrap.dedent(inspect.getsource(func))
+        if src.count(old) != 1:
+            tried.append(f"{old!r} occurs {src.count(old)} times in {target}")
+            continue
+        namespace = dict(vars(module))
+        exec(compile(src.replace(old, new), f"<mutant {name}>", "exec"), namespace)
+        setattr(owner, attr, namespace[attr])
+        return
+    raise RuntimeError(f"mutant {name} no longer matches the core: " + "; ".join(tried))
 
 
 def _run_all(paths: list[str]) -> int:
     """Run the given test paths once per mutant; print which tests fail."""
-    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", SPNKIT_HYPOTHESIS_PROFILE="mutation")
     survivors = []
     for name, mutant in MUTANTS.items():
         env["SPNKIT_MUTANT"] = name
@@ -181,9 +209,13 @@ def _run_all(paths: list[str]) -> int:
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "--tb=no", "-rf", *paths],
             env=env, capture_output=True, text=True,
         )
+        if proc.returncode not in (0, 1):  # 0: all passed, 1: some failed; anything else: the run broke
+            tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+            print(f"{name:26s} could not run (exit {proc.returncode}): {' | '.join(tail)}", flush=True)
+            survivors.append(name)
+            continue
         failed = sorted({m.group(1).split("[")[0] for m in re.finditer(r"^FAILED \S+::(\S+)", proc.stdout, re.M)})
-        errors = "ERROR" in proc.stdout
-        print(f"{name:26s} {len(failed):2d} failing: {', '.join(failed) or '-'}{'  (errors!)' if errors else ''}", flush=True)
+        print(f"{name:26s} {len(failed):2d} failing: {', '.join(failed) or '-'}", flush=True)
         if not failed:
             survivors.append(name)
     print(f"survivors: {survivors or 'none'}")

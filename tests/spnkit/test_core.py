@@ -211,6 +211,23 @@ def test_sample_frequencies_match_probabilities(case):
     assert fit.passed(ALPHA), fit
 
 
+@pytest.mark.statistical
+@pytest.mark.parametrize("var", [0, 1, 2, 3])
+def test_normal_samples_match_the_marginal_cdf(var):
+    spn = _circuit("poon_domingos_rgb", Normal(0.05, 1.0), num_sums=2, num_leaves=3, num_classes=2, seed=6, scale=1.5)
+    grid, _ = _grid(spn, 4001)
+    x = torch.zeros(len(grid), spn.num_vars)
+    x[:, var] = grid
+    m = torch.ones_like(x, dtype=torch.bool)
+    m[:, var] = False
+    with torch.no_grad():
+        lp = spn.log_prob(x, m)
+        density = torch.logsumexp(lp, 1) - math.log(2)  # uniform mixture of the two roots
+    draws = spn.sample(20000, generator=_gen(var))
+    dist, p = bf.ks_distance(draws[:, var], grid, density)
+    assert p >= ALPHA, (dist, p)
+
+
 def test_sampling_is_reproducible_with_a_generator():
     spn = _circuit("poon_domingos", "normal", num_classes=2)
     a = spn.sample(50, generator=_gen(3))

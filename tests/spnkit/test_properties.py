@@ -31,8 +31,8 @@ ALPHA = 1e-6  # level of every goodness-of-fit test; see docs/testing.md
 
 
 def examples(n: int):
-    """``n`` examples in the "ci" profile, scaled up by the same factor as the active profile."""
-    return settings(max_examples=max(1, round(n * settings().max_examples / 20)))
+    """``n`` examples in the "ci" profile, scaled by the active profile (``max_examples`` / 100; "thorough": 10x)."""
+    return settings(max_examples=max(1, round(n * settings().max_examples / 100)))
 
 
 def _reduce_classes(lp: torch.Tensor) -> torch.Tensor:
@@ -54,7 +54,7 @@ def _circuit_inputs_masks(draw, specs=None, mask_kinds=("observed", "marginalize
 
 
 # ------------------------------------------------------------------ validity
-@examples(20)
+@examples(100)
 @given(sts.circuit_specs(max_vars=8))
 def test_compiled_circuits_are_valid(spec: CircuitSpec):
     """Every built graph and compiled circuit is smooth, decomposable, normalized and covering (walked in networkx)."""
@@ -64,7 +64,7 @@ def test_compiled_circuits_are_valid(spec: CircuitSpec):
     spn.check_valid()
 
 
-@examples(40)
+@examples(200)
 @given(sts.corrupted_region_graphs())
 def test_check_valid_rejects_corrupted_graphs(c: sts.Corruption):
     """check_valid raises InvalidStructureError for every corruption and names an offending region."""
@@ -81,7 +81,7 @@ def test_check_valid_rejects_corrupted_graphs(c: sts.Corruption):
 
 
 # ------------------------------------------------------------- normalization
-@examples(15)
+@examples(60)
 @given(sts.enumerable_circuit_specs(max_states=1024))
 def test_normalization_every_root(spec: CircuitSpec):
     """Summing exp(log_prob) over every joint state gives 1 for every root; marginalizing everything gives log 1."""
@@ -94,7 +94,7 @@ def test_normalization_every_root(spec: CircuitSpec):
     torch.testing.assert_close(empty, torch.zeros_like(empty), atol=1e-9, rtol=0)
 
 
-@examples(15)
+@examples(80)
 @given(st.data())
 def test_marginal_consistency(data):
     """Summing the joint over one variable's values equals log_prob with that variable masked (random per-sample masks)."""
@@ -115,7 +115,7 @@ def test_marginal_consistency(data):
     torch.testing.assert_close(torch.logsumexp(joint, 0), marginal, atol=1e-9, rtol=1e-9)
 
 
-@examples(15)
+@examples(80)
 @given(_circuit_inputs_masks(mask_kinds=("soft",)))
 def test_soft_masks_interpolate(case):
     """m = 0 equals observed and m = 1 marginalized, per entry; in between, each factor is weighted by 1 - m."""
@@ -129,7 +129,7 @@ def test_soft_masks_interpolate(case):
             assert (spn.log_prob(x, m) >= spn.log_prob(x, hard & (m >= 1)) - 1e-9).all()
 
 
-@examples(25)
+@examples(120)
 @given(_circuit_inputs_masks())
 def test_log_prob_matches_brute_force(case):
     """log_prob equals the node-by-node reference evaluator, for every builder, leaf family and mask kind."""
@@ -139,7 +139,7 @@ def test_log_prob_matches_brute_force(case):
     torch.testing.assert_close(got, bf.log_prob(spn, x, m), atol=1e-8, rtol=1e-9)
 
 
-@examples(15)
+@examples(60)
 @given(_circuit_inputs_masks(max_batch=6), st.randoms(use_true_random=False))
 def test_batch_invariance(case, rnd):
     """Per-sample results do not depend on the other samples of the batch or on their order."""
@@ -158,7 +158,7 @@ def test_batch_invariance(case, rnd):
 
 # ----------------------------------------------------------------- sampling
 @pytest.mark.statistical
-@examples(10)
+@examples(40)
 @given(sts.enumerable_circuit_specs(max_states=64), st.data())
 def test_sampling_goodness_of_fit(spec: CircuitSpec, data):
     """Unconditional samples (of one root, or of the uniform mixture of roots) match exp(log_prob)."""
@@ -174,7 +174,28 @@ def test_sampling_goodness_of_fit(spec: CircuitSpec, data):
 
 
 @pytest.mark.statistical
-@examples(10)
+@examples(25)
+@given(sts.circuit_specs(max_vars=6, leaf_families=sts.normal_leaves(), scales=(0.3, 1.0, 3.0)), st.data())
+def test_normal_sampling_marginals(spec: CircuitSpec, data):
+    """Samples of Normal circuits have the marginal CDF of log_prob, per variable (Kolmogorov-Smirnov, DKW bound)."""
+    spn = spec.build()
+    var = data.draw(st.integers(0, spn.num_vars - 1), label="variable")
+    loc = spn.leaf_layer.params["loc"].detach()
+    sd = spn.leaf.variance(spn.leaf_layer.param_dict()).detach().sqrt()
+    grid = torch.linspace(float((loc - 12 * sd).min()), float((loc + 12 * sd).max()), 4001)
+    x = torch.zeros(len(grid), spn.num_vars)
+    x[:, var] = grid
+    m = torch.ones_like(x, dtype=torch.bool)
+    m[:, var] = False
+    with torch.no_grad():
+        density = _reduce_classes(spn.log_prob(x, m))
+        draws = spn.sample(5000, generator=torch.Generator().manual_seed(spec.seed))
+    dist, p = bf.ks_distance(draws[:, var], grid, density)
+    assert p >= ALPHA, (dist, p)
+
+
+@pytest.mark.statistical
+@examples(40)
 @given(sts.enumerable_circuit_specs(max_states=64), st.data())
 def test_conditional_sampling_follows_exact_conditional(spec: CircuitSpec, data):
     """Samples given evidence keep it and follow p(unobserved | observed), computed by enumeration."""
@@ -222,7 +243,7 @@ def test_goodness_of_fit_catches_a_broken_sampler(broken, monkeypatch):
     assert fit.passed(ALPHA) is (not broken), fit
 
 
-@examples(15)
+@examples(60)
 @given(_circuit_inputs_masks(), st.integers(0, 2**16))
 def test_completions_never_change_observed_entries(case, seed):
     """sample(evidence=...) and mpe() return observed entries unchanged and fill the others inside the support."""
@@ -250,7 +271,7 @@ def _deterministic_specs(draw):
     )
 
 
-@examples(15)
+@examples(60)
 @given(_deterministic_specs(), st.data())
 def test_mpe_equals_brute_force_on_deterministic_circuits(spec: CircuitSpec, data):
     """On deterministic circuits, max-product equals the circuit and mpe() finds the exact most probable completion."""
@@ -267,7 +288,7 @@ def test_mpe_equals_brute_force_on_deterministic_circuits(spec: CircuitSpec, dat
         torch.testing.assert_close(_max_classes(spn.log_prob(completion)), best, atol=1e-8, rtol=1e-9)
 
 
-@examples(20)
+@examples(80)
 @given(_circuit_inputs_masks(), st.booleans())
 def test_mpe_value_bounded_by_log_prob(case, keep_observed):
     """The max-product value equals the reference max-product and never exceeds log_prob at the returned completion."""
@@ -280,7 +301,7 @@ def test_mpe_value_bounded_by_log_prob(case, keep_observed):
 
 
 # --------------------------------------------------------------- gradients
-@examples(8)
+@examples(25)
 @given(
     sts.circuit_specs(graphs=sts.graph_specs(max_vars=4), leaf_families=sts.normal_leaves(), max_sums=2, max_leaves=2, max_classes=2, scales=(0.3, 1.0)),
     st.data(),
@@ -302,7 +323,7 @@ def test_gradcheck(spec: CircuitSpec, data):
         assert torch.autograd.gradcheck(lambda m_: spn.log_prob(x, m_), (soft,))
 
 
-@examples(15)
+@examples(60)
 @given(
     sts.circuit_specs(max_vars=6, leaf_families=sts.normal_leaves()),
     st.data(),
@@ -325,7 +346,7 @@ def test_stability_far_inputs_and_full_marginalization(spec: CircuitSpec, data):
         torch.testing.assert_close(lp[0], torch.zeros_like(lp[0]), atol=1e-9, rtol=0)
 
 
-@examples(10)
+@examples(50)
 @given(sts.enumerable_circuit_specs(max_states=256), st.data())
 def test_conditional_log_prob_is_normalized(spec: CircuitSpec, data):
     """exp(conditional_log_prob) sums to 1 over the query's values, and equals joint minus marginal."""
@@ -353,7 +374,7 @@ def _save_load():
 
 
 @pytest.mark.serialization
-@examples(8)
+@examples(30)
 @given(_circuit_inputs_masks(specs=sts.circuit_specs(max_vars=6)))
 def test_serialization_round_trip(case):
     """save then load gives a circuit with the same structure, parameters and answers."""
