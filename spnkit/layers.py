@@ -43,14 +43,27 @@ __all__ = ["LeafLayer", "ProductSumLayer", "MixingLayer", "log_matmul_exp"]
 
 def _stable_max(x: Tensor, dim: int) -> Tensor:
     """Max over ``dim`` (kept), with non-finite maxima replaced by 0, detached."""
-    m = x.detach().amax(dim, keepdim=True)
-    return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    return torch.nan_to_num(x.detach().amax(dim, keepdim=True), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+class _SafeLog(torch.autograd.Function):
+    """``log(s)`` for ``s >= 0`` (``-inf`` at 0) whose gradient is 0, not NaN, where ``s == 0``."""
+
+    @staticmethod
+    def forward(ctx, s: Tensor) -> Tensor:
+        ctx.save_for_backward(s)
+        return torch.log(s)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (s,) = ctx.saved_tensors
+        return torch.where(s > 0, grad / s, 0.0)
 
 
 def _safe_log(s: Tensor) -> Tensor:
     """``log(s)`` for ``s >= 0`` with a zero gradient (not NaN) where ``s == 0``."""
-    pos = s > 0
-    return torch.where(pos, torch.log(torch.where(pos, s, torch.ones_like(s))), torch.full_like(s, -torch.inf))
+    return _SafeLog.apply(s)
 
 
 #: Largest temporary (bytes) a layer builds at once: the gathered leaf statistics,
@@ -170,8 +183,8 @@ class _OuterMatmul(torch.autograd.Function):
 def _log_matmul_exp_t(log_a: Tensor, log_b: Tensor, weights: Tensor) -> Tensor:
     """:func:`log_matmul_exp` on batch-fastest operands: ``(P, I, B)``, ``(P, J, B)``, ``(P, I*J, K)`` -> ``(P, K, B)``."""
     ma, mb = _stable_max(log_a, 1), _stable_max(log_b, 1)  # (P, 1, B)
-    a, b = torch.exp(log_a - ma), torch.exp(log_b - mb)  # (P, I, B), (P, J, B)
-    return _safe_log(_OuterMatmul.apply(a, b, weights)) + (ma + mb)  # (P, K, B)
+    a, b = torch.sub(log_a, ma).exp_(), torch.sub(log_b, mb).exp_()  # (P, I, B), (P, J, B)
+    return _safe_log(_OuterMatmul.apply(a, b, weights)).add_(ma + mb)  # (P, K, B)
 
 
 def log_matmul_exp(log_a: Tensor, log_b: Tensor, weights: Tensor) -> Tensor:
