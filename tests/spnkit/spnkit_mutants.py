@@ -40,12 +40,18 @@ MUTANTS: dict[str, Mutant] = {
         "((lv.sums.left, ij // lv.sums.k_in), (lv.sums.right, ij % lv.sums.k_in))",
         "((lv.sums.left, ij % lv.sums.k_in), (lv.sums.right, ij // lv.sums.k_in))",
         "the downward pass sends each child the other child's choice (sampling and MPE)",
+        (("spnkit.circuit:SPN._downward",
+          "chosen[lv.sums.left[part], smp] = ij // lv.sums.k_in\n        chosen[lv.sums.right[part], smp] = ij % lv.sums.k_in",
+          "chosen[lv.sums.left[part], smp] = ij % lv.sums.k_in\n        chosen[lv.sums.right[part], smp] = ij // lv.sums.k_in"),),
     ),
     "first_partition_downward": Mutant(
         "spnkit.circuit:SPN._downward",
         "target = torch.gather(lv.mixing.table, 1, pick)",
         "target = torch.gather(lv.mixing.table, 1, torch.zeros_like(pick))",
         "the downward pass always takes a region's first partition",
+        (("spnkit.circuit:SPN._downward",
+          "part = lv.mixing.table[reg, self._choose(scores, 1, generator, greedy)]",
+          "part = lv.mixing.table[reg, torch.zeros_like(reg)]"),),
     ),
     "root_class_zero": Mutant(
         "spnkit.circuit:SPN._root_choice",
