@@ -368,10 +368,12 @@ class ProductSumLayer(nn.Module):
     def _child_values_t(self, buf: Tensor) -> tuple[Tensor, Tensor]:
         """The children's log-values, batch-fastest: ``(P, k_in, B)`` each, contiguous."""
         bt = buf.transpose(1, 2)  # (rows, K_max, B): contiguous for a batch-fastest buffer
-        a, b = torch.index_select(bt, 0, self.left), torch.index_select(bt, 0, self.right)  # (P, K_max, B)
-        if a.shape[1] != self.k_in:
-            a, b = a[:, : self.k_in], b[:, : self.k_in]
-        return a.contiguous(), b.contiguous()
+        # one gather for both children: its backward scatters into one zero buffer, not two
+        ab = torch.index_select(bt, 0, torch.cat([self.left, self.right]))  # (2P, K_max, B)
+        if ab.shape[1] != self.k_in:
+            ab = ab[:, : self.k_in]
+        P = self.left.shape[0]
+        return ab[:P].contiguous(), ab[P:].contiguous()
 
     def forward(self, buf: Tensor, log_w: Tensor | None = None) -> Tensor:
         """Sum-product values ``(P, B, K_out)`` (batch-fastest) from the buffer ``(rows, B, K_max)``."""
