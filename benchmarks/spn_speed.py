@@ -35,6 +35,13 @@ throughput of a dense ``N x N`` matmul (``--gemm-size``, default 2048) timed in
 the same run with the same threads (the better of a measurement at the start
 and one at the end).
 
+Rows come in groups: ``vs_spflow`` (the issue's model, D=784 depth 4 R=10
+K=10 B=256, every query, alternating call by call with SPFlow), ``fom`` (D=2500,
+K=20: the figure-of-merit goal) and ``sweep`` (spnkit alone: batch 64/256/1024,
+D 784/2500/3072, K 10/20/40, depth 2-5 around the issue's model, one factor at a
+time; ``--full`` adds every query, the D x K cross, memory and SPFlow on every
+row, SPFlow skipped where its largest tensor would exceed ``--spflow-max-gb``).
+
 Usage::
 
     .venv/bin/python benchmarks/spn_speed.py            # default grid, a few minutes
@@ -109,6 +116,7 @@ class Row:
     """One measured (library, case, query)."""
 
     library: str
+    group: str  # "vs_spflow" (alternating with SPFlow), "fom" (D=2500, K=20), "sweep" (spnkit alone, scaling)
     query: str
     num_vars: int
     depth: int
@@ -119,6 +127,7 @@ class Row:
     threads: int
     runs: int
     median_ms: float
+    min_ms: float
     q1_ms: float
     q3_ms: float
     work_mflop: float
@@ -136,6 +145,11 @@ def build_spnkit(case: Case, dtype: torch.dtype, seed: int = 0) -> spnkit.SPN:
     torch.manual_seed(seed)
     rg = RegionGraph.random(case.num_vars, depth=case.depth, repetitions=case.repetitions, seed=seed)
     return spnkit.SPN(rg, leaf=spnkit.Normal(), num_sums=case.k, num_leaves=case.k).to(dtype)
+
+
+def spflow_peak_bytes(case: Case, itemsize: int = 4) -> float:
+    """SPFlow's largest tensor: its lowest sum layer broadcasts ``(B, F, K^2, K, R)`` before the logsumexp."""
+    return float(case.batch) * 2 ** (case.depth - 1) * case.k**3 * case.repetitions * itemsize
 
 
 def spflow_available() -> bool:
@@ -511,11 +525,16 @@ HEADLINE = Case()
 FOM_CASE = Case(num_vars=2500, k=20)
 
 
-def grid(full: bool, smoke: bool) -> list[tuple[Case, tuple[str, ...], bool, bool]]:
-    """(case, queries, compare with SPFlow, measure memory) per row group."""
+def grid(full: bool, smoke: bool) -> list[tuple[str, Case, tuple[str, ...], bool, bool]]:
+    """(group, case, queries, compare with SPFlow, measure memory) per row group.
+
+    The headline model runs twice: alternating with SPFlow (group "vs_spflow")
+    and alone in the scaling sweep (group "sweep"), where the masked-forward and
+    scaling goals are read, free of SPFlow's allocations between calls.
+    """
     if smoke:
         c = Case(num_vars=64, depth=2, repetitions=2, k=4, batch=16)
-        return [(c, QUERIES, True, True), (Case(64, 2, 2, 4, 32), ("fwd",), False, False)]
+        return [("vs_spflow", c, QUERIES, True, True), ("sweep", Case(64, 2, 2, 4, 32), ("fwd",), False, False)]
     scal = ("fwd", "fwd_bwd")
     sweep: list[Case] = []
     for b in (64, 256, 1024):
@@ -530,23 +549,27 @@ def grid(full: bool, smoke: bool) -> list[tuple[Case, tuple[str, ...], bool, boo
         for d in (784, 2500, 3072):
             for k in (10, 20, 40):
                 sweep.append(Case(num_vars=d, k=k))
-    rows: list[tuple[Case, tuple[str, ...], bool, bool]] = [(HEADLINE, QUERIES, True, True), (FOM_CASE, QUERIES, full, True)]
-    seen = {HEADLINE, FOM_CASE}
+    rows: list[tuple[str, Case, tuple[str, ...], bool, bool]] = [
+        ("vs_spflow", HEADLINE, QUERIES, True, True),
+        ("fom", FOM_CASE, QUERIES, full, True),
+        ("sweep", HEADLINE, QUERIES if full else ("fwd", "fwd_masked", "fwd_bwd"), False, False),
+    ]
+    seen = {HEADLINE}
     for c in sweep:
         if c in seen:
             continue
         seen.add(c)
-        rows.append((c, QUERIES if full else scal, full, True))
+        rows.append(("sweep", c, QUERIES if full else scal, full, full))
     return rows
 
 
 # -------------------------------------------------------------------------------- run
-def _row(lib: str, case: Case, query: str, times: list[float], flop: float, gemm: float, args, note: str = "") -> Row:
+def _row(lib: str, group: str, case: Case, query: str, times: list[float], flop: float, gemm: float, args, note: str = "") -> Row:
     q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
     med = statistics.median(times)
     return Row(
-        library=lib, query=query, num_vars=case.num_vars, depth=case.depth, repetitions=case.repetitions, k=case.k,
-        batch=case.batch, dtype=args.dtype, threads=args.threads, runs=len(times), median_ms=med * 1e3,
+        library=lib, group=group, query=query, num_vars=case.num_vars, depth=case.depth, repetitions=case.repetitions, k=case.k,
+        batch=case.batch, dtype=args.dtype, threads=args.threads, runs=len(times), median_ms=med * 1e3, min_ms=min(times) * 1e3,
         q1_ms=q[0] * 1e3, q3_ms=q[2] * 1e3, work_mflop=flop / 1e6, gflops=flop / med / 1e9, fom=flop / med / gemm, note=note,
     )
 
@@ -571,9 +594,12 @@ def run(args) -> tuple[list[Row], dict]:
     gemm0 = gemm_throughput(gemm_n, dtype)
     print(f"dense {gemm_n}x{gemm_n} matmul: {gemm0 / 1e9:.1f} GFLOP/s ({args.threads} threads, {args.dtype})")
     rows: list[Row] = []
-    for case, queries, compare, memory in grid(args.full, args.smoke):
+    for group, case, queries, compare, memory in grid(args.full, args.smoke):
         compare = compare and use_spflow
-        print(f"\n{case.label()}")
+        if compare and spflow_peak_bytes(case, torch.finfo(dtype).bits // 8) > args.spflow_max_gb * 2**30:
+            print(f"\n{case.label()}: SPFlow skipped, its (B, F, K^2, K, R) sum tensor would exceed --spflow-max-gb={args.spflow_max_gb}")
+            compare = False
+        print(f"\n{case.label()}  [{group}]")
         x, mask = _inputs(case, dtype)
         if compare:
             model, spn = build_spflow_pair(case)
@@ -593,10 +619,10 @@ def run(args) -> tuple[list[Row], dict]:
             else:
                 s_obj = copy.deepcopy(spn) if query == "em" else spn
                 ts, tf = _times(spnkit_query(s_obj, query, x, mask), args.repeats, args.warmup), None
-            r = _row("spnkit", case, query, ts, flop, gemm0, args)
+            r = _row("spnkit", group, case, query, ts, flop, gemm0, args)
             out = [r]
             if tf is not None:
-                rf = _row("spflow", case, query, tf, flop, gemm0, args, NOT_EQUAL_WORK.get(query, ""))
+                rf = _row("spflow", group, case, query, tf, flop, gemm0, args, NOT_EQUAL_WORK.get(query, ""))
                 r.ratio_vs_spflow = rf.median_ms / r.median_ms
                 r.note = NOT_EQUAL_WORK.get(query, "")
                 out.append(rf)
@@ -623,10 +649,11 @@ def run(args) -> tuple[list[Row], dict]:
     return rows, meta
 
 
-def _find(rows: list[Row], lib: str, case: Case, query: str) -> Row | None:
+def _find(rows: list[Row], lib: str, case: Case, query: str, group: str | None = None) -> Row | None:
     for r in rows:
         if (r.library, r.query, r.num_vars, r.depth, r.repetitions, r.k, r.batch) == (lib, query, *asdict(case).values()):
-            return r
+            if group is None or r.group == group:
+                return r
     return None
 
 
@@ -638,7 +665,7 @@ def goals(rows: list[Row]) -> list[dict]:
         out.append({"goal": name, "met": ok, "detail": detail})
 
     for q in ("fwd", "fwd_bwd"):
-        s, f = _find(rows, "spnkit", HEADLINE, q), _find(rows, "spflow", HEADLINE, q)
+        s, f = _find(rows, "spnkit", HEADLINE, q, "vs_spflow"), _find(rows, "spflow", HEADLINE, q, "vs_spflow")
         if s and f:
             add(f"{q}: >= 10x faster than SPFlow", s.ratio_vs_spflow >= 10, f"{f.median_ms:.1f} / {s.median_ms:.1f} ms = {s.ratio_vs_spflow:.1f}x")
             if s.peak_mem_mb is not None and f.peak_mem_mb:
@@ -646,15 +673,15 @@ def goals(rows: list[Row]) -> list[dict]:
                 add(f"{q}: peak memory growth <= 1/3 of SPFlow's", frac <= 1 / 3, f"{s.peak_mem_mb:.1f} / {f.peak_mem_mb:.1f} MB = {frac:.2f}")
         else:
             add(f"{q}: >= 10x faster than SPFlow", None, "SPFlow not measured")
-    a, b = _find(rows, "spnkit", HEADLINE, "fwd_masked"), _find(rows, "spnkit", HEADLINE, "fwd")
+    a, b = _find(rows, "spnkit", HEADLINE, "fwd_masked", "sweep"), _find(rows, "spnkit", HEADLINE, "fwd", "sweep")
     if a and b:
         add("masked fwd within 1.2x of fwd", a.median_ms <= 1.2 * b.median_ms, f"{a.median_ms:.1f} / {b.median_ms:.1f} ms = {a.median_ms / b.median_ms:.2f}")
-    r = _find(rows, "spnkit", FOM_CASE, "fwd_bwd")
+    r = _find(rows, "spnkit", FOM_CASE, "fwd_bwd", "fom")
     if r:
         add("fwd_bwd figure of merit >= 25% at D=2500, K=20", r.fom >= 0.25, f"{100 * r.fom:.1f}% ({r.gflops:.1f} GFLOP/s)")
     for name, key, values in (("batch", "batch", (64, 256, 1024)), ("D", "num_vars", (784, 2500, 3072))):
         for q in ("fwd", "fwd_bwd"):
-            pts = [_find(rows, "spnkit", Case(**{key: v}), q) for v in values]
+            pts = [_find(rows, "spnkit", Case(**{key: v}), q, "sweep") for v in values]
             if all(pts):
                 # time per unit of size may not grow by more than 10% from the smallest size on
                 per = [p.median_ms / v for p, v in zip(pts, values)]
@@ -672,21 +699,21 @@ def markdown(rows: list[Row], meta: dict) -> str:
         f"dense {g['size']}x{g['size']} matmul {g['used']:.1f} GFLOP/s (start {g['start']:.1f}, end {g['end']:.1f}); "
         f"em = {meta['em_method']}.",
         "",
-        "| query | D | depth | R | K | B | spnkit ms (q1-q3) | GFLOP/s | FoM | mem MB | SPFlow ms | SPFlow mem MB | ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| group | query | D | depth | R | K | B | spnkit ms median (q1-q3) | min ms | GFLOP/s | FoM | mem MB | SPFlow ms | SPFlow mem MB | ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r.library != "spnkit":
             continue
-        f = next((x for x in rows if x.library == "spflow" and (x.query, x.num_vars, x.depth, x.repetitions, x.k, x.batch)
-                  == (r.query, r.num_vars, r.depth, r.repetitions, r.k, r.batch)), None)
+        f = next((x for x in rows if x.library == "spflow" and (x.group, x.query, x.num_vars, x.depth, x.repetitions, x.k, x.batch)
+                  == (r.group, r.query, r.num_vars, r.depth, r.repetitions, r.k, r.batch)), None)
         mem = "" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.1f}"
         fms = "" if f is None else f"{f.median_ms:.1f}"
         fmem = "" if f is None or f.peak_mem_mb is None else f"{f.peak_mem_mb:.1f}"
         ratio = "" if r.ratio_vs_spflow is None else f"{r.ratio_vs_spflow:.1f}x" + ("*" if r.query in NOT_EQUAL_WORK else "")
         lines.append(
-            f"| {r.query} | {r.num_vars} | {r.depth} | {r.repetitions} | {r.k} | {r.batch} | {r.median_ms:.2f} ({r.q1_ms:.2f}-{r.q3_ms:.2f}) "
-            f"| {r.gflops:.2f} | {100 * r.fom:.1f}% | {mem} | {fms} | {fmem} | {ratio} |"
+            f"| {r.group} | {r.query} | {r.num_vars} | {r.depth} | {r.repetitions} | {r.k} | {r.batch} | {r.median_ms:.2f} ({r.q1_ms:.2f}-{r.q3_ms:.2f}) "
+            f"| {r.min_ms:.2f} | {r.gflops:.2f} | {100 * r.fom:.1f}% | {mem} | {fms} | {fmem} | {ratio} |"
         )
     if any(r.query in NOT_EQUAL_WORK and r.ratio_vs_spflow is not None for r in rows):
         lines.append("")
@@ -742,6 +769,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--gemm-size", type=int, default=2048)
     p.add_argument("--no-spflow", action="store_true", help="skip the SPFlow comparison")
+    p.add_argument("--spflow-max-gb", type=float, default=2.0, help="skip SPFlow on models whose largest SPFlow tensor exceeds this")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--readme", type=Path, default=ROOT / "benchmarks" / "README.md")
