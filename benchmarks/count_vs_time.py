@@ -205,6 +205,11 @@ def _interp(run: list[dict], t: float) -> float:
     return run[-1]["count_accuracy"]
 
 
+def _bound(run: list[dict], thr: float) -> float:
+    t = _time_to(run, thr)
+    return run[-1]["train_seconds"] if math.isnan(t) else t
+
+
 def _time_to(run: list[dict], thr: float) -> float:
     return next((r["train_seconds"] for r in run if r["count_accuracy"] >= thr), math.nan)
 
@@ -295,9 +300,10 @@ def summarize(rows: list[dict], args: argparse.Namespace, command: str) -> str:
         lines += ["| model | " + " | ".join(f">= {t}" for t in THRESHOLDS) + " |", "|---" * (len(THRESHOLDS) + 1) + "|"]
         for model in (m for m in reach if m != "air"):
             cells = []
-            air_end = min(r[-1]["train_seconds"] for r in _runs(rows, "air").values())
-            model_end = min(r[-1]["train_seconds"] for r in _runs(rows, model).values())
             for thr in THRESHOLDS:
+                # lower bounds of a mean time to thr: a seed not there yet counts with the time it has trained
+                air_end = _mean_std([_bound(r, thr) for r in _runs(rows, "air").values()])[0]
+                model_end = _mean_std([_bound(r, thr) for r in _runs(rows, model).values()])[0]
                 a, b = reach["air"][thr], reach[model][thr]
                 if not (math.isnan(a) or math.isnan(b)) and b > 0:
                     cells.append(f"{a / b:.1f}x")
