@@ -608,9 +608,18 @@ def run(args) -> tuple[list[Row], dict]:
             print(f"  SPFlow and spnkit agree: {meta['checks'][case.label()]}")
         else:
             spn = build_spnkit(case, dtype)
+        paired: dict[str, list[float]] = {}
+        if not compare and "fwd" in queries and "fwd_masked" in queries:
+            # spnkit alone: plain and masked forward call by call in turn, so that their ratio sees one machine load
+            t_plain, t_masked = _times_alternating(
+                [spnkit_query(spn, "fwd", x, mask), spnkit_query(spn, "fwd_masked", x, mask)], args.repeats, args.warmup
+            )
+            paired = {"fwd": t_plain, "fwd_masked": t_masked}
         for query in queries:
             flop = work(spn, query, case.batch)
-            if compare:
+            if query in paired:
+                ts, tf = paired[query], None
+            elif compare:
                 # EM changes parameters: each library steps its own copy
                 s_obj, f_obj = (copy.deepcopy(spn), copy.deepcopy(model)) if query == "em" else (spn, model)
                 ts, tf = _times_alternating(
