@@ -740,6 +740,7 @@ def _write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600
     os.replace(tmp, path)
 
 
@@ -754,6 +755,7 @@ def write_results(rows: list[Row], meta: dict, out_dir: Path, readme: Path | Non
             d = asdict(r)
             d.pop("extra")
             w.writerow(d)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, out_dir / "spn_speed.csv")
     _write_atomic(out_dir / "spn_speed.json", json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
     md = markdown(rows, meta)
