@@ -554,7 +554,7 @@ def grid(full: bool, smoke: bool) -> list[tuple[str, Case, tuple[str, ...], bool
         ("fom", FOM_CASE, QUERIES, full, True),
         ("sweep", HEADLINE, QUERIES if full else ("fwd", "fwd_masked", "fwd_bwd"), False, False),
     ]
-    seen = {HEADLINE}
+    seen = {HEADLINE, FOM_CASE}  # the sweep does not repeat the fom group's model
     for c in sweep:
         if c in seen:
             continue
