@@ -15,6 +15,17 @@ from torch.nn import functional as F
 __all__ = ["box_to_theta", "glimpse_to_image_theta", "cut_glimpses", "paste_glimpses", "box_coverage", "box_corners"]
 
 
+def _affine_terms(where: Tensor, canvas: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Scales and translations of the glimpse-to-image map in normalized coordinates."""
+    w, h, x0, y0 = where.unbind(-1)
+    return w / canvas, h / canvas, (2 * x0 + w) / canvas - 1, (2 * y0 + h) / canvas - 1
+
+
+def _theta(sx: Tensor, sy: Tensor, tx: Tensor, ty: Tensor) -> Tensor:
+    zero = torch.zeros_like(sx)
+    return torch.stack([torch.stack([sx, zero, tx], -1), torch.stack([zero, sy, ty], -1)], -2)
+
+
 def box_to_theta(where: Tensor, canvas: int) -> Tensor:
     """Affine maps from glimpse coordinates to image coordinates (both in [-1, 1]).
 
@@ -25,20 +36,13 @@ def box_to_theta(where: Tensor, canvas: int) -> Tensor:
     Returns:
         ``(..., 2, 3)`` for ``F.affine_grid``.
     """
-    w, h, x0, y0 = where.unbind(-1)
-    sx, sy = w / canvas, h / canvas
-    tx, ty = (2 * x0 + w) / canvas - 1, (2 * y0 + h) / canvas - 1
-    zero = torch.zeros_like(sx)
-    return torch.stack([torch.stack([sx, zero, tx], -1), torch.stack([zero, sy, ty], -1)], -2)
+    return _theta(*_affine_terms(where, canvas))
 
 
 def glimpse_to_image_theta(where: Tensor, canvas: int) -> Tensor:
     """The inverse maps, image coordinates to glimpse coordinates: ``(..., 2, 3)``."""
-    w, h, x0, y0 = where.unbind(-1)
-    sx, sy = w / canvas, h / canvas
-    tx, ty = (2 * x0 + w) / canvas - 1, (2 * y0 + h) / canvas - 1
-    zero = torch.zeros_like(sx)
-    return torch.stack([torch.stack([1 / sx, zero, -tx / sx], -1), torch.stack([zero, 1 / sy, -ty / sy], -1)], -2)
+    sx, sy, tx, ty = _affine_terms(where, canvas)
+    return _theta(1 / sx, 1 / sy, -tx / sx, -ty / sy)
 
 
 def cut_glimpses(images: Tensor, where: Tensor, size: int) -> Tensor:
