@@ -87,7 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--parallel", type=int, default=1, help="runs trained side by side (default: 1)")
     p.add_argument("--train-images", type=int, help="training scenes (default: the data set's)")
     p.add_argument("--test-images", type=int, help="held-out scenes per evaluation (default: the harness's, 2000)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override passed to every run")
+    p.add_argument("--set", action="append", default=[], metavar="[MODEL:]KEY=VALUE",
+                   help="config override passed to every run, or with a MODEL: prefix to that model's runs only "
+                        "(e.g. supair:train.batch_size=32)")
     p.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "count_vs_time")
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--note", default="", help="a line for the report (e.g. how loaded the machine was)")
@@ -123,7 +125,12 @@ def run_command(args: argparse.Namespace, model: str, seed: int) -> list[str]:
     if args.test_images is not None:
         cmd += ["--test-images", str(args.test_images)]
     for item in args.set:
-        cmd += ["--set", item]
+        target, sep, rest = item.partition(":")
+        if sep and target in MODELS and "=" not in target:
+            if target == model:
+                cmd += ["--set", rest]
+        else:
+            cmd += ["--set", item]
     cmd += ["--resume", str(folder)] if (folder / "checkpoint.pt").exists() else ["--out", str(folder)]
     return cmd
 

@@ -139,7 +139,7 @@ class ModelConfig:
     max_steps: int = 3  # N_max
     background_model: bool = True  # False: fixed Normal background (the paper's ablation)
     fixed_background_mean: float = 0.0
-    fixed_background_var: float = 0.1  # variance of the fixed background
+    fixed_background_var: float = 0.02  # variance of the fixed background; 0.1 made a digit pixel cost only ~5 nats in the background and training stayed at count 0
     object_spn: SPNConfig = field(default_factory=SPNConfig)
     background_spn: SPNConfig = field(
         default_factory=lambda: SPNConfig(depth=1, repetitions=3, num_leaves=6, num_sums=3, min_var=0.002, max_var=0.12)
@@ -155,6 +155,8 @@ class ModelConfig:
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if not self.fixed_background_var > 0:
+            raise ValueError(f"fixed_background_var must be positive, got {self.fixed_background_var}")
         self.object_spn.assert_valid("object_spn")
         self.background_spn.assert_valid("background_spn")
         self.inference.assert_valid()

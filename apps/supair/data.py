@@ -9,7 +9,8 @@ Four synthetic scene families reproduce the data sets of the SuPAIR paper (all 5
   grey (ITU-R 601 luma) unless ``colour=True``.
 * ``"noisy-mnist"``: multi-MNIST followed by ``x -> 0.8 x + 0.1 + N(0, 0.2^2)``, clipped to [0, 1].
 * ``"grid-mnist"``: multi-MNIST over one-pixel grid lines every 5 px (random offset per image and
-  axis) of a random intensity in [0.4, 1] per image; combined by pixel-wise max.
+  axis) of intensity 0.4, combined by pixel-wise max (as the original SuPAIR data: every grid pixel
+  is raised to at least 0.4).
 
 Conventions:
 
@@ -77,7 +78,8 @@ DATASETS: tuple[str, ...] = ("multi-mnist", "sprites", "noisy-mnist", "grid-mnis
 SPLITS: tuple[str, ...] = ("train", "test", "valid")
 """Splits accepted by :func:`load_dataset` (``"valid"`` uses MNIST's validation digits)."""
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: grid lines at exactly 0.4 (1 drew a random intensity in [0.4, 1])
+GRID_LEVEL = 102  # grid intensity as uint8: 102 / 255 = 0.4
 """Bumped whenever generation changes, so that stale cache files are never reused."""
 
 CHUNK_SIZE = 1000
@@ -615,14 +617,12 @@ def _add_noise(images: np.ndarray, rng: np.random.Generator) -> None:
 
 
 def _add_grid(images: np.ndarray, rng: np.random.Generator) -> None:
-    """In place: max with 1-px grid lines every 5 px, random offsets and intensity in [0.4, 1]."""
+    """In place: max with 1-px grid lines of intensity 0.4 every 5 px, random offsets per image and axis."""
     n, _, h, w = images.shape
     offsets = rng.integers(0, 5, size=(CHUNK_SIZE, 2))[:n]  # drawn for a full chunk: prefixes
-    intensity = rng.uniform(0.4, 1.0, size=CHUNK_SIZE)[:n]
-    level = np.clip(np.ceil(intensity * 255.0 - 1e-9), 102, 255).astype(np.uint8)  # 102/255 = 0.4
     rows = (np.arange(h)[None, :] - offsets[:, 1:2]) % 5 == 0  # (n, h)
     cols = (np.arange(w)[None, :] - offsets[:, 0:1]) % 5 == 0  # (n, w)
-    grid = (rows[:, :, None] | cols[:, None, :]).astype(np.uint8) * level[:, None, None]
+    grid = (rows[:, :, None] | cols[:, None, :]).astype(np.uint8) * np.uint8(GRID_LEVEL)
     np.maximum(images, grid[:, None], out=images)
 
 

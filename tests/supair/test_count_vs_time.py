@@ -76,3 +76,13 @@ def test_end_to_end_tiny_budget(tmp_path: Path) -> None:
     n = len(rows)
     assert bench.main(argv) == 0
     assert len(list(csv.DictReader(open(base.with_suffix(".csv"))))) == n
+
+
+def test_per_model_overrides_reach_only_that_model(tmp_path: Path) -> None:
+    args = bench.parse_args(["--set", "supair:train.batch_size=32", "--set", "train.test_images=100",
+                             "--runs-dir", str(tmp_path)])
+    supair = bench.run_command(args, "supair", 0)
+    air = bench.run_command(args, "air", 0)
+    assert ["--set", "train.batch_size=32"] == supair[supair.index("train.batch_size=32") - 1:][:2]
+    assert "train.batch_size=32" not in air and "supair:train.batch_size=32" not in air
+    assert "train.test_images=100" in supair and "train.test_images=100" in air
