@@ -66,10 +66,13 @@ class InferenceConfig:
     input: str = "residual"  # LSTM input per step: "image" (the original) or "residual" (earlier boxes blanked out)
     recurrent: bool = False  # False: the LSTM state is reset at every step, so every step applies the same function to its input (True: the original)
     max_std: float = 0.3  # z_where posterior std is max_std * sigmoid(.), in (scale, scale, pixel, pixel) units
+    fill: str = "background"  # residual input: earlier boxes filled with the background SPN's MPE reconstruction ("background") or zeros ("zero")
 
     def assert_valid(self) -> None:
         if self.input not in ("image", "residual"):
             raise ValueError(f"inference.input must be 'image' or 'residual', got {self.input!r}")
+        if self.fill not in ("background", "zero"):
+            raise ValueError(f"inference.fill must be 'background' or 'zero', got {self.fill!r}")
         if self.encoder not in ("flat", "cnn"):
             raise ValueError(f"inference.encoder must be 'flat' or 'cnn', got {self.encoder!r}")
         for name in ("scale_range", "ratio_range", "position_range"):
@@ -238,6 +241,7 @@ def _from_dict(cls: type, d: dict[str, Any]) -> Any:
     if not isinstance(d, dict):
         raise ValueError(f"expected a JSON object for {cls.__name__}, got {type(d).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    d = {**_LEGACY.get(cls.__name__, {}), **d}  # fields added later keep the old behaviour for old runs
     unknown = set(d) - set(fields)
     if unknown:
         raise ValueError(f"unknown fields for {cls.__name__}: {sorted(unknown)}")
@@ -254,6 +258,9 @@ def _from_dict(cls: type, d: dict[str, Any]) -> Any:
         del ftype
     return cls(**kwargs)
 
+
+# Values that configs saved before a field existed imply (they behaved this way).
+_LEGACY: dict[str, dict[str, Any]] = {"InferenceConfig": {"fill": "zero"}}
 
 _NESTED = {
     ("SupairConfig", "model"): ModelConfig,

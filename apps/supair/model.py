@@ -125,11 +125,13 @@ class InferenceNet(nn.Module):
             self.head[2].bias[0] = icfg.presence_bias
         self.units = units
 
-    def forward(self, images: Tensor, sample: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, images: Tensor, sample: bool = True, fill: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Per-step outputs for ``images`` ``(B, C, S, S)``.
 
         Args:
             sample: draw ``z_where`` (reparameterised); False takes the means.
+            fill: ``(B, C, S, S)`` shown where earlier boxes were (residual input);
+                None shows zeros there.
 
         Returns:
             presence logits ``(B, N)``, and z_where mean, std and draw, each ``(B, N, 4)``.
@@ -143,7 +145,8 @@ class InferenceNet(nn.Module):
         outs, locs, stds, draws = [], [], [], []
         for _ in range(self.cfg.max_steps):  # the N steps of attention (not pixels or images)
             if residual:
-                x_gates = self.input_gates(self.encoder(images * visible))  # (B, 4U)
+                shown = images * visible if fill is None else images * visible + fill * (1 - visible)
+                x_gates = self.input_gates(self.encoder(shown))  # (B, 4U)
             if not self.cfg.inference.recurrent:
                 h, c = torch.zeros_like(h), torch.zeros_like(c)
             i, f, g, o = (x_gates + self.hidden_gates(h)).chunk(4, dim=1)
@@ -202,8 +205,27 @@ class Supair(nn.Module):
     # ------------------------------------------------------------ inference
     def infer(self, images: Tensor, sample: bool = True) -> Inference:
         """Run the attention network; ``sample=False`` takes the posterior means."""
-        logits, loc, std, z = self.inference(images, sample)
+        logits, loc, std, z = self.inference(images, sample, self.residual_fill(images))
         return Inference(logits, loc, std, z, self.inference.to_pixels(z))
+
+    @torch.no_grad()
+    def residual_fill(self, images: Tensor) -> Tensor | None:
+        """What the attention network sees where earlier boxes were, ``(B, C, S, S)`` or None (zeros).
+
+        With ``inference.fill == "background"`` and a background SPN: the SPN's MPE
+        reconstruction of the whole image (its most probable background, leaf modes
+        in place of the pixels). On a textured background (grid lines, noise) a
+        blanked box is a hole that the network never saw at its first step, and it
+        learned to answer "no object" next to one; a background-coloured fill keeps
+        later steps' inputs like the first step's. No gradient flows through it.
+        """
+        cfg = self.cfg
+        if cfg.inference.input != "residual" or cfg.inference.fill != "background" or self.background_spn is None:
+            return None
+        B, C, S, _ = images.shape
+        flat = images.permute(0, 2, 3, 1).reshape(B, S * S * C)
+        recon = self.background_spn.mpe(flat, keep_observed=False)
+        return recon.view(B, S, S, C).permute(0, 3, 1, 2).clamp(0, 1)
 
     # ---------------------------------------------------------------- model
     def visibility(self, where: Tensor) -> Tensor:

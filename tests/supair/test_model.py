@@ -148,6 +148,39 @@ def test_every_parameter_gets_a_gradient(model: Supair) -> None:
     assert not missing
 
 
+def test_residual_fill_is_the_background_reconstruction(model: Supair) -> None:
+    images = torch.rand(3, 1, 12, 12, dtype=torch.float64)
+    fill = model.residual_fill(images)
+    expected = model.background_spn.mpe(images.permute(0, 2, 3, 1).reshape(3, 144), keep_observed=False)
+    assert fill.shape == images.shape and torch.allclose(fill.reshape(3, 144), expected.clamp(0, 1))
+    assert model.residual_fill(images).requires_grad is False
+    assert Supair(tiny_config(background_model=False)).residual_fill(images.float()) is None
+    zero = Supair(tiny_config(inference=InferenceConfig(lstm_units=16, head_units=8, fill="zero")))
+    assert zero.residual_fill(images.float()) is None
+
+
+def test_fill_shows_only_where_earlier_boxes_were(model: Supair) -> None:
+    images = torch.rand(3, 1, 12, 12, dtype=torch.float64)
+    net = model.inference
+    plain = net(images, sample=False)
+    filled = net(images, sample=False, fill=torch.ones_like(images))
+    assert torch.allclose(plain[0][:, 0], filled[0][:, 0]) and torch.allclose(plain[1][:, 0], filled[1][:, 0])
+    assert not torch.allclose(plain[0][:, 1], filled[0][:, 1])  # the second step sees ones inside box 1
+    ones = torch.ones_like(images)  # filled with itself, every step sees the whole image: same outputs
+    same = net(ones, sample=False, fill=ones)
+    assert torch.allclose(same[0][:, 0], same[0][:, 1]) and torch.allclose(same[1][:, 0], same[1][:, 1])
+
+
+def test_configs_saved_before_fill_keep_zero_fill() -> None:
+    from apps.supair.config import SupairConfig
+    d = SupairConfig().to_dict()
+    assert SupairConfig.from_dict(d).model.inference.fill == "background"
+    del d["model"]["inference"]["fill"]
+    assert SupairConfig.from_dict(d).model.inference.fill == "zero"
+    with pytest.raises(ValueError, match="fill"):
+        SupairConfig().replace(**{"model.inference.fill": "noise"})
+
+
 def test_no_background_model_uses_fixed_normal() -> None:
     model = Supair(tiny_config(background_model=False))
     assert model.background_spn is None
