@@ -169,11 +169,21 @@ def _read_metrics(folder: Path) -> list[dict]:
     return rows
 
 
+def _seeds_on_disk(args: argparse.Namespace, model: str) -> list[int]:
+    folder = args.runs_dir / args.dataset / model
+    found = {int(p.name[4:]) for p in folder.glob("seed*") if p.is_dir() and p.name[4:].isdigit()} if folder.is_dir() else set()
+    return sorted(found | set(range(args.seeds)))
+
+
 def collect(args: argparse.Namespace) -> list[dict]:
-    """Every evaluation of every run of ``args`` so far, as CSV rows."""
+    """Every evaluation of every run of the data set so far, as CSV rows.
+
+    All models and seeds found under ``--runs-dir`` count, not only this call's, so
+    that calls for different models or seed counts accumulate into one table.
+    """
     rows = []
-    for model in args.model_list:
-        for seed in range(args.seeds):
+    for model in MODELS:
+        for seed in _seeds_on_disk(args, model):
             for r in _read_metrics(run_dir(args, model, seed)):
                 rows.append({
                     "model": model, "dataset": args.dataset, "seed": seed, "step": r["step"],
@@ -267,7 +277,7 @@ def summarize(rows: list[dict], args: argparse.Namespace, command: str) -> str:
         f"- torch {torch.__version__}, Python {platform.python_version()}; written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "- clock: process CPU seconds spent in training steps (evaluation excluded); wall seconds of the same steps in the CSV",
         *([f"- note: {args.note}"] if args.note else []),
-        f"- budgets (CPU minutes): {', '.join(f'{m}={args.budgets[m]:g}' for m in args.model_list)}; evaluation every {args.eval_seconds:g} CPU s",
+        f"- budgets of this call (CPU minutes): {', '.join(f'{m}={args.budgets[m]:g}' for m in args.model_list)}; evaluation every {args.eval_seconds:g} CPU s",
         "",
     ]
     longest = max((r["train_seconds"] for r in rows), default=0.0)
@@ -275,10 +285,9 @@ def summarize(rows: list[dict], args: argparse.Namespace, command: str) -> str:
     tol = 0.5 * args.eval_seconds
     lines += ["## Count accuracy at fixed training times (mean +- std over seeds, n = seeds that ran that long)", ""]
     lines += ["| model | " + "".join(f"{t} s | " for t in marks) + "last (CPU s; wall s) |", "|---" * (len(marks) + 2) + "|"]
-    for model in args.model_list:
+    present = [m for m in MODELS if _runs(rows, m)]
+    for model in present:
         runs = _runs(rows, model)
-        if not runs:
-            continue
         cells = []
         for t in marks:
             m, s, n = _mean_std([_at(r, t, tol) for r in runs.values()])
@@ -291,10 +300,8 @@ def summarize(rows: list[dict], args: argparse.Namespace, command: str) -> str:
     lines += ["", "## Training CPU time to reach a count accuracy (mean over the seeds that reached it)", ""]
     lines += ["| model | " + " | ".join(f">= {t}" for t in THRESHOLDS) + " |", "|---" * (len(THRESHOLDS) + 1) + "|"]
     reach: dict[str, dict[float, float]] = {}
-    for model in args.model_list:
+    for model in present:
         runs = _runs(rows, model)
-        if not runs:
-            continue
         cells = []
         reach[model] = {}
         for thr in THRESHOLDS:
@@ -367,7 +374,7 @@ def write_outputs(args: argparse.Namespace, command: str) -> dict[str, Path]:
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     colours = {"supair": "tab:blue", "supair-nobg": "tab:green", "air": "tab:red"}
     labels = {"supair": "SuPAIR", "supair-nobg": "SuPAIR w/o bg SPN", "air": "AIR"}
-    for model, (times, means, stds) in curves(rows, args.model_list, args.eval_seconds).items():
+    for model, (times, means, stds) in curves(rows, [m for m in MODELS if _runs(rows, m)], args.eval_seconds).items():
         ax.plot(times, means, color=colours[model], label=f"{labels[model]} ({len(_runs(rows, model))} seeds)")
         ax.fill_between(times, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], color=colours[model], alpha=0.2, linewidth=0)
     ax.set_xlabel(f"training time (CPU seconds, {args.threads} thread{'s' if args.threads > 1 else ''})")
