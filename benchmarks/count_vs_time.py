@@ -42,11 +42,12 @@ import platform
 import shlex
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from spnkit.io import atomic_write
 
 __all__ = ["MODELS", "parse_args", "run_command", "collect", "summarize", "main"]
 
@@ -342,19 +343,6 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_outputs(args: argparse.Namespace, command: str) -> dict[str, Path]:
     """Write the CSV, the figure and the markdown table from the runs so far."""
     import matplotlib
@@ -370,7 +358,7 @@ def write_outputs(args: argparse.Namespace, command: str) -> dict[str, Path]:
     for r in rows:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
     paths = {"csv": base.with_suffix(".csv"), "png": base.with_suffix(".png"), "md": base.with_suffix(".md")}
-    _atomic_write(paths["csv"], buf.getvalue().encode())
+    atomic_write(paths["csv"], buf.getvalue().encode())
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     colours = {"supair": "tab:blue", "supair-nobg": "tab:green", "air": "tab:red"}
     labels = {"supair": "SuPAIR", "supair-nobg": "SuPAIR w/o bg SPN", "air": "AIR"}
@@ -387,8 +375,8 @@ def write_outputs(args: argparse.Namespace, command: str) -> dict[str, Path]:
     buf_png = io.BytesIO()
     fig.savefig(buf_png, format="png", dpi=120)
     plt.close(fig)
-    _atomic_write(paths["png"], buf_png.getvalue())
-    _atomic_write(paths["md"], summarize(rows, args, command).encode())
+    atomic_write(paths["png"], buf_png.getvalue())
+    atomic_write(paths["md"], summarize(rows, args, command).encode())
     return paths
 
 

@@ -43,6 +43,8 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from spnkit.io import atomic_write  # noqa: E402
+
 FIELDS = ["task", "setting", "processes", "threads_per_process", "repeat", "throughput", "unit", "load_avg",
           "max_param_diff_vs_1proc", "final_elbo", "seconds"]
 
@@ -186,19 +188,13 @@ def _fmt(row: dict) -> str:
     return f"{row['task']:<20} {row['setting']:<36} repeat {row['repeat']}: {row['throughput']:>9} {row['unit']}  (load {row['load_avg']}, max |param diff| vs 1 process {row['max_param_diff_vs_1proc']})"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_results(args: argparse.Namespace, rows: list[dict]) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=FIELDS)
     w.writeheader()
     w.writerows(rows)
-    _atomic_write(args.out / "scaling.csv", buf.getvalue())
+    atomic_write(args.out / "scaling.csv", buf.getvalue().encode())
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["task"], r["setting"]), []).append(r)
@@ -217,7 +213,7 @@ def write_results(args: argparse.Namespace, rows: list[dict]) -> None:
         runs = ", ".join(str(r["throughput"]) for r in rs)
         diffs = max(rs, key=lambda r: float(r["max_param_diff_vs_1proc"]))["max_param_diff_vs_1proc"]
         lines.append(f"| {task} | {setting} | {med:.1f} {rs[0]['unit']} | {runs} | {diffs} | {rs[-1]['final_elbo']} |")
-    _atomic_write(args.out / "scaling.md", "\n".join(lines) + "\n")
+    atomic_write(args.out / "scaling.md", ("\n".join(lines) + "\n").encode())
     print("\n".join(lines))
 
 

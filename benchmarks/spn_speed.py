@@ -62,6 +62,7 @@ os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # before torch (and its OpenMP runtim
 import argparse
 import copy
 import csv
+import io
 import json
 import math
 import platform
@@ -70,7 +71,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -83,6 +83,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import spnkit  # noqa: E402
+from spnkit.io import atomic_write  # noqa: E402
 from spnkit.region_graph import Partition, RegionGraph  # noqa: E402
 
 __all__ = ["Case", "Row", "QUERIES", "work", "build_spnkit", "build_spflow_pair", "run", "main"]
@@ -735,31 +736,20 @@ def markdown(rows: list[Row], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600
-    os.replace(tmp, path)
-
-
 def write_results(rows: list[Row], meta: dict, out_dir: Path, readme: Path | None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     cols = [k for k in asdict(rows[0]) if k != "extra"]
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix="spn_speed.csv.")
-    with os.fdopen(fd, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        for r in rows:
-            d = asdict(r)
-            d.pop("extra")
-            w.writerow(d)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out_dir / "spn_speed.csv")
-    _write_atomic(out_dir / "spn_speed.json", json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    for r in rows:
+        d = asdict(r)
+        d.pop("extra")
+        w.writerow(d)
+    atomic_write(out_dir / "spn_speed.csv", buf.getvalue().encode())
+    atomic_write(out_dir / "spn_speed.json", (json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1) + "\n").encode())
     md = markdown(rows, meta)
-    _write_atomic(out_dir / "spn_speed.md", md)
+    atomic_write(out_dir / "spn_speed.md", md.encode())
     if readme is not None:
         text = readme.read_text() if readme.exists() else "# Benchmarks\n"
         block = f"{README_BEGIN}\n{md}{README_END}"
@@ -767,7 +757,7 @@ def write_results(rows: list[Row], meta: dict, out_dir: Path, readme: Path | Non
             text = text[: text.index(README_BEGIN)] + block + text[text.index(README_END) + len(README_END):]
         else:
             text = text.rstrip("\n") + "\n\n" + block + "\n"
-        _write_atomic(readme, text)
+        atomic_write(readme, text.encode())
 
 
 def main(argv: list[str] | None = None) -> int:

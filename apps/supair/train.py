@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,8 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
+
+from spnkit.io import atomic_write
 
 from .config import SupairConfig
 from .data import SceneSet, load_dataset, load_user_images
@@ -63,21 +63,9 @@ def load_data(cfg: SupairConfig, log: Callable[[str], None] = print) -> tuple[Sc
     return train, test
 
 
-def _atomic_write_bytes(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(path: Path, payload: dict) -> None:
     """Write a checkpoint atomically (temporary file in the same folder, then rename)."""
-    _atomic_write_bytes(Path(path), lambda tmp: torch.save(payload, tmp))
+    atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -210,7 +198,7 @@ class Trainer:
                 self._truncate_metrics(self.step)
             self.log(f"resumed {self.run_dir} at step {self.step}")
         elif self.is_main:
-            _atomic_write_bytes(self.run_dir / "config.json", lambda tmp: Path(tmp).write_text(cfg.to_json()))
+            atomic_write(self.run_dir / "config.json", cfg.to_json().encode())
         if dist is None:
             self.train_set, self.test_set = load_data(cfg, log=self.log)
         else:  # rank 0 builds the data cache, then the others read it
@@ -241,7 +229,7 @@ class Trainer:
                     keep.append(line)
             except (json.JSONDecodeError, KeyError):
                 continue  # a line cut by a kill
-        _atomic_write_bytes(self.metrics_path, lambda tmp: Path(tmp).write_text("".join(r + "\n" for r in keep)))
+        atomic_write(self.metrics_path, "".join(r + "\n" for r in keep).encode())
 
     def checkpoint(self) -> None:
         if not self.is_main:
@@ -267,7 +255,7 @@ class Trainer:
                 row.update(self.dist.evaluate(self.model, self.test_set, device=self.device))
         if self.is_main:
             old = self.metrics_path.read_text() if self.metrics_path.exists() else ""
-            _atomic_write_bytes(self.metrics_path, lambda tmp: Path(tmp).write_text(old + json.dumps(row) + "\n"))
+            atomic_write(self.metrics_path, (old + json.dumps(row) + "\n").encode())
         return row
 
     def train_step(self) -> float:

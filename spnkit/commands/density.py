@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,7 @@ import torch
 
 from ..circuit import SPN
 from ..datasets import MNIST_SHAPE, bits_per_dim, dequantize, load_mnist, pixel_centers
-from ..io import load, save
+from ..io import atomic_write, load, save
 from ..learn import evaluate, fit
 from ..leaves import Normal
 from ..region_graph import RegionGraph
@@ -314,20 +312,8 @@ def _grid(tiles: torch.Tensor, gap: int = 2, scale: int = 2) -> np.ndarray:
 def _write_png(image: np.ndarray, path: Path) -> None:
     from PIL import Image
 
-    _atomic(path, lambda fh: Image.fromarray(image).save(fh, format="PNG"))
+    atomic_write(path, lambda fh: Image.fromarray(image).save(fh, format="PNG"))
 
 
 def _write_json(obj: dict, path: Path) -> None:
-    _atomic(path, lambda fh: fh.write(json.dumps(obj, indent=1, default=float).encode()))
-
-
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda fh: fh.write(json.dumps(obj, indent=1, default=float).encode()))
