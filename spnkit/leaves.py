@@ -114,12 +114,16 @@ class Normal(Leaf):
 
     The variance is ``min_var + (max_var - min_var) * sigmoid(v)`` for an
     unconstrained ``v`` (SuPAIR separates objects from background by these
-    bounds). Means start uniform in ``loc_range``.
+    bounds). Means start uniform in ``loc_range``; variances start spread over
+    the middle of the bounds (``v`` uniform in [-1, 1]), or, with ``init_var =
+    (low, high)``, with ``v`` uniform between the values that give those
+    variances (kept a hair inside the bounds).
     """
 
     min_var: float = 1e-2
     max_var: float = 1.0
     loc_range: tuple[float, float] = (0.0, 1.0)
+    init_var: tuple[float, float] | None = None
     num_stats = 3
 
     def __post_init__(self) -> None:
@@ -127,9 +131,20 @@ class Normal(Leaf):
             raise ValueError(f"need 0 < min_var < max_var < inf, got min_var={self.min_var}, max_var={self.max_var}")
         if not self.loc_range[0] <= self.loc_range[1]:
             raise ValueError(f"loc_range must be (low, high) with low <= high, got {self.loc_range}")
+        if self.init_var is not None and not self.min_var <= self.init_var[0] <= self.init_var[1] <= self.max_var:
+            raise ValueError(f"init_var must be (low, high) with min_var <= low <= high <= max_var, got {self.init_var}")
 
     def init_params(self, shape, dtype):
-        return {"loc": _uniform(shape, *self.loc_range, dtype), "var": _uniform(shape, -1.0, 1.0, dtype)}
+        if self.init_var is None:
+            lo, hi = -1.0, 1.0
+        else:
+            lo, hi = (self._unbound(v) for v in self.init_var)
+        return {"loc": _uniform(shape, *self.loc_range, dtype), "var": _uniform(shape, lo, hi, dtype)}
+
+    def _unbound(self, var: float) -> float:
+        """The unconstrained ``v`` of a variance (clamped to 1e-4 inside the bounds)."""
+        frac = min(max((var - self.min_var) / (self.max_var - self.min_var), 1e-4), 1 - 1e-4)
+        return math.log(frac / (1 - frac))
 
     def variance(self, params: dict[str, Tensor]) -> Tensor:
         """The bounded variance ``(*P)``."""

@@ -38,6 +38,7 @@ class SPNConfig:
     min_var: float = 0.12
     max_var: float = 0.35
     init_loc: tuple[float, float] = (-0.1, 0.1)  # leaf means start uniform in this range
+    init_var: tuple[float, float] | None = None  # leaf variances start in this range (None: spread over the middle of the bounds)
 
     def assert_valid(self, name: str) -> None:
         if not self.init_loc[0] <= self.init_loc[1]:

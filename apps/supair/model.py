@@ -49,7 +49,7 @@ def build_spn(cfg: SPNConfig, height: int, width: int, channels: int, seed: int)
         rg = spnkit.RegionGraph.random(height * width * channels, depth=cfg.depth, repetitions=cfg.repetitions, seed=seed)
     else:
         rg = spnkit.RegionGraph.poon_domingos(height, width, delta=cfg.delta, channels=channels)
-    leaf = spnkit.Normal(min_var=cfg.min_var, max_var=cfg.max_var, loc_range=cfg.init_loc)
+    leaf = spnkit.Normal(min_var=cfg.min_var, max_var=cfg.max_var, loc_range=cfg.init_loc, init_var=cfg.init_var)
     return spnkit.SPN(rg, leaf=leaf, num_sums=cfg.num_sums, num_leaves=cfg.num_leaves, validate_args=False)
 
 

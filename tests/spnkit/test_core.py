@@ -664,3 +664,14 @@ def test_doctests(name):
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
     assert result.failed == 0, f"{result.failed} of {result.attempted} doctest examples failed in {name}"
+
+
+def test_normal_init_var_sets_the_starting_variances() -> None:
+    leaf = spnkit.Normal(min_var=0.002, max_var=0.12, init_var=(0.002, 0.01))
+    var = leaf.variance(leaf.init_params((1000,), torch.float64))
+    assert var.min() >= 0.002 and var.max() <= 0.01 + 1e-9 and var.max() - var.min() > 0.005
+    default = spnkit.Normal(min_var=0.002, max_var=0.12)
+    v = default.variance(default.init_params((1000,), torch.float64))
+    assert v.min() > 0.002 + 0.26 * 0.118 and v.max() < 0.002 + 0.74 * 0.118  # sigmoid(+-1) of the span
+    with pytest.raises(ValueError, match="init_var"):
+        spnkit.Normal(min_var=0.01, max_var=0.1, init_var=(0.001, 0.05))

@@ -71,7 +71,7 @@ def test_file_holds_json_structure_and_tensors_without_pickled_objects(saved):
         meta = json.loads(zf.read("spn.json"))
         state = torch.load(io.BytesIO(zf.read("weights.pt")), weights_only=True)
     assert meta["format"] == "spnkit" and meta["version"] == spnio.FORMAT_VERSION
-    assert meta["leaf"] == {"family": "Normal", "fields": {"min_var": 0.1, "max_var": 2.0, "loc_range": [-1.0, 1.0]}}
+    assert meta["leaf"] == {"family": "Normal", "fields": {"min_var": 0.1, "max_var": 2.0, "loc_range": [-1.0, 1.0], "init_var": None}}
     assert meta["region_graph"]["num_vars"] == 6 and len(meta["region_graph"]["regions"]) == len(spn.region_graph.regions)
     assert set(state) == set(spn.state_dict())
 
