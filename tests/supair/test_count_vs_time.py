@@ -86,3 +86,19 @@ def test_per_model_overrides_reach_only_that_model(tmp_path: Path) -> None:
     assert ["--set", "train.batch_size=32"] == supair[supair.index("train.batch_size=32") - 1:][:2]
     assert "train.batch_size=32" not in air and "supair:train.batch_size=32" not in air
     assert "train.test_images=100" in supair and "train.test_images=100" in air
+
+
+def test_collect_gathers_every_model_and_seed_on_disk(tmp_path: Path) -> None:
+    import json
+
+    for model, seeds in (("supair", (0, 1, 2)), ("air", (0,))):
+        for seed in seeds:
+            folder = tmp_path / "multi-mnist" / model / f"seed{seed}"
+            folder.mkdir(parents=True)
+            row = {"step": 1, "cpu_seconds": 10.0 + seed, "train_seconds": 12.0, "count_accuracy": 0.5}
+            (folder / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    args = bench.parse_args(["--models", "air", "--seeds", "1", "--runs-dir", str(tmp_path)])
+    rows = bench.collect(args)
+    assert sorted((r["model"], r["seed"]) for r in rows) == [("air", 0), ("supair", 0), ("supair", 1), ("supair", 2)]
+    md = bench.summarize(rows, args, "cmd")
+    assert "| supair |" in md and "| air |" in md
