@@ -203,9 +203,14 @@ class Supair(nn.Module):
         self.background_spn = build_spn(cfg.background_spn, S, S, C, seed + 1) if cfg.background_model else None
 
     # ------------------------------------------------------------ inference
-    def infer(self, images: Tensor, sample: bool = True) -> Inference:
-        """Run the attention network; ``sample=False`` takes the posterior means."""
-        logits, loc, std, z = self.inference(images, sample, self.residual_fill(images))
+    def infer(self, images: Tensor, sample: bool = True, fill: Tensor | None = None) -> Inference:
+        """Run the attention network; ``sample=False`` takes the posterior means.
+
+        ``fill``: :meth:`residual_fill` of ``images`` if already computed (it is
+        computed here otherwise).
+        """
+        fill = self.residual_fill(images) if fill is None else fill
+        logits, loc, std, z = self.inference(images, sample, fill)
         return Inference(logits, loc, std, z, self.inference.to_pixels(z))
 
     @torch.no_grad()
@@ -315,8 +320,9 @@ class Supair(nn.Module):
         (boxes after the n-th are drawn from q and integrate to one).
         """
         logs = []
+        fill = self.residual_fill(images)  # the same for every draw
         for _ in range(num_samples):  # draws, not pixels
-            inf = self.infer(images)
+            inf = self.infer(images, fill=fill)
             lj = self.log_joint(images, inf)["log_joint"]  # (B, N+1)
             lq = F.pad(torch.cumsum(inf.log_q_where(), 1), (1, 0))  # (B, N+1)
             logs.append(torch.logsumexp(lj - lq, 1))

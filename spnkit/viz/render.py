@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import graphviz
 import networkx as nx
 
+from ..io import atomic_write
 from ..region_graph import RegionGraph
 from .dot import choose_level, circuit_dot, region_graph_dot
 from .graphs import region_level_graph
@@ -18,7 +19,7 @@ from .graphs import region_level_graph
 if TYPE_CHECKING:  # pragma: no cover
     from ..circuit import SPN
 
-__all__ = ["draw", "DrawResult", "FORMATS", "write_atomic"]
+__all__ = ["draw", "DrawResult", "FORMATS"]
 
 #: output formats, by file suffix
 FORMATS = {".svg": "svg", ".png": "png", ".pdf": "pdf", ".dot": "dot", ".gv": "dot"}
@@ -46,13 +47,6 @@ def _format_of(path: Path) -> str:
     if fmt is None:
         raise ValueError(f"cannot tell the format of {str(path)!r}; use one of the suffixes {', '.join(sorted(FORMATS))}")
     return fmt
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (see :func:`spnkit.io.atomic_write`)."""
-    from ..io import atomic_write
-
-    atomic_write(path, data)
 
 
 def draw(
@@ -101,14 +95,14 @@ def draw(
     else:
         raise ValueError(f"expected a spnkit.RegionGraph or spnkit.SPN, got {type(obj).__name__}")
     if fmt == "dot":
-        write_atomic(path, source.encode())
+        atomic_write(path, source.encode())
         return DrawResult((path,), what)
     try:
         data = graphviz.Source(source).pipe(format=fmt)
     except graphviz.ExecutableNotFound:
         dot_path = path.with_suffix(".dot")
-        write_atomic(dot_path, source.encode())
-        write_atomic(path, _matplotlib_drawing(_networkx_of(obj, what), fmt))
+        atomic_write(dot_path, source.encode())
+        atomic_write(path, _matplotlib_drawing(_networkx_of(obj, what), fmt))
         message = (
             f"Graphviz's `dot` program was not found on PATH: wrote the DOT source to {dot_path} and a simpler "
             f"matplotlib drawing to {path}; install Graphviz (e.g. `apt-get install graphviz`) for the full drawing"
@@ -117,7 +111,7 @@ def draw(
     except graphviz.CalledProcessError as err:
         stderr = (err.stderr or b"").decode(errors="replace").strip().splitlines()
         raise RuntimeError(f"Graphviz's dot failed: {stderr[-1] if stderr else err}") from None
-    write_atomic(path, data)
+    atomic_write(path, data)
     return DrawResult((path,), what)
 
 
