@@ -127,7 +127,7 @@ def run_command(args: argparse.Namespace, model: str, seed: int) -> list[str]:
         cmd += ["--test-images", str(args.test_images)]
     for item in args.set:
         target, sep, rest = item.partition(":")
-        if sep and target in MODELS and "=" not in target:
+        if sep and target in MODELS:
             if target == model:
                 cmd += ["--set", rest]
         else:
