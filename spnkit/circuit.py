@@ -45,15 +45,22 @@ class _Level:
     partitions: list[int]  # partition indices, in layer order
     sums: ProductSumLayer
     mixing: MixingLayer | None
+    source: int | None = None  # block of the upward pass holding every child row (0: leaves, j: height level j-1), None if several
+    source_start: int = 0  # buffer row where that block starts
 
 
 @dataclass
 class _Trace:
     """Values of an upward pass kept for the downward pass."""
 
-    buf: Tensor  # (rows, B, K_max), every region vector below the root
+    blocks: list[Tensor]  # batch-fastest (rows, K_max, B) blocks of the buffer: leaf rows, then each level's regions below the root
     parts: list[Tensor]  # per level, partition outputs (P, B, K_out)
     root: Tensor  # (B, C)
+
+    @property
+    def buf(self) -> Tensor:
+        """``(rows, B, K_max)``, every region vector below the root."""
+        return torch.cat(self.blocks).transpose(1, 2)
 
 
 class SPN(nn.Module):
@@ -121,6 +128,7 @@ class SPN(nn.Module):
             by_height[h].append(r)
         levels: list[_Level] = []
         sums, mixes = nn.ModuleList(), nn.ModuleList()
+        spans = [(0, len(leaves))]  # buffer rows of each block of the upward pass
         for h in range(1, top + 1):
             regions = by_height[h]
             if not regions:
@@ -146,12 +154,15 @@ class SPN(nn.Module):
                     pos += len(ps)
                 mixing = MixingLayer(table, k_out)
                 mixes.append(mixing)
+            lo, hi = int(kids.min()), int(kids.max())
+            source = next((j for j, (a, b) in enumerate(spans) if a <= lo and hi < b), None)
             start = len(row_k)
             for i, r in enumerate(regions):
                 row[r] = start + i
                 row_k.append(k_out)
+            spans.append((start, len(row_k)))
             sums.append(layer)
-            levels.append(_Level(regions, start, partitions, layer, mixing))
+            levels.append(_Level(regions, start, partitions, layer, mixing, source, 0 if source is None else spans[source][0]))
         self.sum_layers, self.mixing_layers = sums, mixes
         self._levels = levels
         self._row = row
@@ -233,15 +244,21 @@ class SPN(nn.Module):
             leaf = self.leaf_layer(x, w, params.get("eta"))  # (R0, B, K_leaf)
         else:
             leaf = self.leaf_layer.forward_max(x, w)  # (R0, B, K_leaf)
-        buf_t = self._pad_t(leaf)  # (rows so far, K_max, B): the buffer, batch-fastest (see spnkit.layers)
+        # the buffer, batch-fastest (see spnkit.layers), as blocks: a level whose children lie in one
+        # block (every level of a RAT-SPN) reads only that block, so the buffer is never concatenated
+        blocks = [self._pad_t(leaf)]  # (rows, K_max, B) each
         parts: list[Tensor] = []
         out = leaf
         for i, lv in enumerate(self._levels):
-            buf = buf_t.transpose(1, 2)  # (rows so far, B, K_max)
-            if mode == "sum":
-                part = lv.sums(buf, params.get(f"sums.{i}"))  # (P, B, K_out)
+            if lv.source is None:
+                src, start = torch.cat(blocks), 0
             else:
-                part = lv.sums.forward_max(buf)
+                src, start = blocks[lv.source], lv.source_start
+            buf = src.transpose(1, 2)  # (rows, B, K_max)
+            if mode == "sum":
+                part = lv.sums(buf, params.get(f"sums.{i}"), start)  # (P, B, K_out)
+            else:
+                part = lv.sums.forward_max(buf, start)
             parts.append(part)
             if lv.mixing is None:
                 out = part
@@ -250,8 +267,8 @@ class SPN(nn.Module):
             else:
                 out = lv.mixing.forward_max(part)
             if i + 1 < len(self._levels):
-                buf_t = torch.cat([buf_t, self._pad_t(out)])  # (rows so far, K_max, B)
-        return _Trace(buf=buf_t.transpose(1, 2), parts=parts, root=out[0])
+                blocks.append(self._pad_t(out))
+        return _Trace(blocks=blocks, parts=parts, root=out[0])
 
     def _pad_t(self, v: Tensor) -> Tensor:
         """Region vectors ``(R, B, K)`` to batch-fastest buffer rows ``(R, K_max, B)``, padded with ``-inf``."""

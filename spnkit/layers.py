@@ -84,23 +84,22 @@ def _blocks(n: int, item_bytes: int) -> list[slice]:
 class _GatherMatmul(torch.autograd.Function):
     """``out[r] = coef[r] @ feats[index[r]]``: per-region statistics times coefficients, batch-fastest.
 
-    Shapes: ``feats (V, S, B)`` contiguous, ``coef (R, K, n*S)``, ``index (R, n)``
-    into ``V``; output ``(R, K, B)``. The gathered ``(R, n*S, B)`` statistics
+    Shapes: ``feats (V, B)`` contiguous rows, ``coef (R, K, m)``, ``index (R, m)``
+    into ``V``; output ``(R, K, B)``. The gathered ``(R, m, B)`` statistics
     (the largest tensor of the leaf layer) are built block by block in one
     workspace and gathered again in the backward pass instead of being kept.
     """
 
     @staticmethod
     def forward(ctx, feats: Tensor, coef: Tensor, index: Tensor) -> Tensor:
-        R, n = index.shape
-        _, S, B = feats.shape
+        R, m = index.shape
+        B = feats.shape[1]
         out = feats.new_empty(R, coef.shape[1], B)
-        flat = feats.view(feats.shape[0], S * B)  # index_select copies whole rows: 4x faster than feats[index]
-        blocks = _blocks(R, n * S * B * feats.element_size())
-        ws = feats.new_empty((blocks[0].stop - blocks[0].start) * n, S * B)
+        blocks = _blocks(R, m * B * feats.element_size())
+        ws = feats.new_empty((blocks[0].stop - blocks[0].start) * m, B)
         for blk in blocks:
             rows = index[blk].reshape(-1)
-            g = torch.index_select(flat, 0, rows, out=ws[: rows.numel()]).view(-1, n * S, B)  # (c, n*S, B)
+            g = torch.index_select(feats, 0, rows, out=ws[: rows.numel()]).view(-1, m, B)  # (c, m, B): whole rows, 4x faster than feats[index]
             torch.bmm(coef[blk], g, out=out[blk])  # (c, K, B)
         ctx.save_for_backward(feats, coef, index)
         return out
@@ -109,23 +108,22 @@ class _GatherMatmul(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         feats, coef, index = ctx.saved_tensors
-        R, n = index.shape
-        _, S, B = feats.shape
+        R, m = index.shape
+        B = feats.shape[1]
         grad = grad.contiguous()  # (R, K, B)
         g_feats = torch.zeros_like(feats) if ctx.needs_input_grad[0] else None
         g_coef = torch.empty_like(coef) if ctx.needs_input_grad[1] else None
-        flat = feats.view(feats.shape[0], S * B)
-        blocks = _blocks(R, n * S * B * feats.element_size())
-        ws = feats.new_empty((blocks[0].stop - blocks[0].start) * n, S * B)
+        blocks = _blocks(R, m * B * feats.element_size())
+        ws = feats.new_empty((blocks[0].stop - blocks[0].start) * m, B)
         for blk in blocks:
             rows = index[blk].reshape(-1)
             c = blk.stop - blk.start
             if g_coef is not None:
-                g = torch.index_select(flat, 0, rows, out=ws[: rows.numel()]).view(c, n * S, B)  # (c, n*S, B)
-                torch.bmm(grad[blk], g.transpose(1, 2), out=g_coef[blk])  # (c, K, n*S)
+                g = torch.index_select(feats, 0, rows, out=ws[: rows.numel()]).view(c, m, B)  # (c, m, B)
+                torch.bmm(grad[blk], g.transpose(1, 2), out=g_coef[blk])  # (c, K, m)
             if g_feats is not None:
-                back = torch.bmm(coef[blk].transpose(1, 2), grad[blk], out=ws[: rows.numel()].view(c, n * S, B))  # (c, n*S, B)
-                g_feats.index_add_(0, rows, back.view(-1, S, B))
+                back = torch.bmm(coef[blk].transpose(1, 2), grad[blk], out=ws[: rows.numel()].view(c, m, B))  # (c, m, B)
+                g_feats.index_add_(0, rows, back.view(-1, B))
         return g_feats, g_coef, None
 
 
@@ -270,16 +268,29 @@ class LeafLayer(nn.Module):
         dense[:, self.var_index, rows, :] = coef.permute(3, 0, 1, 2)  # padding slots land in row D
         return dense[:, : self.num_vars].reshape(S, self.num_vars, R * K)  # (S, D, R*K)
 
+    def _columns(self, v: Tensor) -> Tensor:
+        """``(B, D)`` to variable-major ``(D + 1, B)`` with a zero row ``D``, the target of padding slots."""
+        out = v.new_zeros(self.num_vars + 1, v.shape[0])
+        out[: self.num_vars] = v.t()
+        return out
+
     def _linear(self, feats: Tensor, coef: Tensor) -> Tensor:
-        """``out[r, b, k] = sum_{d, s} feats[s, b, d] * coef[r, slot(d), k, s]`` for feats ``(S, B, D)``: ``(R, B, K)``, batch-fastest."""
+        """``out[r, b, k] = sum_{d, s} feats[s, d, b] * coef[r, slot(d), k, s]``: ``(R, B, K)``, batch-fastest.
+
+        ``feats`` ``(S, D + 1, B)`` are the weighted statistics, variable-major
+        (built so from the transposed input: no copy of the ``S`` times larger
+        statistics), with row ``D`` zero.
+        """
         R, n, K, S = coef.shape
-        B = feats.shape[1]
+        D1, B = feats.shape[1], feats.shape[2]
         if self.layout == "dense":
-            out = torch.bmm(self._dense(coef).transpose(1, 2), feats.transpose(1, 2)).sum(0)  # (S, R*K, B) -> (R*K, B)
+            out = torch.bmm(self._dense(coef).transpose(1, 2), feats[:, : self.num_vars]).sum(0)  # (S, R*K, B) -> (R*K, B)
             return out.view(R, K, B).transpose(1, 2)  # (R, B, K)
-        ft = torch.cat([feats.permute(2, 0, 1), feats.new_zeros(1, S, B)])  # (D + 1, S, B); row D pads short regions
-        c = coef.permute(0, 2, 1, 3).reshape(R, K, n * S)  # (R, K, n*S), slot-major like the gathered rows
-        return _GatherMatmul.apply(ft, c, self.var_index).transpose(1, 2)  # (R, K, B) -> (R, B, K)
+        # row s * (D + 1) + d of the flat statistics holds statistic s of variable d; slots are statistic-major
+        stat = torch.arange(S, device=coef.device).view(1, S, 1) * D1
+        index = (stat + self.var_index.unsqueeze(1)).view(R, S * n)  # (R, S*n)
+        c = coef.permute(0, 2, 3, 1).reshape(R, K, S * n)  # (R, K, S*n), in the order of the gathered rows
+        return _GatherMatmul.apply(feats.reshape(S * D1, B), c, index).transpose(1, 2)  # (R, K, B) -> (R, B, K)
 
     def forward(self, x: Tensor, w: Tensor, eta: Tensor | None = None) -> Tensor:
         """Leaf log-densities.
@@ -294,7 +305,8 @@ class LeafLayer(nn.Module):
             ``(R, B, K)``.
         """
         eta = self.natural() if eta is None else eta  # (R, n, K, S)
-        return self._linear(self.leaf.statistics(x) * w, eta)  # (S, B, D) -> (R, B, K)
+        feats = self.leaf.statistics(self._columns(x)) * self._columns(w)  # (S, D + 1, B); row D is 0
+        return self._linear(feats, eta)
 
     def forward_max(self, x: Tensor, w: Tensor) -> Tensor:
         """Max-product leaf values: observed factors give their log-density, unobserved ones their log-maximum.
@@ -304,7 +316,8 @@ class LeafLayer(nn.Module):
         """
         peak = self.leaf.log_max(self.param_dict()).unsqueeze(-1)  # (R, n, K, 1)
         # one pass: the peak is one more statistic, (1 - w), with coefficient log max
-        feats = torch.cat([self.leaf.statistics(x) * w, (1 - w).unsqueeze(0)])  # (S + 1, B, D)
+        stats = self.leaf.statistics(self._columns(x)) * self._columns(w)  # (S, D + 1, B)
+        feats = torch.cat([stats, self._columns(1 - w).unsqueeze(0)])  # (S + 1, D + 1, B)
         return self._linear(feats, torch.cat([self.natural(), peak], dim=-1))  # (R, B, K)
 
     def pair_params(self, region: Tensor, choice: Tensor) -> dict[str, Tensor]:
@@ -345,6 +358,7 @@ class ProductSumLayer(nn.Module):
         super().__init__()
         self.register_buffer("left", left, persistent=False)
         self.register_buffer("right", right, persistent=False)
+        self.register_buffer("pair_rows", torch.cat([left, right]), persistent=False)  # both children, one gather
         self.k_in, self.k_out = k_in, k_out
         self.logits = nn.Parameter(torch.randn(len(left), k_in * k_in, k_out))  # (P, I*J, K_out)
         self.register_buffer("valid", None if valid is None else valid.reshape(len(left), k_in * k_in, 1), persistent=False)
@@ -365,29 +379,33 @@ class ProductSumLayer(nn.Module):
         a, b = self._child_values_t(buf)
         return a.transpose(1, 2), b.transpose(1, 2)
 
-    def _child_values_t(self, buf: Tensor) -> tuple[Tensor, Tensor]:
-        """The children's log-values, batch-fastest: ``(P, k_in, B)`` each, contiguous."""
+    def _child_values_t(self, buf: Tensor, start: int = 0) -> tuple[Tensor, Tensor]:
+        """The children's log-values, batch-fastest: ``(P, k_in, B)`` each, contiguous.
+
+        ``buf`` holds the buffer rows from ``start`` on (the circuit passes only
+        the block of rows the children lie in, when they lie in one).
+        """
         bt = buf.transpose(1, 2)  # (rows, K_max, B): contiguous for a batch-fastest buffer
         # one gather for both children: its backward scatters into one zero buffer, not two
-        ab = torch.index_select(bt, 0, torch.cat([self.left, self.right]))  # (2P, K_max, B)
+        ab = torch.index_select(bt, 0, self.pair_rows if start == 0 else self.pair_rows - start)  # (2P, K_max, B)
         if ab.shape[1] != self.k_in:
             ab = ab[:, : self.k_in]
         P = self.left.shape[0]
         return ab[:P].contiguous(), ab[P:].contiguous()
 
-    def forward(self, buf: Tensor, log_w: Tensor | None = None) -> Tensor:
-        """Sum-product values ``(P, B, K_out)`` (batch-fastest) from the buffer ``(rows, B, K_max)``."""
+    def forward(self, buf: Tensor, log_w: Tensor | None = None, start: int = 0) -> Tensor:
+        """Sum-product values ``(P, B, K_out)`` (batch-fastest) from the buffer ``(rows, B, K_max)`` (its rows from ``start`` on)."""
         log_w = self.log_weights() if log_w is None else log_w
-        a, b = self._child_values_t(buf)  # (P, I, B), (P, J, B)
+        a, b = self._child_values_t(buf, start)  # (P, I, B), (P, J, B)
         return _log_matmul_exp_t(a, b, torch.exp(log_w)).transpose(1, 2)  # (P, K_out, B) -> (P, B, K_out)
 
-    def forward_max(self, buf: Tensor) -> Tensor:
+    def forward_max(self, buf: Tensor, start: int = 0) -> Tensor:
         """Max-product values ``(P, B, K_out)``: the best product for each sum.
 
         ``max_{i,j} (log w_ijk + a_i + b_j)`` has no matrix-product form; the
         ``(P, I*J, K_out, B)`` scores are reduced in blocks of partitions.
         """
-        a, b = self._child_values_t(buf)  # (P, I, B), (P, J, B)
+        a, b = self._child_values_t(buf, start)  # (P, I, B), (P, J, B)
         P, I, B = a.shape
         J, K = b.shape[1], self.k_out
         lw = self.log_weights().unsqueeze(-1)  # (P, I*J, K_out, 1)

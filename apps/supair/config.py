@@ -67,6 +67,7 @@ class InferenceConfig:
     input: str = "residual"  # LSTM input per step: "image" (the original) or "residual" (earlier boxes blanked out)
     recurrent: bool = False  # False: the LSTM state is reset at every step, so every step applies the same function to its input (True: the original)
     max_std: float = 0.3  # z_where posterior std is max_std * sigmoid(.), in (scale, scale, pixel, pixel) units
+    position_max_std: float | None = None  # a separate bound for the corner's std in pixels (None: max_std)
     fill: str = "background"  # residual input: earlier boxes filled with the background SPN's MPE reconstruction ("background") or zeros ("zero")
 
     def assert_valid(self) -> None:
@@ -80,8 +81,8 @@ class InferenceConfig:
             lo, hi = getattr(self, name)
             if not lo < hi:
                 raise ValueError(f"inference.{name} must be (low, high) with low < high, got {(lo, hi)}")
-        if self.scale_range[0] <= 0 or self.max_std <= 0:
-            raise ValueError("inference.scale_range and inference.max_std must be positive")
+        if self.scale_range[0] <= 0 or self.max_std <= 0 or (self.position_max_std is not None and self.position_max_std <= 0):
+            raise ValueError("inference.scale_range, inference.max_std and inference.position_max_std must be positive")
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,15 @@ class PriorConfig:
 
     count_log_p0: float = -0.35667494393873245  # log 0.7: log p(n) = log_p0 - count_rate * n
     count_rate: float = 0.7
+    count_rate_start: float | None = None  # anneal the count rate linearly from this value to count_rate ...
+    count_rate_anneal_steps: int = 0  # ... over this many training steps (0: no annealing)
     overlap_rate: float = 120.0  # Gamma(1, rate) density on the occluded fraction f of each glimpse: log(rate) - rate * f
+
+    def assert_valid(self) -> None:
+        if self.count_rate_anneal_steps < 0:
+            raise ValueError(f"prior.count_rate_anneal_steps must be >= 0, got {self.count_rate_anneal_steps}")
+        if self.overlap_rate <= 0:
+            raise ValueError(f"prior.overlap_rate must be positive, got {self.overlap_rate}")
 
 
 @dataclass(frozen=True)
@@ -164,6 +173,7 @@ class ModelConfig:
         self.object_spn.assert_valid("object_spn")
         self.background_spn.assert_valid("background_spn")
         self.inference.assert_valid()
+        self.prior.assert_valid()
         self.air.assert_valid()
 
 

@@ -124,6 +124,8 @@ class InferenceNet(nn.Module):
         with torch.no_grad():
             self.head[2].bias[0] = icfg.presence_bias
         self.units = units
+        pos_std = icfg.max_std if icfg.position_max_std is None else icfg.position_max_std
+        self.register_buffer("max_std", torch.tensor([icfg.max_std, icfg.max_std, pos_std, pos_std]), persistent=False)  # (4,)
 
     def forward(self, images: Tensor, sample: bool = True, fill: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Per-step outputs for ``images`` ``(B, C, S, S)``.
@@ -153,7 +155,7 @@ class InferenceNet(nn.Module):
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)
             out = self.head(h)  # (B, 9)
-            loc, std = self.box_mean(out[:, 1:5]), self.cfg.inference.max_std * torch.sigmoid(out[:, 5:])
+            loc, std = self.box_mean(out[:, 1:5]), self.max_std * torch.sigmoid(out[:, 5:])
             z = loc + std * torch.randn_like(std) if sample else loc
             if residual:
                 visible = visible * (1 - box_coverage(self.to_pixels(z), S).unsqueeze(1))
@@ -201,6 +203,7 @@ class Supair(nn.Module):
         G, S, C = cfg.glimpse_size, cfg.scene_size, cfg.channels
         self.object_spn = build_spn(cfg.object_spn, G, G, C, seed)
         self.background_spn = build_spn(cfg.background_spn, S, S, C, seed + 1) if cfg.background_model else None
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))  # training steps taken, for the count prior's ramp
 
     # ------------------------------------------------------------ inference
     def infer(self, images: Tensor, sample: bool = True, fill: Tensor | None = None) -> Inference:
@@ -282,13 +285,25 @@ class Supair(nn.Module):
         log_joint = (
             F.pad(torch.cumsum(objects, 1), (1, 0))
             + background
-            + (prior.count_log_p0 - prior.count_rate * counts)
+            + (prior.count_log_p0 - self.count_rate() * counts)
             + F.pad(torch.cumsum(math.log(prior.overlap_rate) - prior.overlap_rate * overlap, 1), (1, 0))
         )
         return {
             "log_joint": log_joint, "objects": objects, "background": background, "overlap": overlap,
             "object_mask": obj_m.view(B, N, G * G * C), "background_mask": bg_m.reshape(B, N + 1, C * S * S),
         }
+
+    def count_rate(self) -> Tensor | float:
+        """The count prior's rate now: ``prior.count_rate``, or on its linear ramp from ``count_rate_start``."""
+        p = self.cfg.prior
+        if p.count_rate_start is None or p.count_rate_anneal_steps <= 0:
+            return p.count_rate
+        frac = (self.updates / p.count_rate_anneal_steps).clamp(max=1.0)  # a tensor: no host sync in the step
+        return p.count_rate_start + (p.count_rate - p.count_rate_start) * frac
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.setdefault(prefix + "updates", torch.zeros((), dtype=torch.long))  # checkpoints from before the counter
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _background_log_prob(self, x: Tensor, m: Tensor) -> Tensor:
         if self.background_spn is not None:
@@ -332,6 +347,8 @@ class Supair(nn.Module):
     def loss(self, images: Tensor) -> tuple[Tensor, dict[str, float]]:
         """Training loss (mean negative ELBO per image) and the ELBO tensor for logging."""
         elbo, _ = self.elbo(images)
+        if self.training and torch.is_grad_enabled():
+            self.updates += 1
         loss = -elbo.mean()
         return loss, {"elbo": -loss.detach()}
 

@@ -216,3 +216,45 @@ def test_explain_keeps_visible_glimpse_pixels(model: Supair) -> None:
 def test_bad_images_raise(images: torch.Tensor, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         check_images(images, tiny_config())
+
+
+def test_position_std_has_its_own_bound() -> None:
+    torch.manual_seed(0)
+    icfg = InferenceConfig(lstm_units=16, head_units=8, max_std=0.1, position_max_std=2.0)
+    net = Supair(tiny_config(inference=icfg)).double()
+    inf = net.infer(torch.rand(5, 1, 12, 12, dtype=torch.float64))
+    assert (inf.where_std[..., :2] < 0.1).all() and (inf.where_std[..., 2:] < 2.0).all()
+    assert (inf.where_std[..., 2:] > 0.1).any()  # sigmoid(.) ~ 0.5 at the start: about 1 px
+    with pytest.raises(ValueError, match="position_max_std"):
+        InferenceConfig(position_max_std=0.0).assert_valid()
+
+
+def test_count_rate_ramps_with_training_steps() -> None:
+    from apps.supair.config import PriorConfig
+
+    torch.manual_seed(0)
+    prior = PriorConfig(count_rate=10.0, count_rate_start=1.0, count_rate_anneal_steps=4)
+    net = Supair(tiny_config(prior=prior)).double()
+    x = torch.rand(3, 1, 12, 12, dtype=torch.float64)
+    rates = []
+    for _ in range(6):
+        rates.append(float(net.count_rate()))
+        net.loss(x)[0].backward()
+    assert rates == pytest.approx([1.0, 3.25, 5.5, 7.75, 10.0, 10.0])
+    with torch.no_grad():  # evaluation does not advance the ramp
+        net.loss(x)
+    assert int(net.updates) == 6
+    # the rate enters log p(n) = log_p0 - rate * n
+    inf = net.infer(x)
+    lj = net.log_joint(x, inf)["log_joint"]
+    net.updates.zero_()
+    lj0 = net.log_joint(x, inf)["log_joint"]
+    n = torch.arange(3, dtype=torch.float64)
+    assert torch.allclose(lj0 - lj, 9.0 * n.expand_as(lj))
+    # checkpoints from before the counter load with it at zero
+    state = {k: v for k, v in net.state_dict().items() if k != "updates"}
+    net.updates.fill_(3)
+    net.load_state_dict(state)
+    assert int(net.updates) == 0
+    with pytest.raises(ValueError, match="count_rate_anneal_steps"):
+        PriorConfig(count_rate_anneal_steps=-1).assert_valid()
