@@ -55,7 +55,7 @@ def config_from_args(args: argparse.Namespace, saved=None):
         model, dataset = args.model or "supair", args.dataset or "multi-mnist"
         changes.update({"model_type": model, "train.dataset": dataset})
         changes.update(model_defaults(model))
-        changes.update(dataset_defaults(dataset))
+        changes.update(dataset_defaults(dataset, model))
     else:
         if args.model is not None:
             changes["model_type"] = args.model

@@ -281,25 +281,27 @@ class Supair(nn.Module):
             bg_m.permute(0, 1, 3, 4, 2).reshape(B * (N + 1), S * S * C),
         ).view(B, N + 1)
         prior = cfg.prior
+        overlap_rate = torch.as_tensor(self.prior_rate("overlap_rate"), dtype=images.dtype, device=images.device)
         counts = torch.arange(N + 1, device=images.device, dtype=images.dtype)
         log_joint = (
             F.pad(torch.cumsum(objects, 1), (1, 0))
             + background
-            + (prior.count_log_p0 - self.count_rate() * counts)
-            + F.pad(torch.cumsum(math.log(prior.overlap_rate) - prior.overlap_rate * overlap, 1), (1, 0))
+            + (prior.count_log_p0 - self.prior_rate("count_rate") * counts)
+            + F.pad(torch.cumsum(torch.log(overlap_rate) - overlap_rate * overlap, 1), (1, 0))
         )
         return {
             "log_joint": log_joint, "objects": objects, "background": background, "overlap": overlap,
             "object_mask": obj_m.view(B, N, G * G * C), "background_mask": bg_m.reshape(B, N + 1, C * S * S),
         }
 
-    def count_rate(self) -> Tensor | float:
-        """The count prior's rate now: ``prior.count_rate``, or on its linear ramp from ``count_rate_start``."""
+    def prior_rate(self, name: str) -> Tensor | float:
+        """``prior.<name>`` (``count_rate`` or ``overlap_rate``) now: on its linear ramp from ``<name>_start`` if set."""
         p = self.cfg.prior
-        if p.count_rate_start is None or p.count_rate_anneal_steps <= 0:
-            return p.count_rate
-        frac = (self.updates / p.count_rate_anneal_steps).clamp(max=1.0)  # a tensor: no host sync in the step
-        return p.count_rate_start + (p.count_rate - p.count_rate_start) * frac
+        end, start = getattr(p, name), getattr(p, f"{name}_start")
+        if start is None or p.anneal_steps <= 0:
+            return end
+        frac = (self.updates / p.anneal_steps).clamp(max=1.0)  # a tensor: no host sync in the step
+        return start + (end - start) * frac
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         state_dict.setdefault(prefix + "updates", torch.zeros((), dtype=torch.long))  # checkpoints from before the counter

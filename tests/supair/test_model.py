@@ -229,32 +229,36 @@ def test_position_std_has_its_own_bound() -> None:
         InferenceConfig(position_max_std=0.0).assert_valid()
 
 
-def test_count_rate_ramps_with_training_steps() -> None:
+def test_prior_rates_ramp_with_training_steps() -> None:
     from apps.supair.config import PriorConfig
 
     torch.manual_seed(0)
-    prior = PriorConfig(count_rate=10.0, count_rate_start=1.0, count_rate_anneal_steps=4)
+    prior = PriorConfig(count_rate=10.0, count_rate_start=1.0, overlap_rate=200.0, overlap_rate_start=100.0, anneal_steps=4)
     net = Supair(tiny_config(prior=prior)).double()
     x = torch.rand(3, 1, 12, 12, dtype=torch.float64)
     rates = []
     for _ in range(6):
-        rates.append(float(net.count_rate()))
+        rates.append((float(net.prior_rate("count_rate")), float(net.prior_rate("overlap_rate"))))
         net.loss(x)[0].backward()
-    assert rates == pytest.approx([1.0, 3.25, 5.5, 7.75, 10.0, 10.0])
-    with torch.no_grad():  # evaluation does not advance the ramp
+    assert [r[0] for r in rates] == pytest.approx([1.0, 3.25, 5.5, 7.75, 10.0, 10.0])
+    assert [r[1] for r in rates] == pytest.approx([100.0, 125.0, 150.0, 175.0, 200.0, 200.0])
+    with torch.no_grad():  # evaluation does not advance the ramps
         net.loss(x)
     assert int(net.updates) == 6
-    # the rate enters log p(n) = log_p0 - rate * n
+    # the rates enter log p(n) = log_p0 - rate * n and the overlap prior log(rate) - rate * f
     inf = net.infer(x)
-    lj = net.log_joint(x, inf)["log_joint"]
+    out = net.log_joint(x, inf)
     net.updates.zero_()
     lj0 = net.log_joint(x, inf)["log_joint"]
     n = torch.arange(3, dtype=torch.float64)
-    assert torch.allclose(lj0 - lj, 9.0 * n.expand_as(lj))
+    f = torch.nn.functional.pad(torch.cumsum(out["overlap"], 1), (1, 0))
+    g = torch.nn.functional.pad(torch.ones_like(out["overlap"]).cumsum(1), (1, 0))
+    expected = 9.0 * n + 100.0 * f - math.log(2.0) * g  # (start - end) terms
+    assert torch.allclose(lj0 - out["log_joint"], expected)
     # checkpoints from before the counter load with it at zero
     state = {k: v for k, v in net.state_dict().items() if k != "updates"}
     net.updates.fill_(3)
     net.load_state_dict(state)
     assert int(net.updates) == 0
-    with pytest.raises(ValueError, match="count_rate_anneal_steps"):
-        PriorConfig(count_rate_anneal_steps=-1).assert_valid()
+    with pytest.raises(ValueError, match="anneal_steps"):
+        PriorConfig(anneal_steps=-1).assert_valid()
