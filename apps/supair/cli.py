@@ -55,7 +55,8 @@ def config_from_args(args: argparse.Namespace, saved=None):
         model, dataset = args.model or "supair", args.dataset or "multi-mnist"
         changes.update({"model_type": model, "train.dataset": dataset})
         changes.update(model_defaults(model))
-        changes.update(dataset_defaults(dataset, model))
+        if args.data is None:  # the built-in data set's settings; a user's images start from the original's
+            changes.update(dataset_defaults(dataset, model))
     else:
         if args.model is not None:
             changes["model_type"] = args.model

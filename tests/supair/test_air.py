@@ -184,7 +184,10 @@ def test_cli_train_detect_show(tmp_path: Path, capsys) -> None:
     args = build_parser().parse_args(["train", "--model", "air"])
     cfg = config_from_args(args)
     assert (cfg.train.batch_size, cfg.train.learning_rate) == (64, 1e-4)  # AIR's own defaults
-    assert config_from_args(build_parser().parse_args(["train"])).train.batch_size == SupairConfig().train.batch_size
+    supair = config_from_args(build_parser().parse_args(["train", "--dataset", "sprites"]))
+    assert (supair.train.batch_size, supair.train.learning_rate) == (SupairConfig().train.batch_size, SupairConfig().train.learning_rate)
+    air_mm = config_from_args(build_parser().parse_args(["train", "--model", "air"]))
+    assert air_mm.model.prior == SupairConfig().model.prior  # SuPAIR's multi-MNIST defaults stay out of AIR
     run = tmp_path / "run"
     tiny = ["--set", "model.inference.lstm_units=8", "--set", "model.air.z_what_size=3", "--set", "model.air.encoder_units=8",
             "--set", "model.air.decoder_units=8", "--set", "model.air.predict_units=8", "--set", "model.air.baseline_units=8"]

@@ -132,3 +132,18 @@ def test_bad_flag_prints_usage() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["train", "--dataset", "cifar"])
     assert exc.value.code == 2
+
+
+def test_multi_mnist_defaults_apply_and_flags_override_them() -> None:
+    from apps.supair.cli import build_parser, config_from_args
+
+    cfg = config_from_args(build_parser().parse_args(["train"]))
+    assert (cfg.train.batch_size, cfg.train.eval_every) == (64, 200)
+    assert cfg.model.inference.position_max_std == 2.0
+    assert (cfg.model.prior.count_rate_start, cfg.model.prior.count_rate, cfg.model.prior.anneal_steps) == (0.7, 100.0, 1500)
+    cfg = config_from_args(build_parser().parse_args(["train", "--batch-size", "256", "--set", "model.prior.anneal_steps=0"]))
+    assert (cfg.train.batch_size, cfg.model.prior.anneal_steps) == (256, 0)
+    other = config_from_args(build_parser().parse_args(["train", "--dataset", "noisy-mnist"]))
+    assert other.train.batch_size == 256 and other.model.prior.count_rate_start is None
+    own = config_from_args(build_parser().parse_args(["train", "--data", "scenes.npz"]))  # a user's images: the original's settings
+    assert own.train.batch_size == 256 and own.model.prior.count_rate_start is None
