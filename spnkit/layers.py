@@ -246,6 +246,12 @@ class LeafLayer(nn.Module):
         if layout not in ("dense", "gather"):
             raise ValueError(f"layout must be 'dense', 'gather' or 'auto', got {layout!r}")
         self.layout = layout
+        # gather rows of the flat statistics (S * (D + 1), B): row s * (D + 1) + d holds statistic s of
+        # variable d; slots statistic-major. One table for forward (S statistics), one for forward_max (S + 1)
+        stat = torch.arange(leaf.num_stats + 1).view(1, -1, 1) * (num_vars + 1)
+        rows = (stat + index.unsqueeze(1)).flatten(1)  # (R, (S + 1) * n)
+        self.register_buffer("stat_rows", rows[:, : leaf.num_stats * n_max].contiguous(), persistent=False)
+        self.register_buffer("stat_rows_max", rows, persistent=False)
         init = leaf.init_params((len(scopes), n_max, num_leaves), torch.get_default_dtype())
         self.params = nn.ParameterDict({k: nn.Parameter(v) for k, v in init.items()})
 
@@ -286,9 +292,7 @@ class LeafLayer(nn.Module):
         if self.layout == "dense":
             out = torch.bmm(self._dense(coef).transpose(1, 2), feats[:, : self.num_vars]).sum(0)  # (S, R*K, B) -> (R*K, B)
             return out.view(R, K, B).transpose(1, 2)  # (R, B, K)
-        # row s * (D + 1) + d of the flat statistics holds statistic s of variable d; slots are statistic-major
-        stat = torch.arange(S, device=coef.device).view(1, S, 1) * D1
-        index = (stat + self.var_index.unsqueeze(1)).view(R, S * n)  # (R, S*n)
+        index = self.stat_rows if S == self.leaf.num_stats else self.stat_rows_max  # (R, S*n)
         c = coef.permute(0, 2, 3, 1).reshape(R, K, S * n)  # (R, K, S*n), in the order of the gathered rows
         return _GatherMatmul.apply(feats.reshape(S * D1, B), c, index).transpose(1, 2)  # (R, K, B) -> (R, B, K)
 
@@ -316,8 +320,10 @@ class LeafLayer(nn.Module):
         """
         peak = self.leaf.log_max(self.param_dict()).unsqueeze(-1)  # (R, n, K, 1)
         # one pass: the peak is one more statistic, (1 - w), with coefficient log max
-        stats = self.leaf.statistics(self._columns(x)) * self._columns(w)  # (S, D + 1, B)
-        feats = torch.cat([stats, self._columns(1 - w).unsqueeze(0)])  # (S + 1, D + 1, B)
+        wt = self._columns(w)  # (D + 1, B)
+        unobserved = 1 - wt
+        unobserved[self.num_vars] = 0  # the padding row stays 0
+        feats = torch.cat([self.leaf.statistics(self._columns(x)) * wt, unobserved.unsqueeze(0)])  # (S + 1, D + 1, B)
         return self._linear(feats, torch.cat([self.natural(), peak], dim=-1))  # (R, B, K)
 
     def pair_params(self, region: Tensor, choice: Tensor) -> dict[str, Tensor]:
