@@ -58,6 +58,7 @@ __all__ = [
     "cpu_threads_per_process",
     "rank_slice",
     "all_reduce_sum",
+    "leave",
     "all_reduce_counts",
     "all_gather_rows",
     "any_rank",
@@ -166,12 +167,25 @@ def _join(device: str | torch.device, set_threads: bool = True, timeout_s: float
             torch.set_num_threads(cpu_threads_per_process(local_world))
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
-        atexit.register(_destroy)
+        atexit.register(leave)
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=str(dev), backend=dist.get_backend())
 
 
-def _destroy() -> None:
+def leave() -> None:
+    """Leave the process group after every process has arrived (also registered at exit).
+
+    Destroying the group while another process still talks to the store that rank 0
+    hosts made rank 0 abort at exit now and then ("terminate called without an active
+    exception"); the barrier (bounded, so a crashed peer cannot hang the exit) closes that race.
+    """
     if dist.is_available() and dist.is_initialized():
+        try:
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=timedelta(seconds=60))
+            else:
+                dist.barrier()
+        except Exception:  # a peer is gone: leave anyway
+            pass
         dist.destroy_process_group()
 
 

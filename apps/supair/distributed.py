@@ -302,8 +302,7 @@ class DataParallel:
 
     def close(self) -> None:
         """Leave the process group."""
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        sd.leave()
 
 
 def init_from_env(device: str = "cpu") -> DataParallel | None:
