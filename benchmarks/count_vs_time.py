@@ -81,6 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset", default="multi-mnist", choices=("multi-mnist", "sprites", "noisy-mnist", "grid-mnist"))
     p.add_argument("--models", default="supair,supair-nobg,air", help="comma-separated subset of " + ",".join(MODELS))
     p.add_argument("--seeds", type=int, default=1, help="training seeds per model, 0..S-1 (default: 1)")
+    p.add_argument("--only-seeds", metavar="I,J,...",
+                   help="train only these seeds (e.g. extend one run to a longer budget); every seed on disk still counts in the outputs")
     p.add_argument("--budget", type=_budget, action="append", default=[], metavar="MODEL=MINUTES",
                    help="training CPU minutes of a model ('all=M' for every model); default 2 each")
     p.add_argument("--eval-seconds", type=float, default=15.0, help="training CPU seconds between evaluations (default: 15)")
@@ -103,6 +105,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.seeds < 1 or args.threads < 1 or args.parallel < 1 or args.eval_seconds <= 0:
         p.error("--seeds, --threads and --parallel must be >= 1 and --eval-seconds positive")
     args.model_list = models
+    try:
+        args.seed_list = sorted({int(t) for t in args.only_seeds.split(",") if t.strip()}) if args.only_seeds else list(range(args.seeds))
+    except ValueError:
+        p.error(f"--only-seeds must be comma-separated seed numbers, got {args.only_seeds!r}")
+    if not args.seed_list or min(args.seed_list) < 0:
+        p.error(f"--only-seeds must name seeds >= 0, got {args.only_seeds!r}")
     budgets = {m: 2.0 for m in models}
     for name, minutes in args.budget:
         for m in models if name == "all" else [name]:
@@ -173,7 +181,7 @@ def _read_metrics(folder: Path) -> list[dict]:
 def _seeds_on_disk(args: argparse.Namespace, model: str) -> list[int]:
     folder = args.runs_dir / args.dataset / model
     found = {int(p.name[4:]) for p in folder.glob("seed*") if p.is_dir() and p.name[4:].isdigit()} if folder.is_dir() else set()
-    return sorted(found | set(range(args.seeds)))
+    return sorted(found | set(args.seed_list))
 
 
 def collect(args: argparse.Namespace) -> list[dict]:
@@ -386,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
     failures = 0
     if not args.collect_only:
-        jobs = [(m, s) for s in range(args.seeds) for m in args.model_list]  # seed-major: every model gets seed 0 first
+        jobs = [(m, s) for s in args.seed_list for m in args.model_list]  # seed-major: every model gets seed 0 first
 
         lock = threading.Lock()  # pyplot is not thread-safe
 

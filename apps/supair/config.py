@@ -96,10 +96,11 @@ class PriorConfig:
     count_rate_start: float | None = None
     overlap_rate_start: float | None = None
     anneal_steps: int = 0
+    overlap_anneal_begin: int = 0  # the overlap rate stays at overlap_rate_start until this step, then ramps over anneal_steps
 
     def assert_valid(self) -> None:
-        if self.anneal_steps < 0:
-            raise ValueError(f"prior.anneal_steps must be >= 0, got {self.anneal_steps}")
+        if self.anneal_steps < 0 or self.overlap_anneal_begin < 0:
+            raise ValueError(f"prior.anneal_steps and overlap_anneal_begin must be >= 0, got {self.anneal_steps}, {self.overlap_anneal_begin}")
         if self.overlap_rate <= 0 or (self.overlap_rate_start is not None and self.overlap_rate_start <= 0):
             raise ValueError(f"prior.overlap_rate and overlap_rate_start must be positive, got {self.overlap_rate}, {self.overlap_rate_start}")
 

@@ -300,7 +300,8 @@ class Supair(nn.Module):
         end, start = getattr(p, name), getattr(p, f"{name}_start")
         if start is None or p.anneal_steps <= 0:
             return end
-        frac = (self.updates / p.anneal_steps).clamp(max=1.0)  # a tensor: no host sync in the step
+        begin = p.overlap_anneal_begin if name == "overlap_rate" else 0
+        frac = ((self.updates - begin) / p.anneal_steps).clamp(0.0, 1.0)  # a tensor: no host sync in the step
         return start + (end - start) * frac
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

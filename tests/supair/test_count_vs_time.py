@@ -48,7 +48,13 @@ def test_times_to_threshold_and_speed_up() -> None:
     assert "< 20.0x (supair not there yet)" in md_partial  # AIR reached 0.9 at 600 s; supair only trained 30 s
 
 
-@pytest.mark.parametrize("argv", [["--models", "nope"], ["--budget", "air"], ["--budget", "air=-1"], ["--seeds", "0"]])
+def test_only_seeds_selects_the_runs_to_train() -> None:
+    assert bench.parse_args(["--seeds", "3"]).seed_list == [0, 1, 2]
+    assert bench.parse_args(["--seeds", "3", "--only-seeds", "2,1"]).seed_list == [1, 2]
+
+
+@pytest.mark.parametrize("argv", [["--models", "nope"], ["--budget", "air"], ["--budget", "air=-1"], ["--seeds", "0"],
+                                  ["--only-seeds", "a"], ["--only-seeds", "-1"], ["--only-seeds", ","]])
 def test_bad_arguments_exit(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
         bench.parse_args(argv)

@@ -262,3 +262,19 @@ def test_prior_rates_ramp_with_training_steps() -> None:
     assert int(net.updates) == 0
     with pytest.raises(ValueError, match="anneal_steps"):
         PriorConfig(anneal_steps=-1).assert_valid()
+    with pytest.raises(ValueError, match="overlap_anneal_begin"):
+        PriorConfig(overlap_anneal_begin=-1).assert_valid()
+
+
+def test_overlap_ramp_can_begin_later() -> None:
+    from apps.supair.config import PriorConfig
+
+    prior = PriorConfig(count_rate=10.0, count_rate_start=1.0, overlap_rate=200.0, overlap_rate_start=100.0, anneal_steps=4,
+                        overlap_anneal_begin=2)
+    net = Supair(tiny_config(prior=prior)).double()
+    got = []
+    for step in range(8):
+        net.updates.fill_(step)
+        got.append((float(net.prior_rate("count_rate")), float(net.prior_rate("overlap_rate"))))
+    assert [g[0] for g in got] == pytest.approx([1.0, 3.25, 5.5, 7.75, 10.0, 10.0, 10.0, 10.0])  # count: from step 0
+    assert [g[1] for g in got] == pytest.approx([100.0, 100.0, 100.0, 125.0, 150.0, 175.0, 200.0, 200.0])
