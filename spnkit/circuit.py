@@ -187,8 +187,12 @@ class SPN(nn.Module):
         return self.sum_layers[0].logits.device
 
     # ------------------------------------------------------------ validation
-    def _prepare(self, x: Tensor, marginalized: Tensor | None, name: str = "x") -> tuple[Tensor, Tensor]:
-        """Validate ``x`` and the mask; return ``x`` and the mask as float ``(B, D)`` in the module's dtype."""
+    def _prepare(self, x: Tensor, marginalized: Tensor | None, name: str = "x", need_mask: bool = True) -> tuple[Tensor, Tensor | None]:
+        """Validate ``x`` and the mask; return ``x`` and the mask as float ``(B, D)`` in the module's dtype.
+
+        With ``need_mask=False`` and no mask given, the mask comes back as None
+        (everything observed) and no all-zero mask is built.
+        """
         if not isinstance(x, Tensor):
             raise ValueError(f"{name} must be a torch.Tensor of shape (batch, {self.num_vars}), got {type(x).__name__}")
         if x.dim() != 2 or x.shape[1] != self.num_vars or x.shape[0] < 1:
@@ -198,7 +202,7 @@ class SPN(nn.Module):
         if x.dtype == torch.bool or x.is_complex():
             raise ValueError(f"{name} must be a real float or integer tensor, got {x.dtype}")
         if marginalized is None:
-            m = torch.zeros(x.shape, dtype=self.dtype, device=x.device)
+            m = torch.zeros(x.shape, dtype=self.dtype, device=x.device) if need_mask else None
         else:
             if not isinstance(marginalized, Tensor):
                 raise ValueError(f"marginalized must be a torch.Tensor (bool, or float in [0, 1]), got {type(marginalized).__name__}")
@@ -216,21 +220,27 @@ class SPN(nn.Module):
                 raise ValueError(f"marginalized must be bool or float in [0, 1], got dtype {marginalized.dtype}")
         x = x.to(self.dtype)
         if self.validate_args:
-            observed = m < 1
-            bad = observed & ~torch.isfinite(x)
-            if bool(bad.any()):
+            if m is None:
+                observed = None
+                bad_count = 0 if bool(torch.isfinite(x).all()) else int((~torch.isfinite(x)).sum())
+            else:
+                observed = m < 1
+                bad = observed & ~torch.isfinite(x)
+                bad_count = int(bad.sum()) if bool(bad.any()) else 0
+            if bad_count:
                 raise ValueError(
-                    f"{name} has NaN or inf at {int(bad.sum())} observed entries; mark missing entries in `marginalized` instead"
+                    f"{name} has NaN or inf at {bad_count} observed entries; mark missing entries in `marginalized` instead"
                 )
             msg = self.leaf.support_error(x, observed)
             if msg is not None:
                 raise ValueError(msg)
-        x = torch.where(m >= 1, torch.zeros_like(x), x)  # unobserved values never enter the arithmetic
+        if m is not None:
+            x = x.masked_fill(m >= 1, 0.0)  # unobserved values never enter the arithmetic
         return x, m
 
-    def _to_leaf_input(self, x: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
-        """``(B, D)`` values and mask to the leaf layer's values and evidence weights ``1 - m``, both ``(B, D)``."""
-        return x, 1 - m
+    def _to_leaf_input(self, x: Tensor, m: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """``(B, D)`` values and mask to the leaf layer's values and evidence weights ``1 - m``, both ``(B, D)`` (None: all observed)."""
+        return x, None if m is None else 1 - m
 
     # --------------------------------------------------------------- upward
     def _upward(self, x: Tensor, w: Tensor, mode: str = "sum", params: dict[str, Tensor] | None = None) -> _Trace:
@@ -295,7 +305,7 @@ class SPN(nn.Module):
         Returns:
             ``(B,)``, or ``(B, num_classes)`` when ``num_classes > 1``.
         """
-        x, m = self._prepare(x, marginalized)
+        x, m = self._prepare(x, marginalized, need_mask=False)
         return self._out(self._upward(*self._to_leaf_input(x, m)).root)
 
     def forward(self, x: Tensor, marginalized: Tensor | None = None) -> Tensor:

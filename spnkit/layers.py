@@ -296,12 +296,12 @@ class LeafLayer(nn.Module):
         c = coef.permute(0, 2, 3, 1).reshape(R, K, S * n)  # (R, K, S*n), in the order of the gathered rows
         return _GatherMatmul.apply(feats.reshape(S * D1, B), c, index).transpose(1, 2)  # (R, K, B) -> (R, B, K)
 
-    def forward(self, x: Tensor, w: Tensor, eta: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, w: Tensor | None, eta: Tensor | None = None) -> Tensor:
         """Leaf log-densities.
 
         Args:
             x: values ``(B, D)``; unobserved entries hold 0.
-            w: evidence weights ``1 - m``, ``(B, D)``.
+            w: evidence weights ``1 - m``, ``(B, D)``; None: every entry observed.
             eta: natural parameters ``(R, n, K, S)``; computed from the layer's
                 parameters when None (EM passes its own to read their gradient).
 
@@ -309,10 +309,14 @@ class LeafLayer(nn.Module):
             ``(R, B, K)``.
         """
         eta = self.natural() if eta is None else eta  # (R, n, K, S)
-        feats = self.leaf.statistics(self._columns(x)) * self._columns(w)  # (S, D + 1, B); row D is 0
+        feats = self.leaf.statistics(self._columns(x))  # (S, D + 1, B), a fresh tensor
+        if w is None:
+            feats[:, self.num_vars] = 0.0  # the padding row (its constant statistic is 1)
+        else:
+            feats.mul_(self._columns(w))  # row D of the weights is 0
         return self._linear(feats, eta)
 
-    def forward_max(self, x: Tensor, w: Tensor) -> Tensor:
+    def forward_max(self, x: Tensor, w: Tensor | None) -> Tensor:
         """Max-product leaf values: observed factors give their log-density, unobserved ones their log-maximum.
 
         Returns:
@@ -320,7 +324,7 @@ class LeafLayer(nn.Module):
         """
         peak = self.leaf.log_max(self.param_dict()).unsqueeze(-1)  # (R, n, K, 1)
         # one pass: the peak is one more statistic, (1 - w), with coefficient log max
-        wt = self._columns(w)  # (D + 1, B)
+        wt = self._columns(torch.ones_like(x) if w is None else w)  # (D + 1, B)
         unobserved = 1 - wt
         unobserved[self.num_vars] = 0  # the padding row stays 0
         feats = torch.cat([self.leaf.statistics(self._columns(x)) * wt, unobserved.unsqueeze(0)])  # (S + 1, D + 1, B)

@@ -72,8 +72,8 @@ class Leaf(ABC):
         """The most probable value of each factor: ``(*P)``."""
 
     @abstractmethod
-    def support_error(self, x: Tensor, observed: Tensor) -> str | None:
-        """A message if an observed entry of ``x`` lies outside the support, else None."""
+    def support_error(self, x: Tensor, observed: Tensor | None) -> str | None:
+        """A message if an observed entry of ``x`` lies outside the support, else None (``observed`` None: every entry)."""
 
     @abstractmethod
     def m_step(self, stats: Tensor, params: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -151,7 +151,13 @@ class Normal(Leaf):
         return self.min_var + (self.max_var - self.min_var) * torch.sigmoid(params["var"])
 
     def statistics(self, x):
-        return torch.stack([x * x, x, torch.ones_like(x)])
+        if x.requires_grad:
+            return torch.stack([x * x, x, torch.ones_like(x)])
+        out = x.new_empty((3, *x.shape))  # written in place: no temporaries (the leaf layer's inputs are large)
+        torch.mul(x, x, out=out[0])
+        out[1].copy_(x)
+        out[2].fill_(1.0)
+        return out
 
     def natural(self, params):
         var, loc = self.variance(params), params["loc"]
@@ -222,7 +228,8 @@ class Bernoulli(Leaf):
         return torch.stack([p, torch.ones_like(p)], dim=-1)
 
     def support_error(self, x, observed):
-        bad = observed & (x != 0) & (x != 1)
+        bad = (x != 0) & (x != 1)
+        bad = bad if observed is None else bad & observed
         if bool(bad.any()):
             return f"Bernoulli leaves take values in {{0, 1}}; got e.g. {x[bad][:5].tolist()}"
         return None
@@ -274,7 +281,8 @@ class Categorical(Leaf):
         return torch.softmax(params["logits"], dim=-1)
 
     def support_error(self, x, observed):
-        bad = observed & ((x != torch.round(x)) | (x < 0) | (x >= self.num_categories))
+        bad = (x != torch.round(x)) | (x < 0) | (x >= self.num_categories)
+        bad = bad if observed is None else bad & observed
         if bool(bad.any()):
             return f"Categorical leaves take integers in 0..{self.num_categories - 1}; got e.g. {x[bad][:5].tolist()}"
         return None

@@ -190,6 +190,7 @@ class TrainConfig:
     test_images: int = 2000  # held-out images used at each evaluation
     batch_size: int = 256
     learning_rate: float = 1e-3
+    lr_decay_to: float = 1.0  # rate at the end of the budget, as a fraction of the start: cosine decay over the budget (1: constant)
     steps: int | None = None  # stop after this many steps
     minutes: float | None = None  # ... or after this much training wall time
     cpu_minutes: float | None = None  # ... or after this much training CPU time (process time in training steps)
@@ -204,6 +205,8 @@ class TrainConfig:
             raise ValueError("batch_size, eval_every, checkpoint_every and test_images must be >= 1")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if not 0 < self.lr_decay_to <= 1:
+            raise ValueError(f"lr_decay_to must lie in (0, 1], got {self.lr_decay_to}")
         if self.steps is not None and self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         if self.eval_cpu_seconds is not None and self.eval_cpu_seconds <= 0:

@@ -183,6 +183,7 @@ class Trainer:
         groups = getattr(self.model, "param_groups", None)  # a model may set per-group rates (AIR's baseline)
         params = groups(cfg.train.learning_rate) if callable(groups) else self.model.parameters()
         self.optimizer = torch.optim.Adam(params, lr=cfg.train.learning_rate)
+        self._base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.batch_gen = torch.Generator().manual_seed(cfg.train.seed)
         self.step = 0
         self.clock = _Clock()
@@ -190,6 +191,8 @@ class Trainer:
         if ckpt is not None:
             _load_state(self.model, ckpt["model"], self.run_dir)
             self.optimizer.load_state_dict(ckpt["optimizer"])
+            for g, base in zip(self.optimizer.param_groups, self._base_lrs):
+                g["lr"] = base  # the schedule below sets each step's rate from the budget used
             self.step = int(ckpt["step"])
             self.clock = _Clock(float(ckpt["train_seconds"]), float(ckpt["cpu_seconds"]))
             self.batch_gen.set_state(ckpt["batch_rng"])
@@ -264,6 +267,8 @@ class Trainer:
         if self.dist is not None:
             idx = self.dist.shard(idx)  # this process's rows of the global batch
         x = self.train_set.float_batch(idx).to(self.device)
+        if t.lr_decay_to < 1:
+            self._set_learning_rate()
         wall, cpu = time.perf_counter(), time.process_time()
         loss, stats = self._loss(x)
         self.optimizer.zero_grad(set_to_none=True)
@@ -275,6 +280,28 @@ class Trainer:
         self.clock.cpu += time.process_time() - cpu
         self.step += 1
         return elbo
+
+    def budget_used(self) -> float:
+        """Fraction of the training budget spent, in [0, 1]: the largest of steps, wall and CPU minutes (0 without a budget)."""
+        t = self.cfg.train
+        used = 0.0
+        if t.steps:
+            used = max(used, self.step / t.steps)
+        if t.minutes:
+            used = max(used, self.clock.wall / (60 * t.minutes))
+        if t.cpu_minutes:
+            used = max(used, self.clock.cpu / (60 * t.cpu_minutes))
+        return min(used, 1.0)
+
+    def _set_learning_rate(self) -> None:
+        """Cosine decay from the configured rates to ``lr_decay_to`` times them at the end of the budget."""
+        used = self.budget_used()
+        if self.dist is not None:
+            used = self.dist.broadcast(used)  # the processes' clocks differ: rank 0's decides, so the replicas agree
+        end = self.cfg.train.lr_decay_to
+        factor = end + (1 - end) * 0.5 * (1 + math.cos(math.pi * used))
+        for g, base in zip(self.optimizer.param_groups, self._base_lrs):
+            g["lr"] = base * factor
 
     def _done(self) -> bool:
         t = self.cfg.train

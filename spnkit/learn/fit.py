@@ -292,7 +292,7 @@ def _evaluate(spn: SPN, x: Tensor, m: Tensor | None, y: Tensor | None, objective
     total, correct = 0.0, 0
     for s in range(0, x.shape[0], batch_size):
         xb = x[s : s + batch_size]
-        mb = torch.zeros_like(xb) if m is None else m[s : s + batch_size]
+        mb = None if m is None else m[s : s + batch_size]
         yb = None if y is None else y[s : s + batch_size]
         root = spn._upward(*spn._to_leaf_input(xb, mb)).root  # (B, C)
         total += float(_objective(root, yb, objective).sum())

@@ -54,6 +54,25 @@ def test_train_writes_config_checkpoint_and_metrics(tmp_path: Path, scenes: Path
     assert load_checkpoint(run)["step"] == 4
 
 
+def test_learning_rate_decays_over_the_budget_and_resumes_on_schedule(tmp_path: Path, scenes: Path) -> None:
+    """``train.lr_decay_to``: cosine from the rate to that fraction of it at the end of the step budget, resumable."""
+    import math
+
+    from apps.supair.config import SupairConfig
+    from apps.supair.train import Trainer
+
+    run = _train(tmp_path, scenes, "--steps", "2", "--set", "train.lr_decay_to=0.1")
+    ckpt = load_checkpoint(run)
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 1 / 2))))
+    cfg = SupairConfig.from_dict(ckpt["config"])
+    trainer = Trainer(cfg, run, resume=True, progress=False, log=lambda m: None)  # the budget of the first call: 2 steps
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)  # reset to the base, then set by the schedule
+    assert trainer.budget_used() == 1.0
+    trainer._set_learning_rate()
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+    assert main(["train", "--data", str(scenes), "--out", str(tmp_path / "bad"), *TINY, "--set", "train.lr_decay_to=0"]) != 0
+
+
 def test_resume_continues_without_duplicates(tmp_path: Path, scenes: Path) -> None:
     run = _train(tmp_path, scenes, "--steps", "2")
     before = load_checkpoint(run)
