@@ -248,15 +248,15 @@ def _mean_std(values: list[float]) -> tuple[float, float, int]:
     return m, math.sqrt(sum((x - m) ** 2 for x in v) / len(v)), len(v)
 
 
-def curves(rows: list[dict], models: list[str], step: float) -> dict[str, tuple[list[float], list[float], list[float]]]:
-    """Per model: times ``0, step, 2 step, ...``, mean and std over seeds of the accuracy interpolated between evaluations."""
+def curves(rows: list[dict], models: list[str], step: float) -> dict[str, tuple[list[float], list[float], list[float], list[int]]]:
+    """Per model: times ``0, step, 2 step, ...``, mean and std over seeds of the accuracy interpolated between evaluations, and the seeds counted."""
     out = {}
     for model in models:
         runs = _runs(rows, model)
         if not runs:
             continue
         end = max(r[-1]["train_seconds"] for r in runs.values())
-        times, means, stds = [], [], []
+        times, means, stds, ns = [], [], [], []
         k = 0
         while k * step <= end + 1e-9:
             t = k * step
@@ -265,8 +265,9 @@ def curves(rows: list[dict], models: list[str], step: float) -> dict[str, tuple[
                 times.append(t)
                 means.append(m)
                 stds.append(s)
+                ns.append(n)
             k += 1
-        out[model] = (times, means, stds)
+        out[model] = (times, means, stds, ns)
     return out
 
 
@@ -370,9 +371,15 @@ def write_outputs(args: argparse.Namespace, command: str) -> dict[str, Path]:
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     colours = {"supair": "tab:blue", "supair-nobg": "tab:green", "air": "tab:red"}
     labels = {"supair": "SuPAIR", "supair-nobg": "SuPAIR w/o bg SPN", "air": "AIR"}
-    for model, (times, means, stds) in curves(rows, [m for m in MODELS if _runs(rows, m)], args.eval_seconds).items():
-        ax.plot(times, means, color=colours[model], label=f"{labels[model]} ({len(_runs(rows, model))} seeds)")
-        ax.fill_between(times, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], color=colours[model], alpha=0.2, linewidth=0)
+    for model, (times, means, stds, ns) in curves(rows, [m for m in MODELS if _runs(rows, m)], args.eval_seconds).items():
+        seeds = len(_runs(rows, model))
+        full = sum(1 for n in ns if n == seeds)  # the mean of every seed; then of the seeds that ran longer, dotted
+        longer = "; dotted: the seeds that ran longer" if full < len(ns) else ""
+        ax.plot(times[:full], means[:full], color=colours[model], label=f"{labels[model]} ({seeds} seeds{longer})")
+        ax.fill_between(times[:full], [m - s for m, s in zip(means, stds)][:full], [m + s for m, s in zip(means, stds)][:full],
+                        color=colours[model], alpha=0.2, linewidth=0)
+        if full < len(ns):
+            ax.plot(times[max(full - 1, 0):], means[max(full - 1, 0):], color=colours[model], linestyle=":")
     ax.set_xlabel(f"training time (CPU seconds, {args.threads} thread{'s' if args.threads > 1 else ''})")
     ax.set_ylabel("count accuracy")
     ax.set_ylim(0, 1.02)

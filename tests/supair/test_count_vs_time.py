@@ -39,7 +39,8 @@ def test_times_to_threshold_and_speed_up() -> None:
     assert "| supair | 30 s +- 0 (2/2 seeds) | 45 s +- 15 (2/2 seeds) | 60 s +- 30 (2/2 seeds) |" in md
     assert "| supair | 10.0x | 13.3x |" in md
     assert "AIR not there yet" in md  # AIR never reached 0.95
-    times, means, stds = bench.curves(rows, ["supair"], 30)["supair"]
+    times, means, stds, ns = bench.curves(rows, ["supair"], 30)["supair"]
+    assert ns == [2, 2, 2, 2]
     assert times == [0, 30, 60, 90] and means[1] == pytest.approx(0.775) and stds[1] == pytest.approx(0.175)
     assert bench._at(bench._runs(rows, "air")[0], 450, 15) == 0.55  # last evaluation before 450 s
     assert math.isnan(bench._at(bench._runs(rows, "air")[0], 1200, 15))  # the run stopped before
