@@ -114,9 +114,10 @@ class _NormalNatural(torch.autograd.Function):
 
     ``var = lo + (hi - lo) sigmoid(raw)``, ``prec = 1 / var``; the statistics
     ``(x^2, x, 1)`` take ``(-prec / 2, loc prec, -loc^2 prec / 2 - log(2 pi var) / 2)``.
-    Autograd through these elementwise steps made some thirty passes over the
-    parameters per training step; this makes about half as many (the leaf
-    parameters are as many as the circuit's weights, so this matters at small batches).
+    Autograd through the same elementwise steps keeps and revisits more
+    intermediates; this Function took about 9 ms against 12.8 ms per forward and
+    backward over 500k leaves (ad-hoc timing, one thread). The leaf parameters are
+    about as many as the circuit's weights, so this matters at small batches.
     """
 
     @staticmethod
