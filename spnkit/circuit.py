@@ -220,22 +220,19 @@ class SPN(nn.Module):
                 raise ValueError(f"marginalized must be bool or float in [0, 1], got dtype {marginalized.dtype}")
         x = x.to(self.dtype)
         if self.validate_args:
-            if m is None:
-                observed = None
-                bad_count = 0 if bool(torch.isfinite(x).all()) else int((~torch.isfinite(x)).sum())
-            else:
-                observed = m < 1
-                bad = observed & ~torch.isfinite(x)
-                bad_count = int(bad.sum()) if bool(bad.any()) else 0
-            if bad_count:
-                raise ValueError(
-                    f"{name} has NaN or inf at {bad_count} observed entries; mark missing entries in `marginalized` instead"
-                )
-            msg = self.leaf.support_error(x, observed)
-            if msg is not None:
-                raise ValueError(msg)
-        if m is not None:
-            x = x.masked_fill(m >= 1, 0.0)  # unobserved values never enter the arithmetic
+            # one pass in the common case (everything finite); the mask is consulted only otherwise
+            if not bool(torch.isfinite(x).all()):
+                bad = ~torch.isfinite(x) if m is None else (m < 1) & ~torch.isfinite(x)
+                if bool(bad.any()):
+                    raise ValueError(
+                        f"{name} has NaN or inf at {int(bad.sum())} observed entries; mark missing entries in `marginalized` instead"
+                    )
+            if self.leaf.restricted_support:
+                msg = self.leaf.support_error(x, None if m is None else m < 1)
+                if msg is not None:
+                    raise ValueError(msg)
+        if marginalized is not None:  # unobserved values never enter the arithmetic
+            x = x.masked_fill(marginalized if marginalized.dtype == torch.bool else m >= 1, 0.0)
         return x, m
 
     def _to_leaf_input(self, x: Tensor, m: Tensor | None) -> tuple[Tensor, Tensor | None]:

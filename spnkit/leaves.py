@@ -72,6 +72,9 @@ class Leaf(ABC):
     def mode(self, params: dict[str, Tensor]) -> Tensor:
         """The most probable value of each factor: ``(*P)``."""
 
+    #: False when every real value is in the support (then :meth:`support_error` is not called)
+    restricted_support: bool = True
+
     @abstractmethod
     def support_error(self, x: Tensor, observed: Tensor | None) -> str | None:
         """A message if an observed entry of ``x`` lies outside the support, else None (``observed`` None: every entry)."""
@@ -165,6 +168,7 @@ class Normal(Leaf):
     loc_range: tuple[float, float] = (0.0, 1.0)
     init_var: tuple[float, float] | None = None
     num_stats = 3
+    restricted_support = False
 
     def __post_init__(self) -> None:
         if not (0 < self.min_var < self.max_var) or not math.isfinite(self.max_var):
