@@ -56,8 +56,14 @@ Writes ``spn_speed.csv``, ``spn_speed.json`` and ``spn_speed.md`` into
 from __future__ import annotations
 
 import os
+import sys
 
-os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # before torch (and its OpenMP runtime) is loaded
+# before torch (and its OpenMP runtime) is loaded: PASSIVE for shared machines (spinning threads
+# are catastrophic when another process is busy); --omp-default-wait keeps OpenMP's own policy
+if "--omp-default-wait" in sys.argv[1:]:
+    os.environ.pop("OMP_WAIT_POLICY", None)
+else:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 import argparse
 import copy
@@ -70,7 +76,6 @@ import re
 import resource
 import statistics
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -582,14 +587,16 @@ def run(args) -> tuple[list[Row], dict]:
     meta: dict = {
         "torch": torch.__version__, "threads": args.threads, "dtype": args.dtype, "repeats": args.repeats,
         "warmup": args.warmup, "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "spflow": None, "checks": {},
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), "spflow": None, "checks": {},
         "em_method": _spnkit_em_step()[1],
     }
     if use_spflow:
         import spflow
 
         meta["spflow"] = getattr(spflow, "__version__", "installed")
-    elif not args.no_spflow:
+    elif args.no_spflow:
+        meta["spflow"] = "skipped (--no-spflow)"
+    else:
         print("SPFlow is not installed: skipping the comparison (pip install --no-deps spflow==1.1.0 einops fast_pytorch_kmeans psutil pydot)")
     gemm_n = 256 if args.smoke else args.gemm_size
     gemm0 = gemm_throughput(gemm_n, dtype)
@@ -775,6 +782,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--readme", type=Path, default=ROOT / "benchmarks" / "README.md")
     p.add_argument("--no-readme", action="store_true")
+    p.add_argument("--omp-default-wait", action="store_true",
+                   help="keep OpenMP's default wait policy instead of PASSIVE (a dedicated machine; write elsewhere with --out-dir --no-readme)")
     p.add_argument("--_memory-probe", dest="memory_probe", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.memory_probe is not None:
