@@ -47,6 +47,7 @@ Usage::
     .venv/bin/python benchmarks/spn_speed.py            # default grid, a few minutes
     .venv/bin/python benchmarks/spn_speed.py --full     # every query on every row, D x K cross, SPFlow everywhere
     .venv/bin/python benchmarks/spn_speed.py --smoke --no-readme --out-dir /tmp/x   # seconds
+    .venv/bin/python benchmarks/spn_speed.py --omp-default-wait --no-readme --out-dir DIR   # OpenMP's own wait policy
 
 Writes ``spn_speed.csv``, ``spn_speed.json`` and ``spn_speed.md`` into
 ``--out-dir`` (default ``benchmarks/results``) and the markdown table into
