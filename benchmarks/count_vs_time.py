@@ -28,6 +28,7 @@ Usage::
     .venv/bin/python benchmarks/count_vs_time.py --budget supair=15 --budget supair-nobg=15 \\
         --budget air=60 --eval-seconds 30 --seeds 5 --parallel 2       # the full run
     .venv/bin/python benchmarks/count_vs_time.py --collect-only          # tables and figure from the runs so far
+    .venv/bin/python benchmarks/count_vs_time.py --models air --seeds 3 --only-seeds 1 --budget air=60   # extend one run
 """
 
 from __future__ import annotations
