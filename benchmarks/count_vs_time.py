@@ -167,7 +167,10 @@ def _train_one(args: argparse.Namespace, model: str, seed: int, log) -> int:
 
 
 def _read_metrics(folder: Path) -> list[dict]:
-    path = folder / "metrics.jsonl"
+    return _read_jsonl(folder / "metrics.jsonl")
+
+
+def _read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
     rows = []
@@ -276,13 +279,38 @@ def _fmt_time(t: float) -> str:
     return "-" if math.isnan(t) else f"{t:.0f} s"
 
 
+def calls_path(args: argparse.Namespace) -> Path:
+    """The data set's log of training calls (one JSON object per line), beside its runs."""
+    return args.runs_dir / args.dataset / "calls.jsonl"
+
+
+def record_call(args: argparse.Namespace, command: str) -> None:
+    """Append this training call to the data set's call log (the report lists them all)."""
+    path = calls_path(args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "command": command,
+             "threads": args.threads, "parallel": args.parallel, "note": args.note}
+    with open(path, "a") as f:  # one short line per call: an append is all or nothing in practice
+        f.write(json.dumps(entry) + "\n")
+
+
+def read_calls(args: argparse.Namespace) -> list[dict]:
+    return _read_jsonl(calls_path(args))
+
+
 def summarize(rows: list[dict], args: argparse.Namespace, command: str) -> str:
     """The markdown report: set-up, accuracy at fixed times, times to thresholds, speed-up."""
     import torch
 
     lines = [f"# Count accuracy vs training time: {args.dataset}", ""]
+    calls = read_calls(args)
+    if calls:
+        lines += ["Training calls that made the runs below, oldest first (UTC; threads per run; runs side by side):", ""]
+        lines += [f"{i}. {c['utc']}: `{c['command']}` ({c['threads']} thread(s), {c['parallel']} side by side)"
+                  + (f"; {c['note']}" if c.get("note") else "") for i, c in enumerate(calls, 1)]
+        lines.append("")
     lines += [
-        f"- command: `{command}`",
+        f"- this call: `{command}`",
         f"- CPU: {_cpu_model()}; torch threads per run: {args.threads}; runs side by side: "
         + ("see the note (this call only collected)" if args.collect_only else str(args.parallel)),
         f"- torch {torch.__version__}, Python {platform.python_version()}; written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
@@ -402,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
     failures = 0
     if not args.collect_only:
+        record_call(args, command)
         jobs = [(m, s) for s in args.seed_list for m in args.model_list]  # seed-major: every model gets seed 0 first
 
         lock = threading.Lock()  # pyplot is not thread-safe

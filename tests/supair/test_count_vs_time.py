@@ -83,6 +83,10 @@ def test_end_to_end_tiny_budget(tmp_path: Path) -> None:
     n = len(rows)
     assert bench.main(argv) == 0
     assert len(list(csv.DictReader(open(base.with_suffix(".csv"))))) == n
+    # both training calls are listed in the report, oldest first
+    md = base.with_suffix(".md").read_text()
+    assert md.count("count_vs_time.py --models supair-nobg,air") >= 3  # two listed calls and "this call"
+    assert "1. " in md and "2. " in md
 
 
 def test_per_model_overrides_reach_only_that_model(tmp_path: Path) -> None:
