@@ -82,16 +82,17 @@ def _blocks(n: int, item_bytes: int) -> list[slice]:
 
 
 class _GatherMatmul(torch.autograd.Function):
-    """``out[r] = coef[r] @ feats[index[r]]``: per-region statistics times coefficients, batch-fastest.
+    """``out[r] = coef[r] @ feats[index[r]] (+ bias[r])``: per-region statistics times coefficients, batch-fastest.
 
     Shapes: ``feats (V, B)`` contiguous rows, ``coef (R, K, m)``, ``index (R, m)``
-    into ``V``; output ``(R, K, B)``. The gathered ``(R, m, B)`` statistics
-    (the largest tensor of the leaf layer) are built block by block in one
-    workspace and gathered again in the backward pass instead of being kept.
+    into ``V``, optional ``bias (R, K)`` added to every sample; output
+    ``(R, K, B)``. The gathered ``(R, m, B)`` statistics (the largest tensor of
+    the leaf layer) are built block by block in one workspace and gathered
+    again in the backward pass instead of being kept.
     """
 
     @staticmethod
-    def forward(ctx, feats: Tensor, coef: Tensor, index: Tensor) -> Tensor:
+    def forward(ctx, feats: Tensor, coef: Tensor, index: Tensor, bias: Tensor | None = None) -> Tensor:
         R, m = index.shape
         B = feats.shape[1]
         out = feats.new_empty(R, coef.shape[1], B)
@@ -100,19 +101,24 @@ class _GatherMatmul(torch.autograd.Function):
         for blk in blocks:
             rows = index[blk].reshape(-1)
             g = torch.index_select(feats, 0, rows, out=ws[: rows.numel()]).view(-1, m, B)  # (c, m, B): whole rows, 4x faster than feats[index]
-            torch.bmm(coef[blk], g, out=out[blk])  # (c, K, B)
+            if bias is None:
+                torch.bmm(coef[blk], g, out=out[blk])  # (c, K, B)
+            else:
+                torch.baddbmm(bias[blk].unsqueeze(-1), coef[blk], g, out=out[blk])  # (c, K, B), the bias in the same pass
         ctx.save_for_backward(feats, coef, index)
+        ctx.has_bias = bias is not None
         return out
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, Tensor | None]:
         feats, coef, index = ctx.saved_tensors
         R, m = index.shape
         B = feats.shape[1]
         grad = grad.contiguous()  # (R, K, B)
         g_feats = torch.zeros_like(feats) if ctx.needs_input_grad[0] else None
         g_coef = torch.empty_like(coef) if ctx.needs_input_grad[1] else None
+        g_bias = grad.sum(-1) if ctx.has_bias and ctx.needs_input_grad[3] else None  # (R, K)
         blocks = _blocks(R, m * B * feats.element_size())
         ws = feats.new_empty((blocks[0].stop - blocks[0].start) * m, B)
         for blk in blocks:
@@ -124,7 +130,7 @@ class _GatherMatmul(torch.autograd.Function):
             if g_feats is not None:
                 back = torch.bmm(coef[blk].transpose(1, 2), grad[blk], out=ws[: rows.numel()].view(c, m, B))  # (c, m, B)
                 g_feats.index_add_(0, rows, back.view(-1, B))
-        return g_feats, g_coef, None
+        return g_feats, g_coef, None, g_bias
 
 
 class _OuterMatmul(torch.autograd.Function):
@@ -241,6 +247,7 @@ class LeafLayer(nn.Module):
         for r, scope in enumerate(scopes):  # structure compilation, not the forward pass
             index[r, : len(scope)] = torch.as_tensor(scope, dtype=torch.long)
         self.register_buffer("var_index", index, persistent=False)  # (R, n), padding = num_vars
+        self.register_buffer("slot_valid", (index < num_vars).unsqueeze(-1).to(torch.get_default_dtype()), persistent=False)  # (R, n, 1)
         if layout == "auto":
             layout = "dense" if len(scopes) * num_vars <= 4 * sum(len(s) for s in scopes) else "gather"
         if layout not in ("dense", "gather"):
@@ -249,9 +256,10 @@ class LeafLayer(nn.Module):
         # gather rows of the flat statistics (S * (D + 1), B): row s * (D + 1) + d holds statistic s of
         # variable d; slots statistic-major. One table for forward (S statistics), one for forward_max (S + 1)
         stat = torch.arange(leaf.num_stats + 1).view(1, -1, 1) * (num_vars + 1)
-        rows = (stat + index.unsqueeze(1)).flatten(1)  # (R, (S + 1) * n)
-        self.register_buffer("stat_rows", rows[:, : leaf.num_stats * n_max].contiguous(), persistent=False)
-        self.register_buffer("stat_rows_max", rows, persistent=False)
+        rows = (stat + index.unsqueeze(1)).flatten(1)  # (R, (S + 1) * n); the first s * n columns address the first s statistics
+        # tables for S - 1 (constant statistic as a bias), S (forward) and S + 1 (forward_max: the peak as one more statistic)
+        for s in range(max(1, leaf.num_stats - 1), leaf.num_stats + 2):
+            self.register_buffer(f"stat_rows_{s}", rows[:, : s * n_max].contiguous(), persistent=False)
         init = leaf.init_params((len(scopes), n_max, num_leaves), torch.get_default_dtype())
         self.params = nn.ParameterDict({k: nn.Parameter(v) for k, v in init.items()})
 
@@ -280,21 +288,23 @@ class LeafLayer(nn.Module):
         out[: self.num_vars] = v.t()
         return out
 
-    def _linear(self, feats: Tensor, coef: Tensor) -> Tensor:
-        """``out[r, b, k] = sum_{d, s} feats[s, d, b] * coef[r, slot(d), k, s]``: ``(R, B, K)``, batch-fastest.
+    def _linear(self, feats: Tensor, coef: Tensor, bias: Tensor | None = None) -> Tensor:
+        """``out[r, b, k] = sum_{d, s} feats[s, d, b] * coef[r, slot(d), k, s] (+ bias[r, k])``: ``(R, B, K)``, batch-fastest.
 
         ``feats`` ``(S, D + 1, B)`` are the weighted statistics, variable-major
         (built so from the transposed input: no copy of the ``S`` times larger
-        statistics), with row ``D`` zero.
+        statistics), with row ``D`` zero; ``coef`` has the same ``S``.
         """
         R, n, K, S = coef.shape
         D1, B = feats.shape[1], feats.shape[2]
         if self.layout == "dense":
             out = torch.bmm(self._dense(coef).transpose(1, 2), feats[:, : self.num_vars]).sum(0)  # (S, R*K, B) -> (R*K, B)
+            if bias is not None:
+                out = out + bias.reshape(R * K, 1)
             return out.view(R, K, B).transpose(1, 2)  # (R, B, K)
-        index = self.stat_rows if S == self.leaf.num_stats else self.stat_rows_max  # (R, S*n)
+        index = getattr(self, f"stat_rows_{S}")  # (R, S*n): the first S statistics, statistic-major
         c = coef.permute(0, 2, 3, 1).reshape(R, K, S * n)  # (R, K, S*n), in the order of the gathered rows
-        return _GatherMatmul.apply(feats.reshape(S * D1, B), c, index).transpose(1, 2)  # (R, K, B) -> (R, B, K)
+        return _GatherMatmul.apply(feats.reshape(-1, B)[: S * D1], c, index, bias).transpose(1, 2)  # (R, K, B) -> (R, B, K)
 
     def forward(self, x: Tensor, w: Tensor | None, eta: Tensor | None = None) -> Tensor:
         """Leaf log-densities.
@@ -312,6 +322,9 @@ class LeafLayer(nn.Module):
         feats = self.leaf.statistics(self._columns(x))  # (S, D + 1, B), a fresh tensor
         if w is None:
             feats[:, self.num_vars] = 0.0  # the padding row (its constant statistic is 1)
+            if self.leaf.constant_last:  # every weight is 1: the constant statistic's share is a bias per (region, component)
+                bias = (eta[..., -1] * self.slot_valid).sum(1)  # (R, K): padding slots excluded
+                return self._linear(feats[:-1], eta[..., :-1], bias)
         else:
             feats.mul_(self._columns(w))  # row D of the weights is 0
         return self._linear(feats, eta)

@@ -716,3 +716,27 @@ def test_levels_reading_one_block_match_the_whole_buffer(graph):
     assert torch.allclose(spn.log_prob(x, m), want["lp"], atol=1e-12)
     assert torch.equal(spn.mpe(x, m), want["mpe"])
     assert torch.equal(spn._upward(*spn._to_leaf_input(x, m.double())).buf, want["trace"])
+
+
+@pytest.mark.parametrize("layout", ["gather", "dense"])
+@pytest.mark.parametrize("leaf", list(LEAVES))
+def test_unmasked_input_matches_an_all_observed_mask_with_gradients(leaf, layout):
+    """Without a mask, a constant statistic enters as a bias (no row of ones is gathered); values and
+    gradients equal those of the masked path with every entry observed, padding slots included."""
+    torch.manual_seed(0)
+    rg = RegionGraph.random(11, depth=2, repetitions=3, seed=3)  # 11 variables: leaf regions of unequal size, so padding slots
+    spn = SPN(rg, LEAVES[leaf], num_sums=3, num_leaves=4).double()
+    spn.leaf_layer.layout = layout
+    assert bool((spn.leaf_layer.var_index == spn.num_vars).any())
+    x = _values(spn.leaf, (7, spn.num_vars), _gen(2))
+    results = []
+    for mask in (None, torch.zeros(x.shape, dtype=torch.bool), torch.zeros(x.shape, dtype=torch.float64)):
+        spn.zero_grad(set_to_none=True)
+        lp = spn.log_prob(x, mask)
+        (lp * torch.arange(1.0, 8.0, dtype=torch.float64)).sum().backward()
+        results.append((lp.detach(), {k: p.grad.clone() for k, p in spn.named_parameters()}))
+    for lp, grads in results[1:]:
+        torch.testing.assert_close(lp, results[0][0], atol=1e-12, rtol=1e-12)
+        for k, g in grads.items():
+            torch.testing.assert_close(g, results[0][1][k], atol=1e-12, rtol=1e-12, msg=k)
+    torch.testing.assert_close(results[0][0], bf.log_prob(spn, x, torch.zeros(x.shape, dtype=torch.bool)), atol=1e-10, rtol=1e-10)
