@@ -315,14 +315,18 @@ def work(spn: spnkit.SPN, query: str, batch: int) -> float:
 
     Counted from the compiled structure (a multiply-add is 2 flops):
 
-    * leaf layer ``L = 2 B S sum|scope| K`` (statistics times natural parameters);
+    * leaf layer ``L = 2 B S' sum|scope| K`` (statistics times natural
+      parameters), where ``S'`` excludes a constant statistic when every entry
+      is observed (its products do not depend on the sample: one bias per
+      region and component) and ``S' = S`` under a mask (``fwd_masked``, whose
+      evidence weights make every statistic data-dependent);
     * per product-sum layer ``2 B sum_p I_p J_p K_out`` for the sums plus
       ``B sum_p I_p J_p`` for the outer products; mixing ``2 B sum_r P_r K``;
     * ``fwd`` = leaf + layers; ``fwd_masked`` adds ``B D S`` for the evidence weights;
     * ``fwd_bwd`` / ``em`` = ``fwd`` + ``L`` (gradient w.r.t. the leaf parameters
       only: the data need none) + twice each layer (gradients w.r.t. weights and inputs);
-    * ``mpe`` = a max-product pass (leaf ``2L``: densities and peaks; layers as
-      ``fwd``, an add and a max per weight) + the backtracking ``2 B T``;
+    * ``mpe`` = a max-product pass (leaf ``2 L`` with ``S' = S``: densities and
+      peaks; layers as ``fwd``, an add and a max per weight) + the backtracking ``2 B T``;
     * ``sample`` (unconditional) = the top-down draw only, ``2 B (T + D)``,
       where ``T`` is the number of products of the largest induced tree.
     """
@@ -330,7 +334,9 @@ def work(spn: spnkit.SPN, query: str, batch: int) -> float:
     ll = spn.leaf_layer
     scope_total = int((ll.var_index < spn.num_vars).sum())
     S, K = spn.leaf.num_stats, spn.num_leaves
-    leaf = 2.0 * B * S * scope_total * K
+    observed_stats = S - 1 if spn.leaf.constant_last else S
+    leaf_masked = 2.0 * B * S * scope_total * K
+    leaf = 2.0 * B * observed_stats * scope_total * K
     layers = 0.0
     for lv in spn._levels:
         P, kin, kout = lv.sums.num_partitions, lv.sums.k_in, lv.sums.k_out
@@ -343,11 +349,11 @@ def work(spn: spnkit.SPN, query: str, batch: int) -> float:
     if query == "fwd":
         return fwd
     if query == "fwd_masked":
-        return fwd + B * spn.num_vars * S
+        return leaf_masked + layers + B * spn.num_vars * S
     if query in ("fwd_bwd", "em"):
         return fwd + leaf + 2 * layers
     if query == "mpe":
-        return 2 * leaf + layers + 2.0 * B * T
+        return 2 * leaf_masked + layers + 2.0 * B * T
     if query == "sample":
         return 2.0 * B * (T + spn.num_vars)
     raise ValueError(f"unknown query {query!r}")

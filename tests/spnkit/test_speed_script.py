@@ -48,9 +48,11 @@ def test_work_counts_match_hand_count():
     case = spn_speed.Case(num_vars=8, depth=1, repetitions=2, k=3, batch=5)
     spn = spn_speed.build_spnkit(case, __import__("torch").float64)
     B, S, K = 5, 3, 3
-    leaf = 2 * B * S * (2 * 8) * K  # each repetition covers the 8 variables once
+    leaf = 2 * B * (S - 1) * (2 * 8) * K  # each repetition covers the 8 variables once; the Normal's constant statistic is a bias
+    leaf_masked = 2 * B * S * (2 * 8) * K  # under a mask every statistic, the constant one included, is weighted
     layer = 2 * B * (2 * 9) * 1 + B * (2 * 9)  # 2 partitions (one per repetition) of 3x3 products into 1 root sum
     mixing = 2 * B * 2 * 1  # the root mixes its 2 partitions
     assert spn_speed.work(spn, "fwd", B) == leaf + layer + mixing
+    assert spn_speed.work(spn, "fwd_masked", B) == leaf_masked + layer + mixing + B * 8 * S
     assert spn_speed.work(spn, "fwd_bwd", B) == 2 * leaf + 3 * (layer + mixing)
     assert spn_speed.work(spn, "sample", B) == 2 * B * (9 + 8)
