@@ -298,10 +298,13 @@ class Supair(nn.Module):
         """``prior.<name>`` (``count_rate`` or ``overlap_rate``) now: on its linear ramp from ``<name>_start`` if set."""
         p = self.cfg.prior
         end, start = getattr(p, name), getattr(p, f"{name}_start")
-        if start is None or p.anneal_steps <= 0:
+        begin, steps = 0, p.anneal_steps
+        if name == "overlap_rate":
+            begin = p.overlap_anneal_begin
+            steps = p.anneal_steps if p.overlap_anneal_steps is None else p.overlap_anneal_steps
+        if start is None or steps <= 0:
             return end
-        begin = p.overlap_anneal_begin if name == "overlap_rate" else 0
-        frac = ((self.updates - begin) / p.anneal_steps).clamp(0.0, 1.0)  # a tensor: no host sync in the step
+        frac = ((self.updates - begin) / steps).clamp(0.0, 1.0)  # a tensor: no host sync in the step
         return start + (end - start) * frac
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

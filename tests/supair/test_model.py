@@ -260,6 +260,23 @@ def test_prior_rates_ramp_with_training_steps() -> None:
     net.updates.fill_(3)
     net.load_state_dict(state)
     assert int(net.updates) == 0
+
+
+def test_overlap_ramp_has_its_own_window() -> None:
+    """The overlap rate can ramp later and over a different number of steps than the count rate."""
+    from apps.supair.config import PriorConfig
+
+    prior = PriorConfig(count_rate=10.0, count_rate_start=1.0, overlap_rate=200.0, overlap_rate_start=100.0, anneal_steps=8,
+                        overlap_anneal_begin=2, overlap_anneal_steps=4)
+    net = Supair(tiny_config(prior=prior))
+    got = []
+    for step in range(9):
+        net.updates.fill_(step)
+        got.append((float(net.prior_rate("count_rate")), float(net.prior_rate("overlap_rate"))))
+    assert [g[0] for g in got] == pytest.approx([1.0 + 9.0 * s / 8 for s in range(9)])
+    assert [g[1] for g in got] == pytest.approx([100.0, 100.0, 100.0, 125.0, 150.0, 175.0, 200.0, 200.0, 200.0])
+    with pytest.raises(ValueError, match="overlap_anneal_steps"):
+        PriorConfig(overlap_anneal_steps=-1).assert_valid()
     with pytest.raises(ValueError, match="anneal_steps"):
         PriorConfig(anneal_steps=-1).assert_valid()
     with pytest.raises(ValueError, match="overlap_anneal_begin"):
