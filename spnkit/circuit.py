@@ -553,7 +553,7 @@ class SPN(nn.Module):
             for k in range(self.num_leaves):
                 g.add_node(("leaf", r, k), kind="leaf", scope=rg.regions[r], region=r)
         for lv in self._levels:
-            log_w = lv.sums.log_weights().detach().exp()  # (P, I*J, K_out)
+            w = lv.sums.weights().detach()  # (P, I*J, K_out)
             k_out, k_in = lv.sums.k_out, lv.sums.k_in
             mix_w = lv.mixing.log_weights().detach().exp() if lv.mixing is not None else None
             region_of = {p: r for r, pos in self._positions(lv).items() for p in pos}
@@ -574,7 +574,7 @@ class SPN(nn.Module):
                     g.add_node(head, kind="sum", scope=scope, region=r, root=(r == rg.root and mix_w is None))
                     for i in range(ka):
                         for j in range(kb):
-                            g.add_edge(head, ("product", pj, i, j), weight=float(log_w[pos, i * k_in + j, k]))
+                            g.add_edge(head, ("product", pj, i, j), weight=float(w[pos, i * k_in + j, k]))
             if mix_w is not None:
                 for ri, (r, pos) in enumerate(self._positions(lv).items()):
                     for k in range(k_out):

@@ -254,7 +254,7 @@ class LeafLayer(nn.Module):
             raise ValueError(f"layout must be 'dense', 'gather' or 'auto', got {layout!r}")
         self.layout = layout
         # gather rows of the flat statistics (S * (D + 1), B): row s * (D + 1) + d holds statistic s of
-        # variable d; slots statistic-major. One table for forward (S statistics), one for forward_max (S + 1)
+        # variable d; slots statistic-major
         stat = torch.arange(leaf.num_stats + 1).view(1, -1, 1) * (num_vars + 1)
         rows = (stat + index.unsqueeze(1)).flatten(1)  # (R, (S + 1) * n); the first s * n columns address the first s statistics
         # tables for S - 1 (constant statistic as a bias), S (forward) and S + 1 (forward_max: the peak as one more statistic)
@@ -390,19 +390,17 @@ class ProductSumLayer(nn.Module):
     def num_partitions(self) -> int:
         return self.left.shape[0]
 
+    def _logits(self) -> Tensor:
+        """The logits with invalid products at ``-inf`` (weight zero)."""
+        return self.logits if self.valid is None else self.logits.masked_fill(~self.valid, -torch.inf)
+
     def log_weights(self) -> Tensor:
         """Normalized log-weights ``(P, I*J, K_out)``; each output's weights sum to 1."""
-        logits = self.logits
-        if self.valid is not None:
-            logits = logits.masked_fill(~self.valid, -torch.inf)
-        return torch.log_softmax(logits, dim=1)
+        return torch.log_softmax(self._logits(), dim=1)
 
     def weights(self) -> Tensor:
         """Normalized weights ``(P, I*J, K_out)``: ``exp`` of :meth:`log_weights` in one softmax (fewer passes, forward and backward)."""
-        logits = self.logits
-        if self.valid is not None:
-            logits = logits.masked_fill(~self.valid, -torch.inf)
-        return torch.softmax(logits, dim=1)
+        return torch.softmax(self._logits(), dim=1)
 
     def child_values(self, buf: Tensor) -> tuple[Tensor, Tensor]:  # not `children`: that would shadow nn.Module.children (breaks .to/.double)
         """The children's log-values ``(P, B, k_in)`` each."""

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
+from benchmark_scripts import load_benchmark
 
 from apps.supair.config import ModelConfig
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("supair_count_errors", ROOT / "benchmarks" / "supair_count_errors.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["supair_count_errors"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
 
 def test_fitted_boxes_cover_the_true_box_within_the_models_ranges() -> None:
-    mod = _script()
+    mod = load_benchmark("supair_count_errors")
     cfg = ModelConfig()
     G, icfg = cfg.glimpse_size, cfg.inference
     for corners in ([10.0, 5.0, 17.0, 25.0], [3.0, 3.0, 30.0, 12.0], [20.0, 20.0, 22.0, 23.0]):

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("count_vs_time", ROOT / "benchmarks" / "count_vs_time.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["count_vs_time"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+from benchmark_scripts import load_benchmark
 
 
-bench = _bench()
+
+bench = load_benchmark("count_vs_time")
 
 
 def _rows(model: str, seed: int, points: list[tuple[float, float]]) -> list[dict]:
