@@ -134,6 +134,10 @@ def run_command(args: argparse.Namespace, model: str, seed: int) -> list[str]:
         cmd += ["--train-images", str(args.train_images)]
     if args.test_images is not None:
         cmd += ["--test-images", str(args.test_images)]
+    if model != "air":
+        # the attention network's own count, as AIR's: the detection search (docs/supair.md) multiplies an
+        # evaluation's cost about fifty-fold and was not part of the earlier runs (a --set can turn it on)
+        cmd += ["--set", "model.inference.search_radius=0"]
     for item in args.set:
         target, sep, rest = item.partition(":")
         if sep and target in MODELS:

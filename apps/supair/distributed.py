@@ -52,7 +52,8 @@ from spnkit.distributed import DistInfo, rank_slice
 
 from .data import SceneSet
 from .model import Supair
-from .train import summarize
+from .metrics import count_accuracy
+from .train import searches, summarize
 
 __all__ = ["DataParallel", "ShardedLoss", "GlobalBatchNoise", "init_from_env", "shard_loss", "evaluate_sharded"]
 
@@ -180,7 +181,8 @@ def evaluate_sharded(model: nn.Module, test: SceneSet, info: DistInfo, batch_siz
     model.eval()
     W, r = info.world_size, info.rank
     N = model.cfg.max_steps
-    local = [torch.zeros(0, 1 + 4 * N, dtype=torch.float64, device=device)]  # this process's (count, box) rows
+    search = searches(model)
+    local = [torch.zeros(0, 2 + 4 * N, dtype=torch.float64, device=device)]  # this process's (count, box, network count) rows
     owned: list[list[Tensor]] = [[] for _ in range(W)]  # every process's global image indices
     elbo_sum = torch.zeros(1, dtype=torch.float64, device=device)
     for start in range(0, len(test), batch_size):  # batches of the held-out set
@@ -192,7 +194,9 @@ def evaluate_sharded(model: nn.Module, test: SceneSet, info: DistInfo, batch_siz
         x = test.float_batch(slice(start + rows.start, start + rows.stop)).to(device)  # (b, C, S, S)
         if x.shape[0]:
             inf = model.detect(x)
-            local.append(torch.cat([inf.count().double().unsqueeze(1), inf.boxes().double().flatten(1)], 1))  # (b, 1 + 4N)
+            network = model.detect(x, search=False).count() if search else inf.count()
+            local.append(torch.cat([inf.count().double().unsqueeze(1), inf.boxes().double().flatten(1),
+                                    network.double().unsqueeze(1)], 1))  # (b, 2 + 4N)
         if start < elbo_images:
             k = min(n, elbo_images - start)  # the batch's first k images enter the ELBO, split on their own
             e = rank_slice(k, r, W)  # never empty for the last process
@@ -202,11 +206,14 @@ def evaluate_sharded(model: nn.Module, test: SceneSet, info: DistInfo, batch_siz
     index = [torch.cat(o) for o in owned]
     table = sd.all_gather_rows(torch.cat(local), [len(i) for i in index]).cpu()
     ordered = torch.empty_like(table)
-    ordered[torch.cat(index)] = table  # (len(test), 1 + 4N) in image order
+    ordered[torch.cat(index)] = table  # (len(test), 2 + 4N) in image order
     elbo_total = float(sd.all_reduce_sum([elbo_sum])[0])
     _sync_generators(W - 1, device)  # a process without ELBO rows skipped draws; the last one never does
     model.train()
-    return summarize(ordered[:, 0].long(), ordered[:, 1:].reshape(-1, N, 4).float(), elbo_total, test, elbo_images)
+    out = summarize(ordered[:, 0].long(), ordered[:, 1:-1].reshape(-1, N, 4).float(), elbo_total, test, elbo_images)
+    if search and test.counts is not None:
+        out["count_accuracy_network"] = count_accuracy(ordered[:, -1].long(), test.counts)
+    return out
 
 
 def _sync_generators(src: int, device: str) -> None:

@@ -104,20 +104,31 @@ def _load_state(model: nn.Module, state: dict, path) -> None:
         raise ValueError(f"checkpoint {path} does not fit the model built from its config: {str(err).splitlines()[0]}") from None
 
 
+def searches(model: nn.Module) -> bool:
+    """Whether ``model.detect`` refines the attention network's detections (SuPAIR's detection search)."""
+    return hasattr(model, "search_offsets") and len(model.search_offsets()) > 0
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, test: SceneSet, batch_size: int = 500, elbo_images: int = 500, device: str = "cpu") -> dict[str, float]:
     """Count accuracy and box IoU on ``test``, and the mean ELBO on its first ``elbo_images``."""
     model.eval()
-    counts, boxes, elbos = [], [], []
+    search = searches(model)
+    counts, boxes, elbos, network = [], [], [], []
     for start in range(0, len(test), batch_size):  # batches of the held-out set
         x = test.float_batch(slice(start, start + batch_size)).to(device)
         inf = model.detect(x)
         counts.append(inf.count().cpu())
         boxes.append(inf.boxes().cpu())
+        if search:
+            network.append(model.detect(x, search=False).count().cpu())
         if start < elbo_images:
             elbos.append(model.loss(x[: elbo_images - start])[1]["elbo"].cpu() * min(len(x), elbo_images - start))
     model.train()
-    return summarize(torch.cat(counts), torch.cat(boxes), float(sum(elbos)), test, elbo_images)
+    out = summarize(torch.cat(counts), torch.cat(boxes), float(sum(elbos)), test, elbo_images)
+    if search and test.counts is not None:  # the attention network's count alone, before the detection search
+        out["count_accuracy_network"] = count_accuracy(torch.cat(network), test.counts)
+    return out
 
 
 def summarize(count: torch.Tensor, box: torch.Tensor, elbo_sum: float, test: SceneSet, elbo_images: int = 500) -> dict[str, float | None]:

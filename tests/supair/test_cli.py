@@ -157,7 +157,7 @@ def test_multi_mnist_defaults_apply_and_flags_override_them() -> None:
     from apps.supair.cli import build_parser, config_from_args
 
     cfg = config_from_args(build_parser().parse_args(["train"]))
-    assert (cfg.train.batch_size, cfg.train.eval_every) == (64, 200)
+    assert (cfg.train.batch_size, cfg.train.eval_every) == (64, 500)
     assert cfg.model.inference.position_max_std == 2.0
     assert (cfg.model.prior.count_rate_start, cfg.model.prior.count_rate, cfg.model.prior.anneal_steps) == (0.7, 300.0, 4500)
     assert cfg.model.prior.overlap_anneal_steps == 1500

@@ -295,3 +295,47 @@ def test_overlap_ramp_can_begin_later() -> None:
         got.append((float(net.prior_rate("count_rate")), float(net.prior_rate("overlap_rate"))))
     assert [g[0] for g in got] == pytest.approx([1.0, 3.25, 5.5, 7.75, 10.0, 10.0, 10.0, 10.0])  # count: from step 0
     assert [g[1] for g in got] == pytest.approx([100.0, 100.0, 100.0, 125.0, 150.0, 175.0, 200.0, 200.0])
+
+
+def test_detection_search_keeps_the_best_hypothesis_per_image() -> None:
+    torch.manual_seed(0)
+    icfg = InferenceConfig(lstm_units=16, head_units=8, search_radius=2.0, search_grid=3)
+    model = Supair(tiny_config(inference=icfg)).double()
+    images = torch.rand(6, 1, 12, 12, dtype=torch.float64)
+    offsets = model.search_offsets()
+    assert offsets.shape == (8, 2) and not (offsets == 0).all(1).any()  # the network's box is not repeated
+    plain = model.detect(images, search=False)
+    searched = model.detect(images)
+    # every candidate's score, computed here one image at a time from first_offset
+    fill = model.residual_fill(images)
+    scores = [model.count_elbo(images, plain)]
+    for off in offsets.double():
+        scores.append(model.count_elbo(images, model.infer(images, sample=False, fill=fill, first_offset=off.expand(6, 2))))
+    best = torch.stack(scores, 1).max(1).values
+    torch.testing.assert_close(model.count_elbo(images, searched), best)
+    assert (best >= scores[0]).all() and (best > scores[0]).any()  # the search moved some first boxes
+    moved = (searched.where[:, 0, 2:] - plain.where[:, 0, 2:]).abs()
+    assert (moved <= 2.0 + 1e-9).all()
+    # the first box's size is the network's; only its corner moves
+    torch.testing.assert_close(searched.where[:, 0, :2], plain.where[:, 0, :2])
+
+
+def test_detection_search_off_is_the_network_alone() -> None:
+    torch.manual_seed(0)
+    model = Supair(tiny_config(inference=InferenceConfig(lstm_units=16, head_units=8, search_radius=0.0))).double()
+    images = torch.rand(4, 1, 12, 12, dtype=torch.float64)
+    assert len(model.search_offsets()) == 0
+    torch.testing.assert_close(model.detect(images).where, model.infer(images, sample=False).where)
+    with pytest.raises(ValueError, match="search_radius"):
+        InferenceConfig(search_radius=-1.0).assert_valid()
+
+
+def test_first_offset_moves_the_first_box_within_the_position_range(model: Supair) -> None:
+    images = torch.rand(3, 1, 12, 12, dtype=torch.float64)
+    plain = model.infer(images, sample=False)
+    far = model.infer(images, sample=False, first_offset=torch.full((3, 2), 100.0, dtype=torch.float64))
+    hi = model.cfg.inference.position_range[1] * model.cfg.scene_size
+    assert torch.allclose(far.where[:, 0, 2:], torch.full((3, 2), hi, dtype=torch.float64))
+    small = model.infer(images, sample=False, first_offset=torch.full((3, 2), -0.5, dtype=torch.float64))
+    lo = model.cfg.inference.position_range[0] * model.cfg.scene_size
+    torch.testing.assert_close(small.where[:, 0, 2:], (plain.where[:, 0, 2:] - 0.5).clamp_min(lo))
