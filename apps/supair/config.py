@@ -187,6 +187,14 @@ class ModelConfig:
         self.prior.assert_valid()
         self.air.assert_valid()
 
+    def with_detection(self, other: "ModelConfig") -> "ModelConfig":
+        """This config with ``other``'s detection-only settings (the search), which a resumed run may change."""
+        search = {f: getattr(other.inference, f) for f in DETECTION_FIELDS}
+        return dataclasses.replace(self, inference=dataclasses.replace(self.inference, **search))
+
+
+DETECTION_FIELDS = ("search_radius", "search_grid")  # InferenceConfig fields used only when detecting, never in training
+
 
 @dataclass(frozen=True)
 class TrainConfig:

@@ -181,9 +181,10 @@ class Trainer:
         if resume:
             ckpt = load_checkpoint(self.run_dir / "checkpoint.pt")
             saved = SupairConfig.from_dict(ckpt["config"])
-            if saved.model != cfg.model or saved.model_type != cfg.model_type:
-                raise ValueError(f"{self.run_dir} was trained with another model config; resume without model options or start a new run")
-            cfg = SupairConfig(model=saved.model, train=cfg.train, model_type=saved.model_type)
+            if saved.model.with_detection(cfg.model) != cfg.model or saved.model_type != cfg.model_type:
+                raise ValueError(f"{self.run_dir} was trained with another model config; resume without model options "
+                                 "(the detection search's may change) or start a new run")
+            cfg = SupairConfig(model=saved.model.with_detection(cfg.model), train=cfg.train, model_type=saved.model_type)
         self.cfg = cfg.assert_valid()
         if dist is not None:
             dist.per_process_batch(cfg.train.batch_size)  # ValueError unless it divides
@@ -211,7 +212,7 @@ class Trainer:
             if self.is_main:
                 self._truncate_metrics(self.step)
             self.log(f"resumed {self.run_dir} at step {self.step}")
-        elif self.is_main:
+        if self.is_main:  # on resume too: a new budget or detection search is recorded
             atomic_write(self.run_dir / "config.json", cfg.to_json().encode())
         if dist is None:
             self.train_set, self.test_set = load_data(cfg, log=self.log)

@@ -92,6 +92,15 @@ def test_resume_with_other_model_config_is_refused(tmp_path: Path, scenes: Path,
     assert "another model config" in capsys.readouterr().err
 
 
+def test_resume_may_change_only_the_detection_search(tmp_path: Path, scenes: Path) -> None:
+    run = _train(tmp_path, scenes, "--steps", "2")
+    assert main(["train", "--resume", str(run), "--steps", "4", "--no-progress", "--threads", "1",
+                 "--set", "model.inference.search_radius=0"]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model"]["inference"]["search_radius"] == 0
+    assert load_checkpoint(run)["step"] == 4
+
+
 def test_detect_prints_json_and_draws(tmp_path: Path, scenes: Path, capsys) -> None:
     run = _train(tmp_path, scenes, "--steps", "2")
     img = np.zeros((24, 24), dtype=np.uint8)
