@@ -80,9 +80,9 @@ class Inference:
         """Boxes as corners ``(x0, y0, x1, y1)`` in pixels, ``(B, N, 4)``."""
         return box_corners(self.where)
 
-    def choose(self, keep: Tensor, other: "Inference") -> "Inference":
-        """Per image, this inference where ``keep`` ``(B,)`` is False and ``other``'s where it is True."""
-        pick = lambda a, b: torch.where(keep.view(-1, *[1] * (a.dim() - 1)), b, a)  # noqa: E731
+    def choose(self, take_other: Tensor, other: "Inference") -> "Inference":
+        """Per image, ``other``'s values where ``take_other`` ``(B,)`` is True and this inference's elsewhere."""
+        pick = lambda a, b: torch.where(take_other.view(-1, *[1] * (a.dim() - 1)), b, a)  # noqa: E731
         return Inference(*(pick(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self)))
 
 
