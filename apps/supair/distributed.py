@@ -52,8 +52,7 @@ from spnkit.distributed import DistInfo, rank_slice
 
 from .data import SceneSet
 from .model import Supair
-from .metrics import count_accuracy
-from .train import searches, summarize
+from .train import detections, searches, summarize
 
 __all__ = ["DataParallel", "ShardedLoss", "GlobalBatchNoise", "init_from_env", "shard_loss", "evaluate_sharded"]
 
@@ -181,7 +180,6 @@ def evaluate_sharded(model: nn.Module, test: SceneSet, info: DistInfo, batch_siz
     model.eval()
     W, r = info.world_size, info.rank
     N = model.cfg.max_steps
-    search = searches(model)
     local = [torch.zeros(0, 2 + 4 * N, dtype=torch.float64, device=device)]  # this process's (count, box, network count) rows
     owned: list[list[Tensor]] = [[] for _ in range(W)]  # every process's global image indices
     elbo_sum = torch.zeros(1, dtype=torch.float64, device=device)
@@ -193,9 +191,9 @@ def evaluate_sharded(model: nn.Module, test: SceneSet, info: DistInfo, batch_siz
         rows = rank_slice(n, r, W)
         x = test.float_batch(slice(start + rows.start, start + rows.stop)).to(device)  # (b, C, S, S)
         if x.shape[0]:
-            inf = model.detect(x)
-            network = model.detect(x, search=False).count() if search else inf.count()
-            local.append(torch.cat([inf.count().double().unsqueeze(1), inf.boxes().double().flatten(1),
+            count, box, network = detections(model, x)
+            network = count if network is None else network  # a column either way; used only with a search
+            local.append(torch.cat([count.double().unsqueeze(1), box.double().flatten(1),
                                     network.double().unsqueeze(1)], 1))  # (b, 2 + 4N)
         if start < elbo_images:
             k = min(n, elbo_images - start)  # the batch's first k images enter the ELBO, split on their own
@@ -210,10 +208,8 @@ def evaluate_sharded(model: nn.Module, test: SceneSet, info: DistInfo, batch_siz
     elbo_total = float(sd.all_reduce_sum([elbo_sum])[0])
     _sync_generators(W - 1, device)  # a process without ELBO rows skipped draws; the last one never does
     model.train()
-    out = summarize(ordered[:, 0].long(), ordered[:, 1:-1].reshape(-1, N, 4).float(), elbo_total, test, elbo_images)
-    if search and test.counts is not None:
-        out["count_accuracy_network"] = count_accuracy(ordered[:, -1].long(), test.counts)
-    return out
+    return summarize(ordered[:, 0].long(), ordered[:, 1:-1].reshape(-1, N, 4).float(), elbo_total, test, elbo_images,
+                     ordered[:, -1].long() if searches(model) else None)
 
 
 def _sync_generators(src: int, device: str) -> None:

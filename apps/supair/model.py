@@ -385,19 +385,24 @@ class Supair(nn.Module):
         likelihood lets the search find the better hypothesis. The network's
         own boxes are always a candidate, so the score never falls.
         """
+        return self.detect_with_network(images, search)[0]
+
+    @torch.no_grad()
+    def detect_with_network(self, images: Tensor, search: bool = True) -> tuple[Inference, Inference]:
+        """:meth:`detect`'s detections and the attention network's own (the search's starting point), in one pass."""
         check_images(images, self.cfg)
         fill = self.residual_fill(images)
-        best = self.infer(images, sample=False, fill=fill)
+        network = best = self.infer(images, sample=False, fill=fill)
         offsets = self.search_offsets() if search else images.new_zeros(0, 2)
         if not len(offsets):
-            return best
+            return best, network
         score = self.count_elbo(images, best)
         for offset in offsets.to(images):  # alternative first boxes, each batched over the images
             inf = self.infer(images, sample=False, fill=fill, first_offset=offset.expand(len(images), 2))
             new = self.count_elbo(images, inf)
             better = new > score
             best, score = best.choose(better, inf), torch.where(better, new, score)
-        return best
+        return best, network
 
     def search_offsets(self) -> Tensor:
         """The detection search's corner offsets in pixels, ``(K, 2)``, the zero offset left out (``K = 0``: no search)."""

@@ -306,6 +306,10 @@ def test_detection_search_keeps_the_best_hypothesis_per_image() -> None:
     assert offsets.shape == (8, 2) and not (offsets == 0).all(1).any()  # the network's box is not repeated
     plain = model.detect(images, search=False)
     searched = model.detect(images)
+    again, network = model.detect_with_network(images)  # the evaluation's one pass: both detections
+    torch.testing.assert_close(again.where, searched.where)
+    torch.testing.assert_close(network.where, plain.where)
+    torch.testing.assert_close(network.pres_logits, plain.pres_logits)
     # every candidate's score, computed here one image at a time from first_offset
     fill = model.residual_fill(images)
     scores = [model.count_elbo(images, plain)]
