@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .leaves import Leaf
+from .leaves import Leaf, natural_to_layer
 
 __all__ = ["LeafLayer", "ProductSumLayer", "MixingLayer", "log_matmul_exp"]
 
@@ -131,6 +131,44 @@ class _GatherMatmul(torch.autograd.Function):
                 back = torch.bmm(coef[blk].transpose(1, 2), grad[blk], out=ws[: rows.numel()].view(c, m, B))  # (c, m, B)
                 g_feats.index_add_(0, rows, back.view(-1, B))
         return g_feats, g_coef, None, g_bias
+
+
+class _GatherChildren(torch.autograd.Function):
+    """Both children's rows of a product layer from a batch-fastest buffer block: ``(P, k, B)`` each, contiguous.
+
+    ``src (rows, K_max, B)``; ``left, right (P,)`` rows of ``src``; ``k <= K_max``
+    entries read. The backward writes each child's gradient into its row
+    (``index_copy_`` when no row is read twice, as in every RAT-SPN level)
+    instead of autograd's zero-filled slice and gather gradients, and skips the
+    zero fill when the children cover every row and entry of the block.
+    """
+
+    @staticmethod
+    def forward(ctx, src: Tensor, left: Tensor, right: Tensor, k: int, distinct: bool) -> tuple[Tensor, Tensor]:
+        a, b = torch.index_select(src, 0, left), torch.index_select(src, 0, right)  # (P, K_max, B)
+        if k != src.shape[1]:
+            a, b = a[:, :k].contiguous(), b[:, :k].contiguous()
+        ctx.save_for_backward(left, right)
+        ctx.shape, ctx.k, ctx.distinct = src.shape, k, distinct
+        return a, b
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_a: Tensor | None, g_b: Tensor | None):
+        left, right = ctx.saved_tensors
+        rows, k_max, B = ctx.shape
+        covered = ctx.distinct and 2 * left.numel() == rows and ctx.k == k_max and g_a is not None and g_b is not None
+        dtype, device = (g_a if g_a is not None else g_b).dtype, (g_a if g_a is not None else g_b).device
+        g = torch.empty(ctx.shape, dtype=dtype, device=device) if covered else torch.zeros(ctx.shape, dtype=dtype, device=device)
+        target = g if ctx.k == k_max else g[:, : ctx.k]
+        for rows_of, grad in ((left, g_a), (right, g_b)):
+            if grad is None:
+                continue
+            if ctx.distinct and ctx.k == k_max:
+                g.index_copy_(0, rows_of, grad)
+            else:
+                target.index_add_(0, rows_of, grad)
+        return g, None, None, None, None
 
 
 class _OuterMatmul(torch.autograd.Function):
@@ -289,22 +327,24 @@ class LeafLayer(nn.Module):
         return out
 
     def _linear(self, feats: Tensor, coef: Tensor, bias: Tensor | None = None) -> Tensor:
-        """``out[r, b, k] = sum_{d, s} feats[s, d, b] * coef[r, slot(d), k, s] (+ bias[r, k])``: ``(R, B, K)``, batch-fastest.
+        """``out[r, b, k] = sum_{d, s} feats[s, d, b] * coef[r, k, s * n + slot(d)] (+ bias[r, k])``: ``(R, B, K)``, batch-fastest.
 
         ``feats`` ``(S, D + 1, B)`` are the weighted statistics, variable-major
         (built so from the transposed input: no copy of the ``S`` times larger
-        statistics), with row ``D`` zero; ``coef`` has the same ``S``.
+        statistics), with row ``D`` zero; ``coef (R, K, S * n)`` has the same
+        ``S`` (the layout of :meth:`Leaf.layer_coefficients`).
         """
-        R, n, K, S = coef.shape
-        D1, B = feats.shape[1], feats.shape[2]
+        R, K = coef.shape[:2]
+        S, D1, B = feats.shape
+        n = coef.shape[2] // S
         if self.layout == "dense":
-            out = torch.bmm(self._dense(coef).transpose(1, 2), feats[:, : self.num_vars]).sum(0)  # (S, R*K, B) -> (R*K, B)
+            dense = self._dense(coef.reshape(R, K, S, n).permute(0, 3, 1, 2))  # (S, D, R*K)
+            out = torch.bmm(dense.transpose(1, 2), feats[:, : self.num_vars]).sum(0)  # (S, R*K, B) -> (R*K, B)
             if bias is not None:
                 out = out + bias.reshape(R * K, 1)
             return out.view(R, K, B).transpose(1, 2)  # (R, B, K)
         index = getattr(self, f"stat_rows_{S}")  # (R, S*n): the first S statistics, statistic-major
-        c = coef.permute(0, 2, 3, 1).reshape(R, K, S * n)  # (R, K, S*n), in the order of the gathered rows
-        return _GatherMatmul.apply(feats.reshape(-1, B)[: S * D1], c, index, bias).transpose(1, 2)  # (R, K, B) -> (R, B, K)
+        return _GatherMatmul.apply(feats.reshape(-1, B)[: S * D1], coef, index, bias).transpose(1, 2)  # (R, K, B) -> (R, B, K)
 
     def forward(self, x: Tensor, w: Tensor | None, eta: Tensor | None = None) -> Tensor:
         """Leaf log-densities.
@@ -318,16 +358,21 @@ class LeafLayer(nn.Module):
         Returns:
             ``(R, B, K)``.
         """
-        eta = self.natural() if eta is None else eta  # (R, n, K, S)
+        # every weight 1 and a constant last statistic: its share is one bias per (region, component)
+        split = w is None and self.leaf.constant_last
+        if eta is None:
+            coef, const = self.leaf.layer_coefficients(self.param_dict(), split)  # (R, K, S'*n), (R, K, n)
+        else:
+            coef, const = natural_to_layer(eta, split)
         feats = self.leaf.statistics(self._columns(x))  # (S, D + 1, B), a fresh tensor
         if w is None:
             feats[:, self.num_vars] = 0.0  # the padding row (its constant statistic is 1)
-            if self.leaf.constant_last:  # every weight is 1: the constant statistic's share is a bias per (region, component)
-                bias = (eta[..., -1] * self.slot_valid).sum(1)  # (R, K): padding slots excluded
-                return self._linear(feats[:-1], eta[..., :-1], bias)
+            if split:
+                bias = torch.bmm(const, self.slot_valid).squeeze(-1)  # (R, K): padding slots excluded
+                return self._linear(feats[:-1], coef, bias)
         else:
             feats.mul_(self._columns(w))  # row D of the weights is 0
-        return self._linear(feats, eta)
+        return self._linear(feats, coef)
 
     def forward_max(self, x: Tensor, w: Tensor | None) -> Tensor:
         """Max-product leaf values: observed factors give their log-density, unobserved ones their log-maximum.
@@ -341,7 +386,7 @@ class LeafLayer(nn.Module):
         unobserved = 1 - wt
         unobserved[self.num_vars] = 0  # the padding row stays 0
         feats = torch.cat([self.leaf.statistics(self._columns(x)) * wt, unobserved.unsqueeze(0)])  # (S + 1, D + 1, B)
-        return self._linear(feats, torch.cat([self.natural(), peak], dim=-1))  # (R, B, K)
+        return self._linear(feats, natural_to_layer(torch.cat([self.natural(), peak], dim=-1), False)[0])  # (R, B, K)
 
     def pair_params(self, region: Tensor, choice: Tensor) -> dict[str, Tensor]:
         """Parameters of one chosen component per selected region: each ``(A, n, *extra)`` for ``region, choice (A,)``."""
@@ -381,7 +426,7 @@ class ProductSumLayer(nn.Module):
         super().__init__()
         self.register_buffer("left", left, persistent=False)
         self.register_buffer("right", right, persistent=False)
-        self.register_buffer("pair_rows", torch.cat([left, right]), persistent=False)  # both children, one gather
+        self.distinct = bool(torch.cat([left, right]).unique().numel() == 2 * len(left))  # no row read twice (every RAT-SPN level)
         self.k_in, self.k_out = k_in, k_out
         self.logits = nn.Parameter(torch.randn(len(left), k_in * k_in, k_out))  # (P, I*J, K_out)
         self.register_buffer("valid", None if valid is None else valid.reshape(len(left), k_in * k_in, 1), persistent=False)
@@ -414,12 +459,8 @@ class ProductSumLayer(nn.Module):
         the block of rows the children lie in, when they lie in one).
         """
         bt = buf.transpose(1, 2)  # (rows, K_max, B): contiguous for a batch-fastest buffer
-        # one gather for both children: its backward scatters into one zero buffer, not two
-        ab = torch.index_select(bt, 0, self.pair_rows if start == 0 else self.pair_rows - start)  # (2P, K_max, B)
-        if ab.shape[1] != self.k_in:
-            ab = ab[:, : self.k_in]
-        P = self.left.shape[0]
-        return ab[:P].contiguous(), ab[P:].contiguous()
+        left, right = (self.left, self.right) if start == 0 else (self.left - start, self.right - start)
+        return _GatherChildren.apply(bt, left, right, self.k_in, self.distinct)
 
     def forward(self, buf: Tensor, log_w: Tensor | None = None, start: int = 0) -> Tensor:
         """Sum-product values ``(P, B, K_out)`` (batch-fastest) from the buffer ``(rows, B, K_max)`` (its rows from ``start`` on)."""

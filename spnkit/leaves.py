@@ -60,6 +60,22 @@ class Leaf(ABC):
     def natural(self, params: dict[str, Tensor]) -> Tensor:
         """Natural parameters with the log-normalizer folded in: ``(*P, S)``."""
 
+    def layer_coefficients(self, params: dict[str, Tensor], split_constant: bool) -> tuple[Tensor, Tensor | None]:
+        """The natural parameters of a leaf layer, laid out for its matrix product.
+
+        Args:
+            params: parameters of batch shape ``(R, n, K)`` (regions, slots, components).
+            split_constant: return the constant (last) statistic's coefficients
+                apart from the others (for families with :attr:`constant_last`).
+
+        Returns:
+            ``coef (R, K, S' * n)``, statistic-major within each row (``S' = S - 1``
+            when split, else ``S``), and the constant statistic's ``(R, K, n)``
+            when split, else None. Families override this to write that layout
+            directly; the default permutes :meth:`natural`.
+        """
+        return natural_to_layer(self.natural(params), split_constant)
+
     @abstractmethod
     def log_max(self, params: dict[str, Tensor]) -> Tensor:
         """Log of the largest value of each factor's density or mass: ``(*P)``."""
@@ -110,6 +126,15 @@ class Leaf(ABC):
         return dtype
 
 
+def natural_to_layer(eta: Tensor, split_constant: bool) -> tuple[Tensor, Tensor | None]:
+    """Natural parameters ``(R, n, K, S)`` in the layout of :meth:`Leaf.layer_coefficients`."""
+    t = eta.permute(0, 2, 3, 1)  # (R, K, S, n)
+    R, K, S, n = t.shape
+    if split_constant:
+        return t[:, :, :-1].reshape(R, K, (S - 1) * n), t[:, :, -1]
+    return t.reshape(R, K, S * n), None
+
+
 def _uniform(shape: tuple[int, ...], low: float, high: float, dtype: torch.dtype) -> Tensor:
     return torch.empty(shape, dtype=dtype).uniform_(low, high)
 
@@ -155,6 +180,58 @@ class _NormalNatural(torch.autograd.Function):
             inner = torch.mul(loc, g2).mul_(0.5).sub_(g1).mul_(loc).add_(g0, alpha=0.5)
             g_raw = inner.mul_(prec).sub_(g2, alpha=0.5).mul_(prec).mul_(v).mul_(torch.sub(1.0, v)).mul_(ctx.span)
         return g_loc, g_raw, None, None
+
+
+class _NormalLayerNatural(torch.autograd.Function):
+    """:class:`_NormalNatural` written straight into a leaf layer's layout (:meth:`Leaf.layer_coefficients`).
+
+    ``loc, raw (R, n, K)`` -> ``coef (R, K, S' * n)`` and, when split, the
+    constant statistic's ``(R, K, n)``. Writing the transposed layout here
+    replaces a permuted copy, and the split replaces two slices whose backward
+    passes would each fill and add a full-size zero gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, loc: Tensor, raw: Tensor, lo: float, hi: float, split: bool):
+        R, n, K = loc.shape
+        v = torch.sigmoid(raw)
+        var = v.mul(hi - lo).add_(lo)
+        prec = var.reciprocal()
+        e1 = torch.mul(loc, prec)
+        coef = loc.new_empty(R, K, 2 if split else 3, n)
+        slots = coef.permute(0, 3, 1, 2)  # (R, n, K, S'): the natural parameters' own index order
+        torch.mul(prec, -0.5, out=slots[..., 0])
+        slots[..., 1].copy_(e1)
+        c = var.mul_(2 * math.pi).log_().mul_(-0.5).sub_(e1.mul_(loc).mul_(0.5))  # (R, n, K)
+        if split:
+            const = loc.new_empty(R, K, n)
+            const.transpose(1, 2).copy_(c)
+        else:
+            slots[..., 2].copy_(c)
+            const = None
+        ctx.save_for_backward(loc, v, prec)
+        ctx.span, ctx.split = hi - lo, split
+        return coef.view(R, K, -1), const
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_coef: Tensor | None, g_const: Tensor | None):
+        loc, v, prec = ctx.saved_tensors
+        R, n, K = loc.shape
+        if g_coef is None:
+            g_coef = loc.new_zeros(R, K, (2 if ctx.split else 3) * n)
+        g = g_coef.reshape(R, K, -1, n).permute(0, 3, 1, 2)  # (R, n, K, S')
+        g0, g1 = g[..., 0], g[..., 1]
+        g2 = g_const.transpose(1, 2) if ctx.split else g[..., 2]
+        if g2 is None:
+            g2 = torch.zeros_like(loc)
+        g_loc = g_raw = None
+        if ctx.needs_input_grad[0]:
+            g_loc = torch.mul(loc, g2).neg_().add_(g1).mul_(prec)
+        if ctx.needs_input_grad[1]:
+            inner = torch.mul(loc, g2).mul_(0.5).sub_(g1).mul_(loc).add_(g0, alpha=0.5)
+            g_raw = inner.mul_(prec).sub_(g2, alpha=0.5).mul_(prec).mul_(v).mul_(torch.sub(1.0, v)).mul_(ctx.span)
+        return g_loc, g_raw, None, None, None
 
 
 @dataclass(frozen=True)
@@ -212,6 +289,9 @@ class Normal(Leaf):
 
     def natural(self, params):
         return _NormalNatural.apply(params["loc"], params["var"], self.min_var, self.max_var)
+
+    def layer_coefficients(self, params, split_constant):
+        return _NormalLayerNatural.apply(params["loc"], params["var"], self.min_var, self.max_var, split_constant)
 
     def log_max(self, params):
         return -0.5 * torch.log(2 * math.pi * self.variance(params))
