@@ -41,31 +41,6 @@ from .leaves import Leaf, natural_to_layer
 __all__ = ["LeafLayer", "ProductSumLayer", "MixingLayer", "log_matmul_exp"]
 
 
-def _stable_max(x: Tensor, dim: int) -> Tensor:
-    """Max over ``dim`` (kept), with non-finite maxima replaced by 0, detached."""
-    return torch.nan_to_num(x.detach().amax(dim, keepdim=True), nan=0.0, posinf=0.0, neginf=0.0)
-
-
-class _SafeLog(torch.autograd.Function):
-    """``log(s)`` for ``s >= 0`` (``-inf`` at 0) whose gradient is 0, not NaN, where ``s == 0``."""
-
-    @staticmethod
-    def forward(ctx, s: Tensor) -> Tensor:
-        ctx.save_for_backward(s)
-        return torch.log(s)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor) -> Tensor:
-        (s,) = ctx.saved_tensors
-        return torch.where(s > 0, grad / s, 0.0)
-
-
-def _safe_log(s: Tensor) -> Tensor:
-    """``log(s)`` for ``s >= 0`` with a zero gradient (not NaN) where ``s == 0``."""
-    return _SafeLog.apply(s)
-
-
 #: Largest temporary (bytes) a layer builds at once: the gathered leaf statistics,
 #: the outer products and the max-product scores are built in blocks of regions
 #: below this size, written into one workspace reused by every block, and rebuilt
@@ -134,99 +109,131 @@ class _GatherMatmul(torch.autograd.Function):
 
 
 class _GatherChildren(torch.autograd.Function):
-    """Both children's rows of a product layer from a batch-fastest buffer block: ``(P, k, B)`` each, contiguous.
+    """The children's rows of a product layer from a batch-fastest buffer block, stacked: ``(2P, k, B)``, contiguous.
 
-    ``src (rows, K_max, B)``; ``left, right (P,)`` rows of ``src``; ``k <= K_max``
-    entries read. The backward writes each child's gradient into its row
-    (``index_copy_`` when no row is read twice, as in every RAT-SPN level)
-    instead of autograd's zero-filled slice and gather gradients, and skips the
-    zero fill when the children cover every row and entry of the block.
+    ``src (rows, K_max, B)``; ``rows (2P,)`` the left then the right child of
+    each partition; ``k <= K_max`` entries read. The backward copies the
+    gradient into the rows (``index_copy_`` when no row is read twice, as in
+    every RAT-SPN level) and fills no zeros where the children cover every row
+    and entry of the block.
     """
 
     @staticmethod
-    def forward(ctx, src: Tensor, left: Tensor, right: Tensor, k: int, distinct: bool) -> tuple[Tensor, Tensor]:
-        a, b = torch.index_select(src, 0, left), torch.index_select(src, 0, right)  # (P, K_max, B)
+    def forward(ctx, src: Tensor, rows: Tensor, k: int, distinct: bool) -> Tensor:
+        ab = torch.index_select(src, 0, rows)  # (2P, K_max, B)
         if k != src.shape[1]:
-            a, b = a[:, :k].contiguous(), b[:, :k].contiguous()
-        ctx.save_for_backward(left, right)
+            ab = ab[:, :k].contiguous()
+        ctx.save_for_backward(rows)
         ctx.shape, ctx.k, ctx.distinct = src.shape, k, distinct
-        return a, b
+        return ab
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g_a: Tensor | None, g_b: Tensor | None):
-        left, right = ctx.saved_tensors
-        rows, k_max, B = ctx.shape
-        covered = ctx.distinct and 2 * left.numel() == rows and ctx.k == k_max and g_a is not None and g_b is not None
-        dtype, device = (g_a if g_a is not None else g_b).dtype, (g_a if g_a is not None else g_b).device
-        g = torch.empty(ctx.shape, dtype=dtype, device=device) if covered else torch.zeros(ctx.shape, dtype=dtype, device=device)
-        target = g if ctx.k == k_max else g[:, : ctx.k]
-        for rows_of, grad in ((left, g_a), (right, g_b)):
-            if grad is None:
-                continue
-            if ctx.distinct and ctx.k == k_max:
-                g.index_copy_(0, rows_of, grad)
-            else:
-                target.index_add_(0, rows_of, grad)
-        return g, None, None, None, None
+    def backward(ctx, grad: Tensor):
+        (rows,) = ctx.saved_tensors
+        n, k_max, _ = ctx.shape
+        if ctx.distinct and ctx.k == k_max:
+            g = grad.new_empty(ctx.shape) if rows.numel() == n else grad.new_zeros(ctx.shape)
+            g.index_copy_(0, rows, grad)
+        else:
+            g = grad.new_zeros(ctx.shape)
+            g[:, : ctx.k].index_add_(0, rows, grad)
+        return g, None, None, None
 
 
-class _OuterMatmul(torch.autograd.Function):
-    """``s[p, k, b] = sum_{i, j} w[p, i*J + j, k] * ea[p, i, b] * eb[p, j, b]``, batch-fastest.
+def _outer_matmul(ea: Tensor, eb: Tensor, w: Tensor) -> Tensor:
+    """``s[p, k, b] = sum_{i, j} w[p, i*J + j, k] * ea[p, i, b] * eb[p, j, b]``: ``(P, I, B), (P, J, B), (P, I*J, K) -> (P, K, B)``.
 
-    Shapes: ``ea (P, I, B)``, ``eb (P, J, B)``, ``w (P, I*J, K)``; output
-    ``(P, K, B)``. The outer products ``(P, I*J, B)`` are built block by block
-    in one workspace and rebuilt in the backward pass instead of being kept.
+    The outer products ``(P, I*J, B)`` are built block by block in one
+    workspace (and rebuilt in the backward pass instead of being kept).
+    """
+    P, I, B = ea.shape
+    J = eb.shape[1]
+    out = ea.new_empty(P, w.shape[2], B)
+    blocks = _blocks(P, I * J * B * ea.element_size())
+    ws = ea.new_empty(blocks[0].stop - blocks[0].start, I, J, B)
+    for blk in blocks:
+        c = blk.stop - blk.start
+        outer = torch.mul(ea[blk].unsqueeze(2), eb[blk].unsqueeze(1), out=ws[:c])  # (c, I, J, B)
+        torch.bmm(w[blk].transpose(1, 2), outer.view(c, I * J, B), out=out[blk])  # (c, K, B)
+    return out
+
+
+def _outer_matmul_backward(ea: Tensor, eb: Tensor, w: Tensor, grad: Tensor, g_a: Tensor | None, g_b: Tensor | None, g_w: Tensor | None) -> None:
+    """Gradients of :func:`_outer_matmul` for ``grad (P, K, B)``, written into ``g_a, g_b, g_w`` (None: not needed)."""
+    P, I, B = ea.shape
+    J = eb.shape[1]
+    blocks = _blocks(P, 2 * I * J * B * ea.element_size())
+    ws = ea.new_empty(2, blocks[0].stop - blocks[0].start, I, J, B)
+    for blk in blocks:
+        c = blk.stop - blk.start
+        a, b, gr = ea[blk].unsqueeze(2), eb[blk].unsqueeze(1), grad[blk]  # (c, I, 1, B), (c, 1, J, B), (c, K, B)
+        tmp = ws[0, :c]
+        if g_w is not None:
+            torch.mul(a, b, out=tmp)  # (c, I, J, B): the outer products again
+            torch.bmm(tmp.view(c, I * J, B), gr.transpose(1, 2), out=g_w[blk])  # (c, I*J, K)
+        if g_a is not None or g_b is not None:
+            back = torch.bmm(w[blk], gr, out=ws[1, :c].view(c, I * J, B)).view(c, I, J, B)  # d s / d outer
+            if g_b is not None:
+                torch.sum(torch.mul(back, a, out=tmp), dim=1, out=g_b[blk])  # (c, J, B)
+            if g_a is not None:
+                torch.sum(back.mul_(b), dim=2, out=g_a[blk])  # (c, I, B)
+
+
+def _shifted_exp(log_x: Tensor) -> tuple[Tensor, Tensor]:
+    """``exp(log_x - m)`` and the shift ``m``: the max over dim 1, 0 where it is not finite (detached)."""
+    m = torch.nan_to_num(log_x.detach().amax(1, keepdim=True), nan=0.0, posinf=0.0, neginf=0.0)  # (P, 1, B)
+    return torch.sub(log_x, m).exp_(), m
+
+
+class _LogOuterMatmul(torch.autograd.Function):
+    """``out[p, k, b] = log sum_{i, j} w[p, i*J + j, k] exp(log_a[p, i, b] + log_b[p, j, b])``, batch-fastest, one Function.
+
+    The log-einsum-exp trick (each factor shifted by its max over ``i`` or
+    ``j`` before ``exp``) with a hand-written backward: ``d out / d log_a =
+    ea * d s / d ea / s``, where ``s`` is the shifted sum; a zero ``s``
+    (probability zero) passes a zero gradient, not NaN.
+
+    ``log_b`` None: ``log_a`` holds both factors stacked, ``(2P, I, B)`` with
+    ``I = J`` (a product layer's gathered children): one max and one ``exp``
+    over both, and one gradient tensor.
     """
 
     @staticmethod
-    def forward(ctx, ea: Tensor, eb: Tensor, w: Tensor) -> Tensor:
-        P, I, B = ea.shape
-        J = eb.shape[1]
-        out = ea.new_empty(P, w.shape[2], B)
-        blocks = _blocks(P, I * J * B * ea.element_size())
-        ws = ea.new_empty(blocks[0].stop - blocks[0].start, I, J, B)
-        for blk in blocks:
-            c = blk.stop - blk.start
-            outer = torch.mul(ea[blk].unsqueeze(2), eb[blk].unsqueeze(1), out=ws[:c])  # (c, I, J, B)
-            torch.bmm(w[blk].transpose(1, 2), outer.view(c, I * J, B), out=out[blk])  # (c, K, B)
-        ctx.save_for_backward(ea, eb, w)
-        return out
+    def forward(ctx, log_a: Tensor, log_b: Tensor | None, w: Tensor) -> Tensor:
+        if log_b is None:
+            e, m = _shifted_exp(log_a)  # (2P, I, B), (2P, 1, B)
+            P = e.shape[0] // 2
+            ea, eb, ma, mb = e[:P], e[P:], m[:P], m[P:]
+            ctx.save_for_backward(e, w)
+        else:
+            (ea, ma), (eb, mb) = _shifted_exp(log_a), _shifted_exp(log_b)
+            ctx.save_for_backward(ea, eb, w)
+        ctx.stacked = log_b is None
+        s = _outer_matmul(ea, eb, w)  # (P, K, B)
+        ctx.s = s  # kept for the backward; `out` is returned, so it cannot be the saved tensor modified in place
+        return torch.log(s).add_(ma + mb)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        ea, eb, w = ctx.saved_tensors
-        P, I, B = ea.shape
-        J = eb.shape[1]
+    def backward(ctx, grad: Tensor):
         need_a, need_b, need_w = ctx.needs_input_grad
-        grad = grad.contiguous()  # (P, K, B)
+        s = ctx.s
+        g_s = torch.div(grad, s).masked_fill_(s == 0, 0.0)  # (P, K, B): zero where the sum is zero
+        if ctx.stacked:
+            e, w = ctx.saved_tensors
+            P = e.shape[0] // 2
+            ea, eb = e[:P], e[P:]
+            g_e = torch.empty_like(e) if need_a else None
+            g_w = torch.empty_like(w) if need_w else None
+            _outer_matmul_backward(ea, eb, w, g_s, None if g_e is None else g_e[:P], None if g_e is None else g_e[P:], g_w)
+            return (None if g_e is None else g_e.mul_(e)), None, g_w
+        ea, eb, w = ctx.saved_tensors
         g_a = torch.empty_like(ea) if need_a else None
         g_b = torch.empty_like(eb) if need_b else None
         g_w = torch.empty_like(w) if need_w else None
-        blocks = _blocks(P, 2 * I * J * B * ea.element_size())
-        ws = ea.new_empty(2, blocks[0].stop - blocks[0].start, I, J, B)
-        for blk in blocks:
-            c = blk.stop - blk.start
-            a, b, gr = ea[blk].unsqueeze(2), eb[blk].unsqueeze(1), grad[blk]  # (c, I, 1, B), (c, 1, J, B), (c, K, B)
-            tmp = ws[0, :c]
-            if need_w:
-                torch.mul(a, b, out=tmp)  # (c, I, J, B): the outer products again
-                torch.bmm(tmp.view(c, I * J, B), gr.transpose(1, 2), out=g_w[blk])  # (c, I*J, K)
-            if need_a or need_b:
-                back = torch.bmm(w[blk], gr, out=ws[1, :c].view(c, I * J, B)).view(c, I, J, B)  # d s / d outer
-                if need_b:
-                    torch.sum(torch.mul(back, a, out=tmp), dim=1, out=g_b[blk])  # (c, J, B)
-                if need_a:
-                    torch.sum(back.mul_(b), dim=2, out=g_a[blk])  # (c, I, B)
-        return g_a, g_b, g_w
-
-
-def _log_matmul_exp_t(log_a: Tensor, log_b: Tensor, weights: Tensor) -> Tensor:
-    """:func:`log_matmul_exp` on batch-fastest operands: ``(P, I, B)``, ``(P, J, B)``, ``(P, I*J, K)`` -> ``(P, K, B)``."""
-    ma, mb = _stable_max(log_a, 1), _stable_max(log_b, 1)  # (P, 1, B)
-    a, b = torch.sub(log_a, ma).exp_(), torch.sub(log_b, mb).exp_()  # (P, I, B), (P, J, B)
-    return _safe_log(_OuterMatmul.apply(a, b, weights)).add_(ma + mb)  # (P, K, B)
+        _outer_matmul_backward(ea, eb, w, g_s, g_a, g_b, g_w)
+        return (None if g_a is None else g_a.mul_(ea)), (None if g_b is None else g_b.mul_(eb)), g_w
 
 
 def log_matmul_exp(log_a: Tensor, log_b: Tensor, weights: Tensor) -> Tensor:
@@ -245,7 +252,7 @@ def log_matmul_exp(log_a: Tensor, log_b: Tensor, weights: Tensor) -> Tensor:
         ``(P, B, K)``.
     """
     a_t, b_t = log_a.transpose(1, 2).contiguous(), log_b.transpose(1, 2).contiguous()  # (P, I, B), (P, J, B)
-    return _log_matmul_exp_t(a_t, b_t, weights).transpose(1, 2)  # (P, B, K), batch-fastest
+    return _LogOuterMatmul.apply(a_t, b_t, weights).transpose(1, 2)  # (P, B, K), batch-fastest
 
 
 class LeafLayer(nn.Module):
@@ -426,7 +433,8 @@ class ProductSumLayer(nn.Module):
         super().__init__()
         self.register_buffer("left", left, persistent=False)
         self.register_buffer("right", right, persistent=False)
-        self.distinct = bool(torch.cat([left, right]).unique().numel() == 2 * len(left))  # no row read twice (every RAT-SPN level)
+        self.register_buffer("pair_rows", torch.cat([left, right]), persistent=False)  # both children, one gather
+        self.distinct = bool(self.pair_rows.unique().numel() == 2 * len(left))  # no row read twice (every RAT-SPN level)
         self.k_in, self.k_out = k_in, k_out
         self.logits = nn.Parameter(torch.randn(len(left), k_in * k_in, k_out))  # (P, I*J, K_out)
         self.register_buffer("valid", None if valid is None else valid.reshape(len(left), k_in * k_in, 1), persistent=False)
@@ -452,21 +460,27 @@ class ProductSumLayer(nn.Module):
         a, b = self._child_values_t(buf)
         return a.transpose(1, 2), b.transpose(1, 2)
 
-    def _child_values_t(self, buf: Tensor, start: int = 0) -> tuple[Tensor, Tensor]:
-        """The children's log-values, batch-fastest: ``(P, k_in, B)`` each, contiguous.
+    def _stacked_children_t(self, buf: Tensor, start: int = 0) -> Tensor:
+        """Both children's log-values, batch-fastest and stacked: ``(2P, k_in, B)``, left children first.
 
         ``buf`` holds the buffer rows from ``start`` on (the circuit passes only
         the block of rows the children lie in, when they lie in one).
         """
         bt = buf.transpose(1, 2)  # (rows, K_max, B): contiguous for a batch-fastest buffer
-        left, right = (self.left, self.right) if start == 0 else (self.left - start, self.right - start)
-        return _GatherChildren.apply(bt, left, right, self.k_in, self.distinct)
+        rows = self.pair_rows if start == 0 else self.pair_rows - start
+        return _GatherChildren.apply(bt, rows, self.k_in, self.distinct)
+
+    def _child_values_t(self, buf: Tensor, start: int = 0) -> tuple[Tensor, Tensor]:
+        """The children's log-values, batch-fastest: ``(P, k_in, B)`` each, contiguous."""
+        ab = self._stacked_children_t(buf, start)
+        P = self.left.shape[0]
+        return ab[:P], ab[P:]
 
     def forward(self, buf: Tensor, log_w: Tensor | None = None, start: int = 0) -> Tensor:
         """Sum-product values ``(P, B, K_out)`` (batch-fastest) from the buffer ``(rows, B, K_max)`` (its rows from ``start`` on)."""
         w = self.weights() if log_w is None else torch.exp(log_w)
-        a, b = self._child_values_t(buf, start)  # (P, I, B), (P, J, B)
-        return _log_matmul_exp_t(a, b, w).transpose(1, 2)  # (P, K_out, B) -> (P, B, K_out)
+        ab = self._stacked_children_t(buf, start)  # (2P, I, B)
+        return _LogOuterMatmul.apply(ab, None, w).transpose(1, 2)  # (P, K_out, B) -> (P, B, K_out)
 
     def forward_max(self, buf: Tensor, start: int = 0) -> Tensor:
         """Max-product values ``(P, B, K_out)``: the best product for each sum.
