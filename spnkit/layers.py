@@ -76,10 +76,9 @@ class _GatherMatmul(torch.autograd.Function):
         for blk in blocks:
             rows = index[blk].reshape(-1)
             g = torch.index_select(feats, 0, rows, out=ws[: rows.numel()]).view(-1, m, B)  # (c, m, B): whole rows, 4x faster than feats[index]
-            if bias is None:
-                torch.bmm(coef[blk], g, out=out[blk])  # (c, K, B)
-            else:
-                torch.baddbmm(bias[blk].unsqueeze(-1), coef[blk], g, out=out[blk])  # (c, K, B), the bias in the same pass
+            torch.bmm(coef[blk], g, out=out[blk])  # (c, K, B)
+        if bias is not None:
+            out.add_(bias.unsqueeze(-1))  # one pass (baddbmm per block copies the bias into each block first)
         ctx.save_for_backward(feats, coef, index)
         ctx.has_bias = bias is not None
         return out
@@ -160,24 +159,33 @@ def _outer_matmul(ea: Tensor, eb: Tensor, w: Tensor) -> Tensor:
 
 
 def _outer_matmul_backward(ea: Tensor, eb: Tensor, w: Tensor, grad: Tensor, g_a: Tensor | None, g_b: Tensor | None, g_w: Tensor | None) -> None:
-    """Gradients of :func:`_outer_matmul` for ``grad (P, K, B)``, written into ``g_a, g_b, g_w`` (None: not needed)."""
+    """Gradients of :func:`_outer_matmul` for ``grad (P, K, B)``, written into ``g_a, g_b, g_w`` (None: not needed).
+
+    Each is one outer product and one batched matmul, like the forward pass:
+    ``g_w = (ea x eb) grad^T``, ``g_a[i] = sum_{j,k} w[i,j,k] (eb x grad)[j,k]``
+    and ``g_b[j] = sum_{i,k} w[i,j,k] (ea x grad)[i,k]`` per sample, with
+    ``x`` the outer product over the two vectors' entries (built per block in
+    one workspace). No ``(I*J, B)`` gradient of the outer products is formed
+    and reduced, which would take more passes over memory.
+    """
     P, I, B = ea.shape
-    J = eb.shape[1]
-    blocks = _blocks(P, 2 * I * J * B * ea.element_size())
-    ws = ea.new_empty(2, blocks[0].stop - blocks[0].start, I, J, B)
+    J, K = eb.shape[1], w.shape[2]
+    w4 = w.view(P, I, J, K)
+    w_b = None if g_b is None else w4.transpose(1, 2).reshape(P, J, I * K)  # (P, J, I*K), one small copy
+    blocks = _blocks(P, max(I * J, J * K, I * K) * B * ea.element_size())
+    ws = ea.new_empty((blocks[0].stop - blocks[0].start) * max(I * J, J * K, I * K) * B)
     for blk in blocks:
         c = blk.stop - blk.start
-        a, b, gr = ea[blk].unsqueeze(2), eb[blk].unsqueeze(1), grad[blk]  # (c, I, 1, B), (c, 1, J, B), (c, K, B)
-        tmp = ws[0, :c]
+        a, b, gr = ea[blk], eb[blk], grad[blk]  # (c, I, B), (c, J, B), (c, K, B)
         if g_w is not None:
-            torch.mul(a, b, out=tmp)  # (c, I, J, B): the outer products again
-            torch.bmm(tmp.view(c, I * J, B), gr.transpose(1, 2), out=g_w[blk])  # (c, I*J, K)
-        if g_a is not None or g_b is not None:
-            back = torch.bmm(w[blk], gr, out=ws[1, :c].view(c, I * J, B)).view(c, I, J, B)  # d s / d outer
-            if g_b is not None:
-                torch.sum(torch.mul(back, a, out=tmp), dim=1, out=g_b[blk])  # (c, J, B)
-            if g_a is not None:
-                torch.sum(back.mul_(b), dim=2, out=g_a[blk])  # (c, I, B)
+            outer = torch.mul(a.unsqueeze(2), b.unsqueeze(1), out=ws[: c * I * J * B].view(c, I, J, B))  # the forward's outer products again
+            torch.bmm(outer.view(c, I * J, B), gr.transpose(1, 2), out=g_w[blk])  # (c, I*J, K)
+        if g_a is not None:
+            z = torch.mul(b.unsqueeze(2), gr.unsqueeze(1), out=ws[: c * J * K * B].view(c, J, K, B))  # (c, J, K, B)
+            torch.bmm(w4[blk].reshape(c, I, J * K), z.view(c, J * K, B), out=g_a[blk])  # (c, I, B)
+        if g_b is not None:
+            z = torch.mul(a.unsqueeze(2), gr.unsqueeze(1), out=ws[: c * I * K * B].view(c, I, K, B))  # (c, I, K, B)
+            torch.bmm(w_b[blk], z.view(c, I * K, B), out=g_b[blk])  # (c, J, B)
 
 
 def _shifted_exp(log_x: Tensor) -> tuple[Tensor, Tensor]:
