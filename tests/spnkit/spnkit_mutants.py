@@ -60,23 +60,21 @@ MUTANTS: dict[str, Mutant] = {
         "sampling / MPE ignore the class posterior and always use root sum 0",
     ),
     "no_max_shift": Mutant(
-        "spnkit.layers:log_matmul_exp",
-        "ma, mb = _stable_max(log_a, -1), _stable_max(log_b, -1)",
-        "ma, mb = torch.zeros_like(log_a[..., :1]), torch.zeros_like(log_b[..., :1])",
-        "log_matmul_exp without the max-shift (underflow)",
-        (("spnkit.layers:_log_matmul_exp_t", "ma, mb = _stable_max(log_a, 1), _stable_max(log_b, 1)",
-          "ma, mb = torch.zeros_like(log_a[:, :1]), torch.zeros_like(log_b[:, :1])"),),
+        "spnkit.layers:_shifted_exp",
+        "m = torch.nan_to_num(log_x.detach().amax(1, keepdim=True), nan=0.0, posinf=0.0, neginf=0.0)",
+        "m = torch.zeros_like(log_x[:, :1])",
+        "the log-space products lose their max-shift (underflow)",
     ),
     "leaf_ignores_mask": Mutant(
         "spnkit.layers:LeafLayer.forward",
-        "self._linear(self.leaf.statistics(x) * w, eta)",
-        "self._linear(self.leaf.statistics(x), eta)",
+        "feats.mul_(self._columns(w))",
+        "feats[:, self.num_vars] = 0.0",
         "the leaf layer ignores the marginalization mask",
     ),
     "sums_skip_softmax": Mutant(
-        "spnkit.layers:ProductSumLayer.log_weights",
-        "return torch.log_softmax(logits, dim=1)",
-        "return logits",
+        "spnkit.layers:ProductSumLayer.weights",
+        "return torch.softmax(self._logits(), dim=1)",
+        "return torch.exp(self._logits())",
         "sum weights are not normalized",
     ),
     "mixing_skip_softmax": Mutant(
@@ -87,16 +85,15 @@ MUTANTS: dict[str, Mutant] = {
     ),
     "batch_reshape": Mutant(
         "spnkit.circuit:SPN._to_leaf_input",
-        "return x, 1 - m",
-        "return x.t().reshape(x.shape), 1 - m",
+        "return x, None if m is None else 1 - m",
+        "return x.t().reshape(x.shape), None if m is None else 1 - m",
         "reshape instead of transpose: samples of a batch get mixed",
     ),
     "mpe_no_peak": Mutant(
         "spnkit.layers:LeafLayer.forward_max",
-        "return self.forward(x, w) + self._linear((1 - w).unsqueeze(0), peak)",
-        "return self.forward(x, w)",
+        "unobserved.unsqueeze(0)])",
+        "torch.zeros_like(unobserved).unsqueeze(0)])",
         "max-product treats unobserved factors as 1 instead of their maximum",
-        (("spnkit.layers:LeafLayer.forward_max", "(1 - w).unsqueeze(0)", "torch.zeros_like(w).unsqueeze(0)"),),
     ),
     "overwrite_evidence": Mutant(
         "spnkit.circuit:SPN._complete",
@@ -130,16 +127,14 @@ MUTANTS: dict[str, Mutant] = {
     ),
     "detach_sum_weights": Mutant(
         "spnkit.layers:ProductSumLayer.forward",
-        "return log_matmul_exp(a, b, torch.exp(log_w))",
-        "return log_matmul_exp(a, b, torch.exp(log_w).detach())",
+        "_LogOuterMatmul.apply(ab, None, w)",
+        "_LogOuterMatmul.apply(ab, None, w.detach())",
         "no gradient reaches the sum weights",
-        (("spnkit.layers:ProductSumLayer.forward", "_log_matmul_exp_t(a, b, torch.exp(log_w))",
-          "_log_matmul_exp_t(a, b, torch.exp(log_w).detach())"),),
     ),
     "detach_leaf_input": Mutant(
         "spnkit.layers:LeafLayer.forward",
-        "self.leaf.statistics(x) * w",
-        "self.leaf.statistics(x.detach()) * w",
+        "feats = self.leaf.statistics(self._columns(x))",
+        "feats = self.leaf.statistics(self._columns(x.detach()))",
         "no gradient reaches the inputs",
     ),
     "networkx_wrong_child": Mutant(
@@ -179,8 +174,8 @@ def _resolve(target: str):
     return module, owner, attr
 
 
-def apply(name: str) -> None:
-    """Install mutant ``name`` (for the rest of the process).
+def _matching(name: str) -> tuple[object, object, str, str]:
+    """``(module, owner, attribute, mutated source)`` for the first form of mutant ``name`` found in the core.
 
     Raises:
         RuntimeError: if neither the snippet nor any alternative occurs exactly
@@ -191,18 +186,27 @@ def apply(name: str) -> None:
     mutant = MUTANTS[name]
     tried = []
     for target, old, new in ((mutant.target, mutant.old, mutant.new), *mutant.alternatives):
-        module, owner, attr = _resolve(target)
+        try:
+            module, owner, attr = _resolve(target)
+        except AttributeError as err:
+            tried.append(f"{target} does not exist ({err})")
+            continue
         original = inspect.getattr_static(owner, attr)
         func = original.fget if isinstance(original, property) else getattr(original, "__func__", original)
         src = textwrap.dedent(inspect.getsource(func))
         if src.count(old) != 1:
             tried.append(f"{old!r} occurs {src.count(old)} times in {target}")
             continue
-        namespace = dict(vars(module))
-        exec(compile(src.replace(old, new), f"<mutant {name}>", "exec"), namespace)
-        setattr(owner, attr, namespace[attr])
-        return
+        return module, owner, attr, src.replace(old, new)
     raise RuntimeError(f"mutant {name} no longer matches the core: " + "; ".join(tried))
+
+
+def apply(name: str) -> None:
+    """Install mutant ``name`` (for the rest of the process); RuntimeError if it no longer matches the core."""
+    module, owner, attr, src = _matching(name)
+    namespace = dict(vars(module))
+    exec(compile(src, f"<mutant {name}>", "exec"), namespace)
+    setattr(owner, attr, namespace[attr])
 
 
 def _run_all(paths: list[str]) -> int:

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import spnkit
+import spnkit_mutants  # tests/spnkit/spnkit_mutants.py, the mutation harness
 from spnkit import Bernoulli, Categorical, InvalidStructureError, Normal, Partition, RegionGraph, SPN
 from spnkit.layers import LeafLayer, MixingLayer, ProductSumLayer
 from spnkit.testing import brute_force as bf
@@ -740,3 +741,10 @@ def test_unmasked_input_matches_an_all_observed_mask_with_gradients(leaf, layout
         for k, g in grads.items():
             torch.testing.assert_close(g, results[0][1][k], atol=1e-12, rtol=1e-12, msg=k)
     torch.testing.assert_close(results[0][0], bf.log_prob(spn, x, torch.zeros(x.shape, dtype=torch.bool)), atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", sorted(spnkit_mutants.MUTANTS))
+def test_mutant_matches_the_core(name):
+    """Each broken variant of the mutation harness still finds its snippet in the core (an edit of the core updates it)."""
+    module, owner, attr, src = spnkit_mutants._matching(name)
+    compile(src, f"<mutant {name}>", "exec")  # the mutated source is valid Python
