@@ -168,10 +168,12 @@ def test_multi_mnist_defaults_apply_and_flags_override_them() -> None:
     cfg = config_from_args(build_parser().parse_args(["train"]))
     assert (cfg.train.batch_size, cfg.train.eval_every) == (64, 500)
     assert cfg.model.inference.position_max_std == 2.0
-    assert (cfg.model.prior.count_rate_start, cfg.model.prior.count_rate, cfg.model.prior.anneal_steps) == (0.7, 300.0, 4500)
-    assert cfg.model.prior.overlap_anneal_steps == 1500
+    assert (cfg.model.prior.count_rate_start, cfg.model.prior.count_rate, cfg.model.prior.anneal_steps) == (0.7, 300.0, 2250)
+    assert cfg.model.prior.overlap_anneal_steps == 750
     prior = cfg.model.prior
-    assert (prior.overlap_rate_start, prior.overlap_rate, prior.overlap_anneal_begin, cfg.train.lr_decay_to) == (120.0, 400.0, 1500, 0.1)
+    assert (prior.overlap_rate_start, prior.overlap_rate, prior.overlap_anneal_begin, cfg.train.lr_decay_to) == (120.0, 400.0, 300, 0.1)
+    assert tuple(cfg.model.background_spn.init_var) == (0.005, 0.05)
+    assert config_from_args(build_parser().parse_args(["train", "--dataset", "sprites"])).model.background_spn.init_var is None
     cfg = config_from_args(build_parser().parse_args(["train", "--batch-size", "256", "--set", "model.prior.anneal_steps=0"]))
     assert (cfg.train.batch_size, cfg.model.prior.anneal_steps) == (256, 0)
     other = config_from_args(build_parser().parse_args(["train", "--dataset", "noisy-mnist"]))
