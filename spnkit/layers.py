@@ -161,28 +161,29 @@ def _outer_matmul(ea: Tensor, eb: Tensor, w: Tensor) -> Tensor:
 def _outer_matmul_backward(ea: Tensor, eb: Tensor, w: Tensor, grad: Tensor, g_a: Tensor | None, g_b: Tensor | None, g_w: Tensor | None) -> None:
     """Gradients of :func:`_outer_matmul` for ``grad (P, K, B)``, written into ``g_a, g_b, g_w`` (None: not needed).
 
-    Each is one outer product and one batched matmul, like the forward pass:
-    ``g_w = (ea x eb) grad^T``, ``g_a[i] = sum_{j,k} w[i,j,k] (eb x grad)[j,k]``
-    and ``g_b[j] = sum_{i,k} w[i,j,k] (ea x grad)[i,k]`` per sample, with
-    ``x`` the outer product over the two vectors' entries (built per block in
-    one workspace). No ``(I*J, B)`` gradient of the outer products is formed
+    Two outer products per sample, ``z_a = eb x grad`` ``(J*K)`` and ``z_b = ea x
+    grad`` ``(I*K)`` (built per block in one workspace), and three batched
+    matmuls: ``g_a = w z_a`` (``w`` as ``(I, J*K)``), ``g_w = ea z_a^T`` (as
+    ``(I, J*K)``, summed over samples) and ``g_b = w' z_b`` (``w`` as ``(J,
+    I*K)``). No ``(I*J, B)`` gradient of the forward's outer products is formed
     and reduced, which would take more passes over memory.
     """
     P, I, B = ea.shape
     J, K = eb.shape[1], w.shape[2]
     w4 = w.view(P, I, J, K)
     w_b = None if g_b is None else w4.transpose(1, 2).reshape(P, J, I * K)  # (P, J, I*K), one small copy
-    blocks = _blocks(P, max(I * J, J * K, I * K) * B * ea.element_size())
-    ws = ea.new_empty((blocks[0].stop - blocks[0].start) * max(I * J, J * K, I * K) * B)
+    size = max(J * K, I * K) * B
+    blocks = _blocks(P, size * ea.element_size())
+    ws = ea.new_empty((blocks[0].stop - blocks[0].start) * size)
     for blk in blocks:
         c = blk.stop - blk.start
         a, b, gr = ea[blk], eb[blk], grad[blk]  # (c, I, B), (c, J, B), (c, K, B)
-        if g_w is not None:
-            outer = torch.mul(a.unsqueeze(2), b.unsqueeze(1), out=ws[: c * I * J * B].view(c, I, J, B))  # the forward's outer products again
-            torch.bmm(outer.view(c, I * J, B), gr.transpose(1, 2), out=g_w[blk])  # (c, I*J, K)
-        if g_a is not None:
-            z = torch.mul(b.unsqueeze(2), gr.unsqueeze(1), out=ws[: c * J * K * B].view(c, J, K, B))  # (c, J, K, B)
-            torch.bmm(w4[blk].reshape(c, I, J * K), z.view(c, J * K, B), out=g_a[blk])  # (c, I, B)
+        if g_a is not None or g_w is not None:
+            z = torch.mul(b.unsqueeze(2), gr.unsqueeze(1), out=ws[: c * J * K * B].view(c, J, K, B)).view(c, J * K, B)
+            if g_a is not None:
+                torch.bmm(w4[blk].reshape(c, I, J * K), z, out=g_a[blk])  # (c, I, B)
+            if g_w is not None:
+                torch.bmm(a, z.transpose(1, 2), out=g_w[blk].view(c, I, J * K))  # (c, I, J*K) = (c, I*J, K)
         if g_b is not None:
             z = torch.mul(a.unsqueeze(2), gr.unsqueeze(1), out=ws[: c * I * K * B].view(c, I, K, B))  # (c, I, K, B)
             torch.bmm(w_b[blk], z.view(c, I * K, B), out=g_b[blk])  # (c, J, B)
