@@ -144,7 +144,7 @@ def _outer_matmul(ea: Tensor, eb: Tensor, w: Tensor) -> Tensor:
     """``s[p, k, b] = sum_{i, j} w[p, i*J + j, k] * ea[p, i, b] * eb[p, j, b]``: ``(P, I, B), (P, J, B), (P, I*J, K) -> (P, K, B)``.
 
     The outer products ``(P, I*J, B)`` are built block by block in one
-    workspace (and rebuilt in the backward pass instead of being kept).
+    workspace and not kept (:func:`_outer_matmul_backward` needs other products).
     """
     P, I, B = ea.shape
     J = eb.shape[1]
@@ -214,30 +214,30 @@ class _LogOuterMatmul(torch.autograd.Function):
             e, m = _shifted_exp(log_a)  # (2P, I, B), (2P, 1, B)
             P = e.shape[0] // 2
             ea, eb, ma, mb = e[:P], e[P:], m[:P], m[P:]
-            ctx.save_for_backward(e, w)
+            saved: tuple[Tensor, ...] = (e,)
         else:
             (ea, ma), (eb, mb) = _shifted_exp(log_a), _shifted_exp(log_b)
-            ctx.save_for_backward(ea, eb, w)
+            saved = (ea, eb)
         ctx.stacked = log_b is None
-        s = _outer_matmul(ea, eb, w)  # (P, K, B)
-        ctx.s = s  # kept for the backward; `out` is returned, so it cannot be the saved tensor modified in place
+        s = _outer_matmul(ea, eb, w)  # (P, K, B), the shifted sums (their log is returned)
+        ctx.save_for_backward(*saved, w, s)
         return torch.log(s).add_(ma + mb)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
         need_a, need_b, need_w = ctx.needs_input_grad
-        s = ctx.s
+        *inputs, w, s = ctx.saved_tensors
         g_s = torch.div(grad, s).masked_fill_(s == 0, 0.0)  # (P, K, B): zero where the sum is zero
         if ctx.stacked:
-            e, w = ctx.saved_tensors
+            (e,) = inputs
             P = e.shape[0] // 2
             ea, eb = e[:P], e[P:]
             g_e = torch.empty_like(e) if need_a else None
             g_w = torch.empty_like(w) if need_w else None
             _outer_matmul_backward(ea, eb, w, g_s, None if g_e is None else g_e[:P], None if g_e is None else g_e[P:], g_w)
             return (None if g_e is None else g_e.mul_(e)), None, g_w
-        ea, eb, w = ctx.saved_tensors
+        ea, eb = inputs
         g_a = torch.empty_like(ea) if need_a else None
         g_b = torch.empty_like(eb) if need_b else None
         g_w = torch.empty_like(w) if need_w else None
