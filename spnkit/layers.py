@@ -338,8 +338,9 @@ class LeafLayer(nn.Module):
 
     def _columns(self, v: Tensor) -> Tensor:
         """``(B, D)`` to variable-major ``(D + 1, B)`` with a zero row ``D``, the target of padding slots."""
-        out = v.new_zeros(self.num_vars + 1, v.shape[0])
+        out = v.new_empty(self.num_vars + 1, v.shape[0])
         out[: self.num_vars] = v.t()
+        out[self.num_vars] = 0.0
         return out
 
     def _linear(self, feats: Tensor, coef: Tensor, bias: Tensor | None = None) -> Tensor:
