@@ -143,6 +143,32 @@ def _has_data(count: Tensor, eps: float = 1e-12) -> Tensor:
     return count > eps
 
 
+def _normal_natural(loc: Tensor, raw: Tensor, lo: float, hi: float) -> tuple[tuple[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]:
+    """The three natural parameters of bounded-variance Normals (for ``x^2, x, 1``) and what their backward needs: ``(loc, v, prec)``."""
+    v = torch.sigmoid(raw)
+    var = v.mul(hi - lo).add_(lo)
+    prec = var.reciprocal()
+    e1 = torch.mul(loc, prec)
+    e0 = prec.mul(-0.5)
+    e2 = var.mul_(2 * math.pi).log_().mul_(-0.5).sub_(torch.mul(e1, loc).mul_(0.5))
+    return (e0, e1, e2), (loc, v, prec)
+
+
+def _normal_natural_grads(saved: tuple[Tensor, Tensor, Tensor], g0: Tensor, g1: Tensor, g2: Tensor | None, span: float,
+                          needs: tuple[bool, bool]) -> tuple[Tensor | None, Tensor | None]:
+    """Gradients of ``loc`` and ``raw`` from those of the three natural parameters (``g2`` None: zero)."""
+    loc, v, prec = saved
+    if g2 is None:
+        g2 = torch.zeros_like(loc)
+    g_loc = torch.mul(loc, g2).neg_().add_(g1).mul_(prec) if needs[0] else None
+    g_raw = None
+    if needs[1]:
+        # d/dvar = prec^2 (g0 / 2 - loc g1 + loc^2 g2 / 2) - prec g2 / 2; dvar/draw = (hi - lo) v (1 - v)
+        inner = torch.mul(loc, g2).mul_(0.5).sub_(g1).mul_(loc).add_(g0, alpha=0.5)
+        g_raw = inner.mul_(prec).sub_(g2, alpha=0.5).mul_(prec).mul_(v).mul_(torch.sub(1.0, v)).mul_(span)
+    return g_loc, g_raw
+
+
 class _NormalNatural(torch.autograd.Function):
     """Natural parameters of bounded-variance Normals, ``(*P) x 2 -> (*P, 3)``, with a hand-written backward.
 
@@ -156,30 +182,15 @@ class _NormalNatural(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, loc: Tensor, raw: Tensor, lo: float, hi: float) -> Tensor:
-        v = torch.sigmoid(raw)
-        var = v.mul(hi - lo).add_(lo)
-        prec = var.reciprocal()
-        out = loc.new_empty(*loc.shape, 3)
-        e1 = torch.mul(loc, prec)
-        out[..., 0] = prec.mul(-0.5)
-        out[..., 1] = e1
-        out[..., 2] = var.mul_(2 * math.pi).log_().mul_(-0.5).sub_(e1.mul_(loc).mul_(0.5))
-        ctx.save_for_backward(loc, v, prec)
+        eta, saved = _normal_natural(loc, raw, lo, hi)
+        ctx.save_for_backward(*saved)
         ctx.span = hi - lo
-        return out
+        return torch.stack(eta, dim=-1)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        loc, v, prec = ctx.saved_tensors
-        g0, g1, g2 = grad.unbind(-1)
-        g_loc = torch.mul(loc, g2).neg_().add_(g1).mul_(prec) if ctx.needs_input_grad[0] else None
-        g_raw = None
-        if ctx.needs_input_grad[1]:
-            # d/dvar = prec^2 (g0 / 2 - loc g1 + loc^2 g2 / 2) - prec g2 / 2; dvar/draw = (hi - lo) v (1 - v)
-            inner = torch.mul(loc, g2).mul_(0.5).sub_(g1).mul_(loc).add_(g0, alpha=0.5)
-            g_raw = inner.mul_(prec).sub_(g2, alpha=0.5).mul_(prec).mul_(v).mul_(torch.sub(1.0, v)).mul_(ctx.span)
-        return g_loc, g_raw, None, None
+        return (*_normal_natural_grads(ctx.saved_tensors, *grad.unbind(-1), ctx.span, ctx.needs_input_grad[:2]), None, None)
 
 
 class _NormalLayerNatural(torch.autograd.Function):
@@ -194,44 +205,29 @@ class _NormalLayerNatural(torch.autograd.Function):
     @staticmethod
     def forward(ctx, loc: Tensor, raw: Tensor, lo: float, hi: float, split: bool):
         R, n, K = loc.shape
-        v = torch.sigmoid(raw)
-        var = v.mul(hi - lo).add_(lo)
-        prec = var.reciprocal()
-        e1 = torch.mul(loc, prec)
+        eta, saved = _normal_natural(loc, raw, lo, hi)  # three (R, n, K)
         coef = loc.new_empty(R, K, 2 if split else 3, n)
         slots = coef.permute(0, 3, 1, 2)  # (R, n, K, S'): the natural parameters' own index order
-        torch.mul(prec, -0.5, out=slots[..., 0])
-        slots[..., 1].copy_(e1)
-        c = var.mul_(2 * math.pi).log_().mul_(-0.5).sub_(e1.mul_(loc).mul_(0.5))  # (R, n, K)
+        for s in range(coef.shape[2]):  # two or three statistics, not regions
+            slots[..., s].copy_(eta[s])
+        const = None
         if split:
             const = loc.new_empty(R, K, n)
-            const.transpose(1, 2).copy_(c)
-        else:
-            slots[..., 2].copy_(c)
-            const = None
-        ctx.save_for_backward(loc, v, prec)
+            const.transpose(1, 2).copy_(eta[2])
+        ctx.save_for_backward(*saved)
         ctx.span, ctx.split = hi - lo, split
         return coef.view(R, K, -1), const
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_coef: Tensor | None, g_const: Tensor | None):
-        loc, v, prec = ctx.saved_tensors
-        R, n, K = loc.shape
+        R, n, K = ctx.saved_tensors[0].shape
         if g_coef is None:
-            g_coef = loc.new_zeros(R, K, (2 if ctx.split else 3) * n)
+            g_coef = g_const.new_zeros(R, K, (2 if ctx.split else 3) * n)
         g = g_coef.reshape(R, K, -1, n).permute(0, 3, 1, 2)  # (R, n, K, S')
-        g0, g1 = g[..., 0], g[..., 1]
-        g2 = g_const.transpose(1, 2) if ctx.split else g[..., 2]
-        if g2 is None:
-            g2 = torch.zeros_like(loc)
-        g_loc = g_raw = None
-        if ctx.needs_input_grad[0]:
-            g_loc = torch.mul(loc, g2).neg_().add_(g1).mul_(prec)
-        if ctx.needs_input_grad[1]:
-            inner = torch.mul(loc, g2).mul_(0.5).sub_(g1).mul_(loc).add_(g0, alpha=0.5)
-            g_raw = inner.mul_(prec).sub_(g2, alpha=0.5).mul_(prec).mul_(v).mul_(torch.sub(1.0, v)).mul_(ctx.span)
-        return g_loc, g_raw, None, None, None
+        g2 = (None if g_const is None else g_const.transpose(1, 2)) if ctx.split else g[..., 2]
+        grads = _normal_natural_grads(ctx.saved_tensors, g[..., 0], g[..., 1], g2, ctx.span, ctx.needs_input_grad[:2])
+        return (*grads, None, None, None)
 
 
 @dataclass(frozen=True)
