@@ -220,8 +220,9 @@ class SPN(nn.Module):
                 raise ValueError(f"marginalized must be bool or float in [0, 1], got dtype {marginalized.dtype}")
         x = x.to(self.dtype)
         if self.validate_args:
-            # one pass in the common case (everything finite); the mask is consulted only otherwise
-            if not bool(torch.isfinite(x).all()):
+            # one reduction in the common case: a sum is finite only if every entry is (NaN and inf propagate;
+            # a finite sum that overflows takes the exact check); the mask is consulted only otherwise
+            if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
                 bad = ~torch.isfinite(x) if m is None else (m < 1) & ~torch.isfinite(x)
                 if bool(bad.any()):
                     raise ValueError(

@@ -57,9 +57,9 @@ def _blocks(n: int, item_bytes: int) -> list[slice]:
 
 
 class _GatherMatmul(torch.autograd.Function):
-    """``out[r] = coef[r] @ feats[index[r]] (+ bias[r])``: per-region statistics times coefficients, batch-fastest.
+    """``out[r] = coef[r]^T @ feats[index[r]] (+ bias[r])``: per-region statistics times coefficients, batch-fastest.
 
-    Shapes: ``feats (V, B)`` contiguous rows, ``coef (R, K, m)``, ``index (R, m)``
+    Shapes: ``feats (V, B)`` contiguous rows, ``coef (R, m, K)``, ``index (R, m)``
     into ``V``, optional ``bias (R, K)`` added to every sample; output
     ``(R, K, B)``. The gathered ``(R, m, B)`` statistics (the largest tensor of
     the leaf layer) are built block by block in one workspace and gathered
@@ -70,13 +70,13 @@ class _GatherMatmul(torch.autograd.Function):
     def forward(ctx, feats: Tensor, coef: Tensor, index: Tensor, bias: Tensor | None = None) -> Tensor:
         R, m = index.shape
         B = feats.shape[1]
-        out = feats.new_empty(R, coef.shape[1], B)
+        out = feats.new_empty(R, coef.shape[2], B)
         blocks = _blocks(R, m * B * feats.element_size())
         ws = feats.new_empty((blocks[0].stop - blocks[0].start) * m, B)
         for blk in blocks:
             rows = index[blk].reshape(-1)
             g = torch.index_select(feats, 0, rows, out=ws[: rows.numel()]).view(-1, m, B)  # (c, m, B): whole rows, 4x faster than feats[index]
-            torch.bmm(coef[blk], g, out=out[blk])  # (c, K, B)
+            torch.bmm(coef[blk].transpose(1, 2), g, out=out[blk])  # (c, K, B); the transpose is BLAS's, not a copy
         if bias is not None:
             out.add_(bias.unsqueeze(-1))  # one pass (baddbmm per block copies the bias into each block first)
         ctx.save_for_backward(feats, coef, index)
@@ -91,19 +91,21 @@ class _GatherMatmul(torch.autograd.Function):
         B = feats.shape[1]
         grad = grad.contiguous()  # (R, K, B)
         g_feats = torch.zeros_like(feats) if ctx.needs_input_grad[0] else None
-        g_coef = torch.empty_like(coef) if ctx.needs_input_grad[1] else None
+        # (R, K, m): the (K, B) x (B, m) products are faster on this side than (m, B) x (B, K); one transposing copy at the end
+        g_coef_t = coef.new_empty(R, coef.shape[2], m) if ctx.needs_input_grad[1] else None
         g_bias = grad.sum(-1) if ctx.has_bias and ctx.needs_input_grad[3] else None  # (R, K)
         blocks = _blocks(R, m * B * feats.element_size())
         ws = feats.new_empty((blocks[0].stop - blocks[0].start) * m, B)
         for blk in blocks:
             rows = index[blk].reshape(-1)
             c = blk.stop - blk.start
-            if g_coef is not None:
+            if g_coef_t is not None:
                 g = torch.index_select(feats, 0, rows, out=ws[: rows.numel()]).view(c, m, B)  # (c, m, B)
-                torch.bmm(grad[blk], g.transpose(1, 2), out=g_coef[blk])  # (c, K, m)
+                torch.bmm(grad[blk], g.transpose(1, 2), out=g_coef_t[blk])  # (c, K, m)
             if g_feats is not None:
-                back = torch.bmm(coef[blk].transpose(1, 2), grad[blk], out=ws[: rows.numel()].view(c, m, B))  # (c, m, B)
+                back = torch.bmm(coef[blk], grad[blk], out=ws[: rows.numel()].view(c, m, B))  # (c, m, B)
                 g_feats.index_add_(0, rows, back.view(-1, B))
+        g_coef = None if g_coef_t is None else g_coef_t.transpose(1, 2).contiguous()  # (R, m, K)
         return g_feats, g_coef, None, g_bias
 
 
@@ -281,7 +283,7 @@ class LeafLayer(nn.Module):
       cost less than a gather.
     * ``gather``: the statistics ``(D + 1, S, B)`` are gathered per region into
       ``(R, S*n, B)`` (in blocks, see :data:`CHUNK_BYTES`) and multiplied by
-      ``(R, K, S*n)`` in a batched matmul: the minimal work.
+      ``(R, S*n, K)`` (transposed) in a batched matmul: the minimal work.
 
     Args:
         leaf: the leaf family.
@@ -344,18 +346,18 @@ class LeafLayer(nn.Module):
         return out
 
     def _linear(self, feats: Tensor, coef: Tensor, bias: Tensor | None = None) -> Tensor:
-        """``out[r, b, k] = sum_{d, s} feats[s, d, b] * coef[r, k, s * n + slot(d)] (+ bias[r, k])``: ``(R, B, K)``, batch-fastest.
+        """``out[r, b, k] = sum_{d, s} feats[s, d, b] * coef[r, s * n + slot(d), k] (+ bias[r, k])``: ``(R, B, K)``, batch-fastest.
 
         ``feats`` ``(S, D + 1, B)`` are the weighted statistics, variable-major
         (built so from the transposed input: no copy of the ``S`` times larger
-        statistics), with row ``D`` zero; ``coef (R, K, S * n)`` has the same
+        statistics), with row ``D`` zero; ``coef (R, S * n, K)`` has the same
         ``S`` (the layout of :meth:`Leaf.layer_coefficients`).
         """
-        R, K = coef.shape[:2]
+        R, K = coef.shape[0], coef.shape[2]
         S, D1, B = feats.shape
-        n = coef.shape[2] // S
+        n = coef.shape[1] // S
         if self.layout == "dense":
-            dense = self._dense(coef.reshape(R, K, S, n).permute(0, 3, 1, 2))  # (S, D, R*K)
+            dense = self._dense(coef.reshape(R, S, n, K).permute(0, 2, 3, 1))  # (S, D, R*K)
             out = torch.bmm(dense.transpose(1, 2), feats[:, : self.num_vars]).sum(0)  # (S, R*K, B) -> (R*K, B)
             if bias is not None:
                 out = out + bias.reshape(R * K, 1)
@@ -378,14 +380,14 @@ class LeafLayer(nn.Module):
         # every weight 1 and a constant last statistic: its share is one bias per (region, component)
         split = w is None and self.leaf.constant_last
         if eta is None:
-            coef, const = self.leaf.layer_coefficients(self.param_dict(), split)  # (R, K, S'*n), (R, K, n)
+            coef, const = self.leaf.layer_coefficients(self.param_dict(), split)  # (R, S'*n, K), (R, n, K)
         else:
             coef, const = natural_to_layer(eta, split)
         feats = self.leaf.statistics(self._columns(x))  # (S, D + 1, B), a fresh tensor
         if w is None:
             feats[:, self.num_vars] = 0.0  # the padding row (its constant statistic is 1)
             if split:
-                bias = torch.bmm(const, self.slot_valid).squeeze(-1)  # (R, K): padding slots excluded
+                bias = torch.bmm(self.slot_valid.transpose(1, 2), const).squeeze(1)  # (R, K): padding slots excluded
                 return self._linear(feats[:-1], coef, bias)
         else:
             feats.mul_(self._columns(w))  # row D of the weights is 0

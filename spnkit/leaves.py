@@ -69,9 +69,9 @@ class Leaf(ABC):
                 apart from the others (for families with :attr:`constant_last`).
 
         Returns:
-            ``coef (R, K, S' * n)``, statistic-major within each row (``S' = S - 1``
-            when split, else ``S``), and the constant statistic's ``(R, K, n)``
-            when split, else None. Families override this to write that layout
+            ``coef (R, S' * n, K)``, statistic-major (``S' = S - 1`` when split,
+            else ``S``; row ``s * n + j`` holds statistic ``s`` of slot ``j``), and
+            the constant statistic's ``(R, n, K)`` when split, else None. Families override this to write that layout
             directly; the default permutes :meth:`natural`.
         """
         return natural_to_layer(self.natural(params), split_constant)
@@ -128,11 +128,11 @@ class Leaf(ABC):
 
 def natural_to_layer(eta: Tensor, split_constant: bool) -> tuple[Tensor, Tensor | None]:
     """Natural parameters ``(R, n, K, S)`` in the layout of :meth:`Leaf.layer_coefficients`."""
-    t = eta.permute(0, 2, 3, 1)  # (R, K, S, n)
-    R, K, S, n = t.shape
+    t = eta.permute(0, 3, 1, 2)  # (R, S, n, K)
+    R, S, n, K = t.shape
     if split_constant:
-        return t[:, :, :-1].reshape(R, K, (S - 1) * n), t[:, :, -1]
-    return t.reshape(R, K, S * n), None
+        return t[:, :-1].reshape(R, (S - 1) * n, K), t[:, -1]
+    return t.reshape(R, S * n, K), None
 
 
 def _uniform(shape: tuple[int, ...], low: float, high: float, dtype: torch.dtype) -> Tensor:
@@ -143,14 +143,20 @@ def _has_data(count: Tensor, eps: float = 1e-12) -> Tensor:
     return count > eps
 
 
-def _normal_natural(loc: Tensor, raw: Tensor, lo: float, hi: float) -> tuple[tuple[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]:
-    """The three natural parameters of bounded-variance Normals (for ``x^2, x, 1``) and what their backward needs: ``(loc, v, prec)``."""
+def _normal_natural(loc: Tensor, raw: Tensor, lo: float, hi: float, out: tuple[Tensor, Tensor, Tensor] | None = None
+                    ) -> tuple[tuple[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]:
+    """The three natural parameters of bounded-variance Normals (for ``x^2, x, 1``) and what their backward needs: ``(loc, v, prec)``.
+
+    ``out``: three tensors of ``loc``'s shape the parameters are written into
+    (e.g. slices of a leaf layer's coefficients); None: new tensors.
+    """
+    o0, o1, o2 = (None, None, None) if out is None else out
     v = torch.sigmoid(raw)
     var = v.mul(hi - lo).add_(lo)
     prec = var.reciprocal()
-    e1 = torch.mul(loc, prec)
-    e0 = prec.mul(-0.5)
-    e2 = var.mul_(2 * math.pi).log_().mul_(-0.5).sub_(torch.mul(e1, loc).mul_(0.5))
+    e1 = torch.mul(loc, prec, out=o1)
+    e0 = torch.mul(prec, -0.5, out=o0)
+    e2 = torch.mul(var.log_().addcmul_(loc, e1).add_(math.log(2 * math.pi)), -0.5, out=o2)  # -(log(2 pi var) + loc^2 prec) / 2
     return (e0, e1, e2), (loc, v, prec)
 
 
@@ -160,12 +166,13 @@ def _normal_natural_grads(saved: tuple[Tensor, Tensor, Tensor], g0: Tensor, g1: 
     loc, v, prec = saved
     if g2 is None:
         g2 = torch.zeros_like(loc)
-    g_loc = torch.mul(loc, g2).neg_().add_(g1).mul_(prec) if needs[0] else None
+    g_loc = torch.addcmul(g1, loc, g2, value=-1.0).mul_(prec) if needs[0] else None  # prec (g1 - loc g2)
     g_raw = None
     if needs[1]:
-        # d/dvar = prec^2 (g0 / 2 - loc g1 + loc^2 g2 / 2) - prec g2 / 2; dvar/draw = (hi - lo) v (1 - v)
-        inner = torch.mul(loc, g2).mul_(0.5).sub_(g1).mul_(loc).add_(g0, alpha=0.5)
-        g_raw = inner.mul_(prec).sub_(g2, alpha=0.5).mul_(prec).mul_(v).mul_(torch.sub(1.0, v)).mul_(span)
+        # d/dvar = prec^2 (g0 / 2 - loc g1 + loc^2 g2 / 2) - prec g2 / 2 = prec (prec t - g2) / 2 with
+        # t = g0 - 2 loc (g1 - loc g2 / 2); dvar/draw = (hi - lo) v (1 - v)
+        t = torch.addcmul(g0, loc, torch.addcmul(g1, loc, g2, value=-0.5), value=-2.0)
+        g_raw = t.mul_(prec).sub_(g2).mul_(prec).mul_(torch.sub(1.0, v).mul_(v)).mul_(0.5 * span)
     return g_loc, g_raw
 
 
@@ -196,37 +203,33 @@ class _NormalNatural(torch.autograd.Function):
 class _NormalLayerNatural(torch.autograd.Function):
     """:class:`_NormalNatural` written straight into a leaf layer's layout (:meth:`Leaf.layer_coefficients`).
 
-    ``loc, raw (R, n, K)`` -> ``coef (R, K, S' * n)`` and, when split, the
-    constant statistic's ``(R, K, n)``. Writing the transposed layout here
-    replaces a permuted copy, and the split replaces two slices whose backward
-    passes would each fill and add a full-size zero gradient.
+    ``loc, raw (R, n, K)`` -> ``coef (R, S' * n, K)`` and, when split, the
+    constant statistic's ``(R, n, K)``. Each statistic's coefficients are one
+    contiguous ``(n, K)`` block per region, in the parameters' own order, so
+    they are written in place (no permuted copy) and their gradients are read
+    the same way; the split replaces two slices whose backward passes would
+    each fill and add a full-size zero gradient.
     """
 
     @staticmethod
     def forward(ctx, loc: Tensor, raw: Tensor, lo: float, hi: float, split: bool):
         R, n, K = loc.shape
-        eta, saved = _normal_natural(loc, raw, lo, hi)  # three (R, n, K)
-        coef = loc.new_empty(R, K, 2 if split else 3, n)
-        slots = coef.permute(0, 3, 1, 2)  # (R, n, K, S'): the natural parameters' own index order
-        for s in range(coef.shape[2]):  # two or three statistics, not regions
-            slots[..., s].copy_(eta[s])
-        const = None
-        if split:
-            const = loc.new_empty(R, K, n)
-            const.transpose(1, 2).copy_(eta[2])
+        coef = loc.new_empty(R, 2 if split else 3, n, K)
+        const = loc.new_empty(R, n, K) if split else None
+        _, saved = _normal_natural(loc, raw, lo, hi, out=(coef[:, 0], coef[:, 1], const if split else coef[:, 2]))
         ctx.save_for_backward(*saved)
         ctx.span, ctx.split = hi - lo, split
-        return coef.view(R, K, -1), const
+        return coef.view(R, -1, K), const
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_coef: Tensor | None, g_const: Tensor | None):
         R, n, K = ctx.saved_tensors[0].shape
         if g_coef is None:
-            g_coef = g_const.new_zeros(R, K, (2 if ctx.split else 3) * n)
-        g = g_coef.reshape(R, K, -1, n).permute(0, 3, 1, 2)  # (R, n, K, S')
-        g2 = (None if g_const is None else g_const.transpose(1, 2)) if ctx.split else g[..., 2]
-        grads = _normal_natural_grads(ctx.saved_tensors, g[..., 0], g[..., 1], g2, ctx.span, ctx.needs_input_grad[:2])
+            g_coef = g_const.new_zeros(R, (2 if ctx.split else 3) * n, K)
+        g = g_coef.reshape(R, -1, n, K)  # (R, S', n, K)
+        g2 = g_const if ctx.split else g[:, 2]
+        grads = _normal_natural_grads(ctx.saved_tensors, g[:, 0], g[:, 1], g2, ctx.span, ctx.needs_input_grad[:2])
         return (*grads, None, None, None)
 
 
