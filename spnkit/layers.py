@@ -383,12 +383,13 @@ class LeafLayer(nn.Module):
             coef, const = self.leaf.layer_coefficients(self.param_dict(), split)  # (R, S'*n, K), (R, n, K)
         else:
             coef, const = natural_to_layer(eta, split)
-        feats = self.leaf.statistics(self._columns(x))  # (S, D + 1, B), a fresh tensor
+        cols = self._columns(x)
+        feats = self.leaf.varying_statistics(cols) if split else self.leaf.statistics(cols)  # (S or S - 1, D + 1, B), a fresh tensor
         if w is None:
-            feats[:, self.num_vars] = 0.0  # the padding row (its constant statistic is 1)
+            feats[:, self.num_vars] = 0.0  # the padding row (a constant statistic would be 1 there)
             if split:
                 bias = torch.bmm(self.slot_valid.transpose(1, 2), const).squeeze(1)  # (R, K): padding slots excluded
-                return self._linear(feats[:-1], coef, bias)
+                return self._linear(feats, coef, bias)
         else:
             feats.mul_(self._columns(w))  # row D of the weights is 0
         return self._linear(feats, coef)

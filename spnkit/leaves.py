@@ -56,6 +56,14 @@ class Leaf(ABC):
     def statistics(self, x: Tensor) -> Tensor:
         """Sufficient statistics ``T(x)``: ``(*X) -> (S, *X)``, the constant statistic included."""
 
+    def varying_statistics(self, x: Tensor) -> Tensor:
+        """The statistics without the constant last one, ``(*X) -> (S - 1, *X)``, a fresh tensor (families with :attr:`constant_last`).
+
+        The leaf layer's input when every entry is observed (the constant's share is
+        then a bias); families override this to skip building the constant.
+        """
+        return self.statistics(x)[:-1].clone()
+
     @abstractmethod
     def natural(self, params: dict[str, Tensor]) -> Tensor:
         """Natural parameters with the log-normalizer folded in: ``(*P, S)``."""
@@ -286,6 +294,14 @@ class Normal(Leaf):
         out[2].fill_(1.0)
         return out
 
+    def varying_statistics(self, x):
+        if x.requires_grad:
+            return torch.stack([x * x, x])
+        out = x.new_empty((2, *x.shape))
+        torch.mul(x, x, out=out[0])
+        out[1].copy_(x)
+        return out
+
     def natural(self, params):
         return _NormalNatural.apply(params["loc"], params["var"], self.min_var, self.max_var)
 
@@ -335,6 +351,9 @@ class Bernoulli(Leaf):
 
     def statistics(self, x):
         return torch.stack([x, torch.ones_like(x)])
+
+    def varying_statistics(self, x):
+        return x.unsqueeze(0).clone()
 
     def natural(self, params):
         logits = params["logits"]

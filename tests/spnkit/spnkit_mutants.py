@@ -133,8 +133,8 @@ MUTANTS: dict[str, Mutant] = {
     ),
     "detach_leaf_input": Mutant(
         "spnkit.layers:LeafLayer.forward",
-        "feats = self.leaf.statistics(self._columns(x))",
-        "feats = self.leaf.statistics(self._columns(x.detach()))",
+        "cols = self._columns(x)",
+        "cols = self._columns(x.detach())",
         "no gradient reaches the inputs",
     ),
     "networkx_wrong_child": Mutant(

@@ -758,3 +758,17 @@ def test_mutant_matches_the_core(name):
     """Each broken variant of the mutation harness still finds its snippet in the core (an edit of the core updates it)."""
     module, owner, attr, src = spnkit_mutants._matching(name)
     compile(src, f"<mutant {name}>", "exec")  # the mutated source is valid Python
+
+
+@pytest.mark.parametrize("leaf", [Normal(), Bernoulli()], ids=["normal", "bernoulli"])
+@pytest.mark.parametrize("grad", [False, True], ids=["no-grad", "grad"])
+def test_varying_statistics_are_the_statistics_without_the_constant(leaf, grad):
+    x = torch.randint(0, 2, (3, 5)).double()
+    x[0, 0] = 1.0
+    x.requires_grad_(grad)
+    got = leaf.varying_statistics(x)
+    torch.testing.assert_close(got, leaf.statistics(x)[:-1])
+    assert leaf.statistics(x)[-1].eq(1).all()
+    with torch.no_grad():
+        got.zero_()  # a fresh tensor: the layer zeroes its padding row in place
+    assert x.abs().sum() > 0
