@@ -286,20 +286,21 @@ class Normal(Leaf):
         return self.min_var + (self.max_var - self.min_var) * torch.sigmoid(params["var"])
 
     def statistics(self, x):
-        if x.requires_grad:
-            return torch.stack([x * x, x, torch.ones_like(x)])
-        out = x.new_empty((3, *x.shape))  # written in place: no temporaries (the leaf layer's inputs are large)
-        torch.mul(x, x, out=out[0])
-        out[1].copy_(x)
-        out[2].fill_(1.0)
-        return out
+        return self._statistics(x, constant=True)
 
     def varying_statistics(self, x):
+        return self._statistics(x, constant=False)
+
+    @staticmethod
+    def _statistics(x: Tensor, constant: bool) -> Tensor:
+        """``(x^2, x)``, and the constant 1 when ``constant``: ``(2 or 3, *X)``, a fresh tensor."""
         if x.requires_grad:
-            return torch.stack([x * x, x])
-        out = x.new_empty((2, *x.shape))
+            return torch.stack([x * x, x, torch.ones_like(x)] if constant else [x * x, x])
+        out = x.new_empty((3 if constant else 2, *x.shape))  # written in place: no temporaries (the leaf layer's inputs are large)
         torch.mul(x, x, out=out[0])
         out[1].copy_(x)
+        if constant:
+            out[2].fill_(1.0)
         return out
 
     def natural(self, params):

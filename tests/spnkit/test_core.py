@@ -531,7 +531,6 @@ def test_nan_is_allowed_at_fully_marginalized_entries(mask):
     assert torch.isfinite(out).all() and torch.equal(out[~m.bool()], x[~m.bool()])
 
 
-
 def test_finite_values_whose_sum_overflows_are_accepted():
     """The finiteness check's fast path (a sum) overflows for huge finite values; those must still pass."""
     spn = _normal().float()
@@ -540,6 +539,7 @@ def test_finite_values_whose_sum_overflows_are_accepted():
     assert spn.log_prob(x).shape == (1,)  # no ValueError (the density itself overflows: x^2 is beyond float32)
     with pytest.raises(ValueError, match="NaN or inf at 1 observed"):
         spn.log_prob(torch.tensor([[3e38, 3e38, float("inf"), 0.0]], dtype=torch.float32))
+
 
 # ======================================================= region graph builders
 @pytest.mark.parametrize(
