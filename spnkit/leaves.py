@@ -64,6 +64,21 @@ class Leaf(ABC):
         """
         return self.statistics(x)[:-1].clone()
 
+    def statistics_grads(self, x: Tensor, grad: Tensor, wrt_x: bool) -> tuple[Tensor, Tensor | None]:
+        """A gradient ``grad`` ``(S, *X)`` on ``T(x)`` contracted with the statistics and with their derivatives.
+
+        Returns ``sum_s grad_s T_s(x)`` (the gradient of an evidence weight that
+        multiplies every statistic of its entry) and, when ``wrt_x``,
+        ``sum_s grad_s dT_s/dx`` (None for families whose statistics have no
+        derivative), each ``(*X)``. The default differentiates :meth:`statistics`;
+        families override it with closed forms.
+        """
+        with torch.enable_grad():
+            xx = x.detach().requires_grad_(wrt_x)
+            t = self.statistics(xx)
+            d_x = torch.autograd.grad(t, xx, grad)[0] if wrt_x and t.requires_grad else None
+        return (grad * t.detach()).sum(0), d_x
+
     @abstractmethod
     def natural(self, params: dict[str, Tensor]) -> Tensor:
         """Natural parameters with the log-normalizer folded in: ``(*P, S)``."""
@@ -303,6 +318,10 @@ class Normal(Leaf):
             out[2].fill_(1.0)
         return out
 
+    def statistics_grads(self, x, grad, wrt_x):
+        dot = torch.addcmul(grad[2], torch.addcmul(grad[1], grad[0], x), x)  # (g0 x + g1) x + g2
+        return dot, torch.addcmul(grad[1], grad[0], x, value=2.0) if wrt_x else None  # 2 g0 x + g1
+
     def natural(self, params):
         return _NormalNatural.apply(params["loc"], params["var"], self.min_var, self.max_var)
 
@@ -355,6 +374,9 @@ class Bernoulli(Leaf):
 
     def varying_statistics(self, x):
         return x.unsqueeze(0).clone()
+
+    def statistics_grads(self, x, grad, wrt_x):
+        return torch.addcmul(grad[1], grad[0], x), grad[0].clone() if wrt_x else None
 
     def natural(self, params):
         logits = params["logits"]

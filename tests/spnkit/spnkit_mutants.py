@@ -67,8 +67,8 @@ MUTANTS: dict[str, Mutant] = {
     ),
     "leaf_ignores_mask": Mutant(
         "spnkit.layers:LeafLayer.forward",
-        "feats.mul_(self._columns(w))",
-        "feats[:, self.num_vars] = 0.0",
+        "_WeightedStatistics.apply(cols, self._columns(w), self.leaf)",
+        "_WeightedStatistics.apply(cols, self._columns(torch.ones_like(w)), self.leaf)",
         "the leaf layer ignores the marginalization mask",
     ),
     "sums_skip_softmax": Mutant(

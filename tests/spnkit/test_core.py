@@ -22,6 +22,7 @@ import spnkit
 import spnkit_mutants  # tests/spnkit/spnkit_mutants.py, the mutation harness
 from spnkit import Bernoulli, Categorical, InvalidStructureError, Normal, Partition, RegionGraph, SPN
 from spnkit.layers import LeafLayer, MixingLayer, ProductSumLayer
+from spnkit.leaves import Leaf
 from spnkit.testing import brute_force as bf
 from spnkit.testing.circuits import CircuitSpec, GraphSpec, make_deterministic
 from spnkit.testing.validity import circuit_violations
@@ -772,3 +773,37 @@ def test_varying_statistics_are_the_statistics_without_the_constant(leaf, grad):
     with torch.no_grad():
         got.zero_()  # a fresh tensor: the layer zeroes its padding row in place
     assert x.abs().sum() > 0
+
+
+@pytest.mark.parametrize("leaf", list(LEAVES))
+def test_statistics_grads_closed_forms_match_the_default(leaf):
+    """The families' closed-form contractions of a gradient with T(x) and T'(x) equal Leaf's autograd default."""
+    fam = LEAVES[leaf]
+    x = _values(fam, (4, 6), _gen(5))
+    grad = torch.randn(fam.num_stats, 4, 6, generator=_gen(6), dtype=torch.float64)
+    for wrt_x in (False, True):
+        dot, d_x = fam.statistics_grads(x, grad, wrt_x)
+        ref_dot, ref_x = Leaf.statistics_grads(fam, x, grad, wrt_x)
+        torch.testing.assert_close(dot, ref_dot, atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(dot, (grad * fam.statistics(x)).sum(0), atol=1e-12, rtol=1e-12)
+        if not wrt_x or leaf == "categorical":  # one-hot statistics have no derivative
+            assert d_x is None and ref_x is None
+        else:
+            torch.testing.assert_close(d_x, ref_x, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["gather", "dense"])
+@pytest.mark.parametrize("leaf", ["normal", "bernoulli"])
+def test_gradcheck_values_and_soft_mask_together(leaf, layout):
+    """Gradients w.r.t. the values and the soft mask at once, padding slots included, in both leaf layouts."""
+    spn = SPN(RegionGraph.random(7, depth=2, repetitions=2, seed=3), LEAVES[leaf], num_sums=2, num_leaves=2).double()
+    spn.leaf_layer.layout = layout
+    assert bool((spn.leaf_layer.var_index == spn.num_vars).any())
+    gen = _gen(7)
+    m = (torch.rand(3, 7, generator=gen, dtype=torch.float64) * 0.8 + 0.1).requires_grad_()
+    if leaf == "normal":
+        x = torch.randn(3, 7, generator=gen, dtype=torch.float64).requires_grad_()
+        assert torch.autograd.gradcheck(spn.log_prob, (x, m))
+    else:  # Bernoulli values are not differentiable: the mask only
+        x = _values(spn.leaf, (3, 7), gen)
+        assert torch.autograd.gradcheck(lambda m_: spn.log_prob(x, m_), (m,))
