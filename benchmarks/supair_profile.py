@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def transformer():
         w = where.clone().requires_grad_(True)
-        v = torch.cumprod(torch.cat([w.new_ones(B, 1, S, S), 1 - box_coverage(w, S)], 1), 1)
+        v = model.visibility(w)
         rep = x.unsqueeze(1).expand(B, N, 1, S, S).reshape(B * N, 1, S, S)
         g = cut_glimpses(rep, w.reshape(B * N, 4), G)
         gv = cut_glimpses(v[:, :N].reshape(B * N, 1, S, S), w.reshape(B * N, 4), G)

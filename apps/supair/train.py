@@ -104,6 +104,31 @@ def _load_state(model: nn.Module, state: dict, path) -> None:
         raise ValueError(f"checkpoint {path} does not fit the model built from its config: {str(err).splitlines()[0]}") from None
 
 
+def upgrade_optimizer_state(model: nn.Module, saved_model: dict, saved_optimizer: dict) -> dict:
+    """The optimizer state of a checkpoint saved by an older parameter layout of ``model``, fitted to the current one.
+
+    Optimizer state is keyed by parameter position; the checkpoint's parameter
+    names (its model state without the persistent buffers) say which parameter
+    each position was. Each per-parameter field (Adam's moments) is rewritten by
+    ``model.upgrade_state`` as the parameters themselves were, then re-keyed by
+    the current positions. Unchanged layouts are returned as they are.
+    """
+    names = [n for n, _ in model.named_parameters()]
+    buffers = set(model.state_dict()) - set(names)
+    old_names = [k for k in saved_model if k not in buffers]
+    upgrade = getattr(model, "upgrade_state", None)
+    if old_names == names or upgrade is None:
+        return saved_optimizer
+    fields = {f for s in saved_optimizer["state"].values() for f in s}
+    by_field = {f: {old_names[int(i)]: s[f] for i, s in saved_optimizer["state"].items() if f in s} for f in fields}
+    for state in by_field.values():
+        upgrade(state)
+    position = {n: j for j, n in enumerate(names)}
+    state = {j: {f: by_field[f][n] for f in fields if n in by_field[f]} for n, j in position.items() if any(n in by_field[f] for f in fields)}
+    groups = [dict(g, params=[position[old_names[i]] for i in g["params"] if old_names[i] in position]) for g in saved_optimizer["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
 def searches(model: nn.Module) -> bool:
     """Whether ``model.detect`` refines the attention network's detections (SuPAIR's detection search)."""
     return hasattr(model, "detect_with_network") and len(model.search_offsets()) > 0
@@ -214,7 +239,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if ckpt is not None:
             _load_state(self.model, ckpt["model"], self.run_dir)
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.optimizer.load_state_dict(upgrade_optimizer_state(self.model, ckpt["model"], ckpt["optimizer"]))
             for g, base in zip(self.optimizer.param_groups, self._base_lrs):
                 g["lr"] = base  # the schedule below sets each step's rate from the budget used
             self.step = int(ckpt["step"])

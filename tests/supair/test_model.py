@@ -9,7 +9,7 @@ import torch
 
 from apps.supair.config import ModelConfig, SPNConfig, InferenceConfig
 from apps.supair.model import Supair, check_images, count_posterior
-from apps.supair.transform import cut_glimpses, paste_glimpses
+from apps.supair.transform import box_coverage, cut_glimpses, paste_glimpses
 
 
 def tiny_config(**changes) -> ModelConfig:
@@ -343,3 +343,80 @@ def test_first_offset_moves_the_first_box_within_the_position_range(model: Supai
     small = model.infer(images, sample=False, first_offset=torch.full((3, 2), -0.5, dtype=torch.float64))
     lo = model.cfg.inference.position_range[0] * model.cfg.scene_size
     torch.testing.assert_close(small.where[:, 0, 2:], (plain.where[:, 0, 2:] - 0.5).clamp_min(lo))
+
+
+def test_visibility_is_the_running_product_of_uncovered_fractions(model: Supair) -> None:
+    where = torch.tensor([[[6.0, 12.0, 0.0, 0.0], [6.0, 12.0, 3.0, 0.0]], [[4.5, 3.2, 1.3, 2.7], [7.1, 5.0, 4.4, 6.0]]],
+                         dtype=torch.float64, requires_grad=True)
+    vis = model.visibility(where)
+    free = 1 - box_coverage(where, 12)
+    ref = torch.cumprod(torch.cat([torch.ones_like(free[:, :1]), free], 1), 1)
+    torch.testing.assert_close(vis, ref)
+    assert (vis == 0).any()  # wholly covered pixels: the case torch.cumprod's backward treats separately
+    g = torch.randn_like(vis)
+    got, = torch.autograd.grad((vis * g).sum(), where)
+    want, = torch.autograd.grad((ref * g).sum(), where)
+    torch.testing.assert_close(got, want)
+
+
+def _lstm_config(recurrent: bool) -> ModelConfig:
+    return tiny_config(inference=InferenceConfig(lstm_units=16, head_units=8, recurrent=recurrent))
+
+
+def test_non_recurrent_steps_are_an_lstm_cell_from_a_zero_state() -> None:
+    torch.manual_seed(0)
+    four = Supair(_lstm_config(True)).double()  # every gate and the hidden projection, as checkpoints before the change
+    model = Supair(_lstm_config(False)).double()
+    assert model.inference.input_gates.out_features == 3 * 16 and model.inference.hidden_gates is None
+    model.load_state_dict(four.state_dict())  # the forget gate's rows and the hidden projection are dropped
+    images = torch.rand(3, 1, 12, 12, dtype=torch.float64)
+    cell = torch.nn.LSTMCell(144, 16).double()
+    with torch.no_grad():
+        cell.weight_ih.copy_(four.inference.input_gates.weight)
+        cell.bias_ih.copy_(four.inference.input_gates.bias)
+        cell.weight_hh.copy_(four.inference.hidden_gates.weight)
+        cell.bias_hh.zero_()
+    h, _ = cell(images.reshape(3, 144))  # (h, c) = 0 by default
+    out = model.inference.head(h)
+    logits, loc, _, _ = model.inference(images, sample=False)
+    bound = model.cfg.inference.presence_bound
+    torch.testing.assert_close(logits[:, 0], bound * torch.tanh(out[:, 0] / bound))
+    torch.testing.assert_close(loc[:, 0], model.inference.box_mean(out[:, 1:5]))
+
+
+def test_optimizer_state_of_the_four_gate_layout_is_upgraded() -> None:
+    from apps.supair.train import upgrade_optimizer_state
+    torch.manual_seed(0)
+    model = Supair(_lstm_config(False))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.loss(torch.rand(4, 1, 12, 12))[0].backward()
+    opt.step()
+    now = opt.state_dict()
+    assert upgrade_optimizer_state(model, model.state_dict(), now) is now  # same layout: unchanged
+    # the same state as the old layout stored it: forget-gate rows between i and g, the hidden projection third
+    U, names = 16, [n for n, _ in model.named_parameters()]
+
+    def four_gates(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t[:U], torch.randn_like(t[:U]), t[U:]]) if t.dim() else t
+
+    old_model = {}
+    for k, v in model.state_dict().items():
+        old_model[k] = four_gates(v) if k.startswith("inference.input_gates") else v
+        if k == "inference.input_gates.bias":
+            old_model["inference.hidden_gates.weight"] = torch.randn(4 * U, U)
+    old_names = [k for k in old_model if k != "updates"]
+    assert old_names[2] == "inference.hidden_gates.weight"
+    old_state = {}
+    for i, n in enumerate(old_names):
+        if n == "inference.hidden_gates.weight":
+            old_state[i] = {"step": torch.tensor(1.0), "exp_avg": torch.randn(4 * U, U), "exp_avg_sq": torch.rand(4 * U, U)}
+        else:
+            s = now["state"][names.index(n)]
+            old_state[i] = {f: four_gates(v) if n.startswith("inference.input_gates") else v for f, v in s.items()}
+    old = {"state": old_state, "param_groups": [dict(now["param_groups"][0], params=list(range(len(old_names))))]}
+    up = upgrade_optimizer_state(model, old_model, old)
+    assert up["param_groups"] == now["param_groups"] and up["state"].keys() == now["state"].keys()
+    for j, s in now["state"].items():
+        for f, v in s.items():
+            assert torch.equal(up["state"][j][f], v), (names[j], f)
+    opt.load_state_dict(up)
