@@ -300,8 +300,9 @@ class LeafLayer(nn.Module):
     the same numbers:
 
     * ``dense``: the natural parameters are scattered into a ``(S, D + 1, R*K)``
-      matrix (zero where a variable is outside a region) and the statistics
-      ``(S, B, D)`` are multiplied by it: no gather, one large GEMM, but
+      matrix (zero where a variable is outside a region and in the padding
+      row ``D``) and the statistics ``(S, D + 1, B)`` are multiplied by it:
+      no gather, one batched GEMM over the statistics, but
       ``R*D / sum|scope|`` times the minimal work. Chosen when that factor is
       at most 2 (each variable lies in at least half the leaf regions, e.g.
       RAT-SPNs of depth 1), where the wasted multiply-adds cost about as much

@@ -326,7 +326,8 @@ def dataset_defaults(dataset: str, model_type: str = "supair") -> dict[str, Any]
         # ~100 steps; against the mop-up boxes that then appear, the count rate ramps twice as fast
         # (300 at step 2250) and the overlap ramp runs from step 300 to 1050. Time to 0.95 in the
         # count-vs-time runs (3 seeds, 1 thread, CPU s): 105, 45, 60 (5-minute runs) instead of 120,
-        # 90, 105; with fused Adam over the issue's 15 minutes (session 8): 75, 75, 60.
+        # 90, 105; with fused Adam over the issue's 15 minutes (session 8): 75, 75, 60; with session 9's
+        # faster step (0.73x): 60, 45, 75.
         return {
             "train.batch_size": 64, "train.eval_every": 500, "train.lr_decay_to": 0.1,
             "model.inference.position_max_std": 2.0,
