@@ -27,7 +27,7 @@ def test_times_to_threshold_and_speed_up() -> None:
     md = bench.summarize(rows, args, "cmd")
     # supair: 0.9 at 60 s and 30 s -> 45 s mean; AIR at 600 s -> 13.3x; 0.5 at 30 s both -> AIR 300 / 30 = 10x
     assert "| supair | 30 s +- 0 (2/2 seeds) | 45 s +- 15 (2/2 seeds) | 60 s +- 30 (2/2 seeds) |" in md
-    assert "| supair | 10.0x | 13.3x |" in md
+    assert "| supair | 10.00x | 13.33x | > 15.00x (AIR not there yet) |" in md
     assert "AIR not there yet" in md  # AIR never reached 0.95
     times, means, stds, ns = bench.curves(rows, ["supair"], 30)["supair"]
     assert ns == [2, 2, 2, 2]
@@ -35,8 +35,17 @@ def test_times_to_threshold_and_speed_up() -> None:
     assert bench._at(bench._runs(rows, "air")[0], 450, 15) == 0.55  # last evaluation before 450 s
     assert math.isnan(bench._at(bench._runs(rows, "air")[0], 1200, 15))  # the run stopped before
     assert bench._interp(bench._runs(rows, "air")[0], 450) == pytest.approx(0.73)  # the figure interpolates
+    # interpolated crossings: seed 0 reaches 0.9 between (30, 0.6) and (60, 0.92), seed 1 between (0, 0.3) and (30, 0.95)
+    runs = bench._runs(rows, "supair")
+    assert bench._time_to_interpolated(runs[0], 0.9) == pytest.approx(30 + 30 * 0.3 / 0.32)
+    assert bench._time_to_interpolated(runs[1], 0.9) == pytest.approx(30 * 0.6 / 0.65)
+    assert bench._time_to_interpolated(runs[1], 0.95) == pytest.approx(30.0)  # exactly at an evaluation
+    assert bench._time_to_interpolated(runs[0], 0.3) == 0.0 and math.isnan(bench._time_to_interpolated(runs[0], 0.99))
+    # AIR 0.5 at 240 s, 0.9 at 591.7 s; supair 14.6 s and 42.9 s mean
+    assert "| supair | 14.6 s +- 5.4; 16.42x | 42.9 s +- 15.2; 13.79x | 56.2 s +- 26.2 |" in md
+    assert "| air | 240.0 s +- 0.0 | 591.7 s +- 0.0 | not reached by every seed |" in md
     md_partial = bench.summarize([r for r in rows if r["train_seconds"] <= 30 or r["model"] == "air"], args, "cmd")
-    assert "< 20.0x (supair not there yet)" in md_partial  # AIR reached 0.9 at 600 s; supair only trained 30 s
+    assert "< 20.00x (supair not there yet)" in md_partial  # AIR reached 0.9 at 600 s; supair only trained 30 s
 
 
 def test_only_seeds_selects_the_runs_to_train() -> None:
