@@ -219,10 +219,12 @@ class SPN(nn.Module):
             else:
                 raise ValueError(f"marginalized must be bool or float in [0, 1], got dtype {marginalized.dtype}")
         x = x.to(self.dtype)
+        all_finite = False  # known only where validated (a check synchronizes with the device)
         if self.validate_args:
-            # one reduction in the common case: a sum is finite only if every entry is (NaN and inf propagate;
-            # a finite sum that overflows takes the exact check); the mask is consulted only otherwise
-            if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
+            # one reduction in the common case: a sum is finite only if every entry is (NaN and inf
+            # propagate; a finite sum that overflows takes the exact check)
+            all_finite = bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
+            if not all_finite:  # the mask is consulted only now
                 bad = ~torch.isfinite(x) if m is None else (m < 1) & ~torch.isfinite(x)
                 if bool(bad.any()):
                     raise ValueError(
@@ -233,7 +235,10 @@ class SPN(nn.Module):
                 if msg is not None:
                     raise ValueError(msg)
         if marginalized is not None:  # unobserved values never enter the arithmetic
-            x = x.masked_fill(marginalized if marginalized.dtype == torch.bool else m >= 1, 0.0)
+            if all_finite and marginalized.dtype == torch.bool:
+                x = x * (1 - m)  # the same zeros in two arithmetic passes (a bool masked_fill took 3x as long)
+            else:
+                x = x.masked_fill(marginalized if marginalized.dtype == torch.bool else m >= 1, 0.0)
         return x, m
 
     def _to_leaf_input(self, x: Tensor, m: Tensor | None) -> tuple[Tensor, Tensor | None]:

@@ -532,6 +532,25 @@ def test_nan_is_allowed_at_fully_marginalized_entries(mask):
     assert torch.isfinite(out).all() and torch.equal(out[~m.bool()], x[~m.bool()])
 
 
+@pytest.mark.parametrize("validate", [True, False], ids=["validated", "unvalidated"])
+@pytest.mark.parametrize("mask", ["bool", "float"])
+def test_huge_values_at_marginalized_entries_never_enter_the_arithmetic(mask, validate):
+    """Unobserved entries are zeroed before the statistics (x^2 of 1e30 overflows float32): by arithmetic
+    for a validated bool mask, by masked_fill otherwise; values and gradients as with zeros there."""
+    spn = _normal().float()
+    spn.validate_args = validate
+    m = torch.tensor([[False, True, True, False], [True, False, False, False]])
+    m = m if mask == "bool" else m.float()
+    huge = torch.tensor([[0.1, 1e30, -1e30, 0.3], [2e30, -0.4, 0.2, 0.0]], requires_grad=True)
+    zeroed = huge.detach().masked_fill(m.bool(), 0.0).requires_grad_()
+    lp, ref = spn.log_prob(huge, m), spn.log_prob(zeroed, m)
+    assert torch.isfinite(lp).all()
+    torch.testing.assert_close(lp, ref)
+    (g,), (g_ref,) = torch.autograd.grad(lp.sum(), huge), torch.autograd.grad(ref.sum(), zeroed)
+    torch.testing.assert_close(g, g_ref)
+    assert (g[m.bool()] == 0).all()
+
+
 def test_finite_values_whose_sum_overflows_are_accepted():
     """The finiteness check's fast path (a sum) overflows for huge finite values; those must still pass."""
     spn = _normal().float()
