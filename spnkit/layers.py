@@ -131,7 +131,7 @@ class _WeightedStatistics(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         x, w = ctx.saved_tensors
         dot, d_x = ctx.leaf.statistics_grads(x, grad, ctx.needs_input_grad[0])
-        return None if d_x is None else d_x.mul_(w), dot if ctx.needs_input_grad[1] else None, None
+        return None if d_x is None else d_x * w, dot if ctx.needs_input_grad[1] else None, None  # d_x may be a view of grad
 
 
 class _GatherChildren(torch.autograd.Function):
@@ -395,7 +395,7 @@ class LeafLayer(nn.Module):
         S, D1, B = feats.shape
         n = coef.shape[1] // S
         if self.layout == "dense":
-            dense = self._dense(coef.reshape(R, S, n, K).permute(0, 2, 3, 1))  # (S, D, R*K)
+            dense = self._dense(coef.reshape(R, S, n, K).permute(0, 2, 3, 1))  # (S, D + 1, R*K)
             out = torch.bmm(dense.transpose(1, 2), feats).sum(0)  # (S, R*K, B) -> (R*K, B)
             if bias is not None:
                 out = out + bias.reshape(R * K, 1)

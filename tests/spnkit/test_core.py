@@ -811,16 +811,23 @@ def test_statistics_grads_closed_forms_match_the_default(leaf):
             torch.testing.assert_close(d_x, ref_x, atol=1e-12, rtol=1e-12)
 
 
+class _NormalWithDefaultGrads(Normal):
+    """A Normal whose statistics' gradient contractions come from Leaf's autograd default, as a user-defined family's would."""
+
+    statistics_grads = Leaf.statistics_grads
+
+
 @pytest.mark.parametrize("layout", ["gather", "dense"])
-@pytest.mark.parametrize("leaf", ["normal", "bernoulli"])
+@pytest.mark.parametrize("leaf", ["normal", "normal-default", "bernoulli"])
 def test_gradcheck_values_and_soft_mask_together(leaf, layout):
     """Gradients w.r.t. the values and the soft mask at once, padding slots included, in both leaf layouts."""
-    spn = SPN(RegionGraph.random(7, depth=2, repetitions=2, seed=3), LEAVES[leaf], num_sums=2, num_leaves=2).double()
+    family = _NormalWithDefaultGrads(0.05, 2.0) if leaf == "normal-default" else LEAVES[leaf]
+    spn = SPN(RegionGraph.random(7, depth=2, repetitions=2, seed=3), family, num_sums=2, num_leaves=2).double()
     spn.leaf_layer.layout = layout
     assert bool((spn.leaf_layer.var_index == spn.num_vars).any())
     gen = _gen(7)
     m = (torch.rand(3, 7, generator=gen, dtype=torch.float64) * 0.8 + 0.1).requires_grad_()
-    if leaf == "normal":
+    if leaf != "bernoulli":
         x = torch.randn(3, 7, generator=gen, dtype=torch.float64).requires_grad_()
         assert torch.autograd.gradcheck(spn.log_prob, (x, m))
     else:  # Bernoulli values are not differentiable: the mask only
