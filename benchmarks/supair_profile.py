@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from apps.supair.config import ModelConfig  # noqa: E402
 from apps.supair.data import load_dataset  # noqa: E402
 from apps.supair.model import Supair  # noqa: E402
-from apps.supair.transform import box_coverage, cut_glimpses  # noqa: E402
+from apps.supair.transform import cut_glimpses  # noqa: E402
 
 
 def median_time(fn, repeats: int) -> float:
