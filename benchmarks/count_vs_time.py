@@ -331,7 +331,9 @@ def summarize(rows: list[dict], args: argparse.Namespace, command: str) -> str:
         f"- torch {torch.__version__}, Python {platform.python_version()}; written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "- clock: process CPU seconds spent in training steps (evaluation excluded); wall seconds of the same steps in the CSV",
         *([f"- note: {args.note}"] if args.note else []),
-        f"- budgets of this call (CPU minutes): {', '.join(f'{m}={args.budgets[m]:g}' for m in args.model_list)}; evaluation every {args.eval_seconds:g} CPU s",
+        (f"- budgets and evaluation intervals: the training calls' above (this call only collected); tables and figure read every {args.eval_seconds:g} CPU s"
+         if args.collect_only else
+         f"- budgets of this call (CPU minutes): {', '.join(f'{m}={args.budgets[m]:g}' for m in args.model_list)}; evaluation every {args.eval_seconds:g} CPU s"),
         "",
     ]
     longest = max((r["train_seconds"] for r in rows), default=0.0)

@@ -44,6 +44,9 @@ def test_times_to_threshold_and_speed_up() -> None:
     # AIR 0.5 at 240 s, 0.9 at 591.7 s; supair 14.6 s and 42.9 s mean
     assert "| supair | 14.6 s +- 5.4; 16.42x | 42.9 s +- 15.2; 13.79x | 56.2 s +- 26.2 |" in md
     assert "| air | 240.0 s +- 0.0 | 591.7 s +- 0.0 | not reached by every seed |" in md
+    assert "budgets of this call (CPU minutes): supair=" in md
+    collected = bench.summarize(rows, bench.parse_args(["--models", "supair,air", "--collect-only"]), "cmd")
+    assert "budgets of this call" not in collected and "this call only collected" in collected
     md_partial = bench.summarize([r for r in rows if r["train_seconds"] <= 30 or r["model"] == "air"], args, "cmd")
     assert "< 20.00x (supair not there yet)" in md_partial  # AIR reached 0.9 at 600 s; supair only trained 30 s
 
