@@ -390,8 +390,8 @@ def summarize(rows: list[dict], args: argparse.Namespace, command: str) -> str:
         lines += ["| model | " + " | ".join(f">= {t}" for t in THRESHOLDS) + " |", "|---" * (len(THRESHOLDS) + 1) + "|"]
         interp = {m: {} for m in reach}
         for model in reach:
+            runs = _runs(rows, model)
             for thr in THRESHOLDS:
-                runs = _runs(rows, model)
                 m, s, n = _mean_std([_time_to_interpolated(r, thr) for r in runs.values()])
                 interp[model][thr] = (m if n == len(runs) else math.nan, s, n, len(runs))
         for model in reach:

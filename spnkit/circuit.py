@@ -236,7 +236,7 @@ class SPN(nn.Module):
                     raise ValueError(msg)
         if marginalized is not None:  # unobserved values never enter the arithmetic
             if all_finite and marginalized.dtype == torch.bool:
-                x = x * (1 - m)  # the same zeros in two arithmetic passes (a bool masked_fill took 3x as long)
+                x = torch.addcmul(x, x, m, value=-1.0)  # x - x m: the same zeros in one arithmetic pass (a bool masked_fill took 3x as long)
             else:
                 x = x.masked_fill(marginalized if marginalized.dtype == torch.bool else m >= 1, 0.0)
         return x, m

@@ -119,13 +119,21 @@ def upgrade_optimizer_state(model: nn.Module, saved_model: dict, saved_optimizer
     upgrade = getattr(model, "upgrade_state", None)
     if old_names == names or upgrade is None:
         return saved_optimizer
-    fields = {f for s in saved_optimizer["state"].values() for f in s}
-    by_field = {f: {old_names[int(i)]: s[f] for i, s in saved_optimizer["state"].items() if f in s} for f in fields}
-    for state in by_field.values():
-        upgrade(state)
-    position = {n: j for j, n in enumerate(names)}
-    state = {j: {f: by_field[f][n] for f in fields if n in by_field[f]} for n, j in position.items() if any(n in by_field[f] for f in fields)}
-    groups = [dict(g, params=[position[old_names[i]] for i in g["params"] if old_names[i] in position]) for g in saved_optimizer["param_groups"]]
+    saved = {old_names[int(i)]: s for i, s in saved_optimizer["state"].items()}  # by parameter name
+    by_field: dict[str, dict] = {}  # field -> {name: tensor}, the shape model.upgrade_state rewrites
+    for name, s in saved.items():
+        for field, value in s.items():
+            by_field.setdefault(field, {})[name] = value
+    for tensors in by_field.values():
+        upgrade(tensors)
+    state = {}
+    for j, name in enumerate(names):
+        entry = {field: tensors[name] for field, tensors in by_field.items() if name in tensors}
+        if entry:
+            state[j] = entry
+    position = {name: j for j, name in enumerate(names)}
+    groups = [dict(g, params=[position[old_names[i]] for i in g["params"] if old_names[i] in position])
+              for g in saved_optimizer["param_groups"]]
     return {"state": state, "param_groups": groups}
 
 
