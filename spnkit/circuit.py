@@ -187,11 +187,16 @@ class SPN(nn.Module):
         return self.sum_layers[0].logits.device
 
     # ------------------------------------------------------------ validation
-    def _prepare(self, x: Tensor, marginalized: Tensor | None, name: str = "x", need_mask: bool = True) -> tuple[Tensor, Tensor | None]:
+    def _prepare(
+        self, x: Tensor, marginalized: Tensor | None, name: str = "x", need_mask: bool = True, keep_bool: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
         """Validate ``x`` and the mask; return ``x`` and the mask as float ``(B, D)`` in the module's dtype.
 
         With ``need_mask=False`` and no mask given, the mask comes back as None
-        (everything observed) and no all-zero mask is built.
+        (everything observed) and no all-zero mask is built. With
+        ``keep_bool=True`` a bool mask comes back as it is and ``x`` is not
+        zeroed where it is True: the leaf layer zeroes those entries while it
+        lays out its input (:meth:`_to_leaf_input` passes the observed entries).
         """
         if not isinstance(x, Tensor):
             raise ValueError(f"{name} must be a torch.Tensor of shape (batch, {self.num_vars}), got {type(x).__name__}")
@@ -211,7 +216,7 @@ class SPN(nn.Module):
             if marginalized.device != x.device:
                 raise ValueError(f"marginalized is on {marginalized.device} but {name} is on {x.device}")
             if marginalized.dtype == torch.bool:
-                m = marginalized.to(self.dtype)
+                m = marginalized if keep_bool else marginalized.to(self.dtype)
             elif marginalized.is_floating_point():
                 if self.validate_args and bool(((marginalized < 0) | (marginalized > 1) | torch.isnan(marginalized)).any()):
                     raise ValueError("a float mask must lie in [0, 1] (1 = unobserved); got values outside or NaN")
@@ -234,7 +239,7 @@ class SPN(nn.Module):
                 msg = self.leaf.support_error(x, None if m is None else m < 1)
                 if msg is not None:
                     raise ValueError(msg)
-        if marginalized is not None:  # unobserved values never enter the arithmetic
+        if marginalized is not None and m.dtype != torch.bool:  # unobserved values never enter the arithmetic
             if all_finite and marginalized.dtype == torch.bool:
                 x = torch.addcmul(x, x, m, value=-1.0)  # x - x m: the same zeros in one arithmetic pass (a bool masked_fill took 3x as long)
             else:
@@ -242,8 +247,14 @@ class SPN(nn.Module):
         return x, m
 
     def _to_leaf_input(self, x: Tensor, m: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """``(B, D)`` values and mask to the leaf layer's values and evidence weights ``1 - m``, both ``(B, D)`` (None: all observed)."""
-        return x, None if m is None else 1 - m
+        """``(B, D)`` values and mask to the leaf layer's values and evidence weights ``1 - m``, both ``(B, D)`` (None: all observed).
+
+        A bool mask (from ``_prepare(..., keep_bool=True)``) becomes the bool
+        observed entries, ``~m``: the leaf layer's hard-evidence input.
+        """
+        if m is None:
+            return x, None
+        return x, (~m if m.dtype == torch.bool else 1 - m)
 
     # --------------------------------------------------------------- upward
     def _upward(self, x: Tensor, w: Tensor, mode: str = "sum", params: dict[str, Tensor] | None = None) -> _Trace:
@@ -308,7 +319,7 @@ class SPN(nn.Module):
         Returns:
             ``(B,)``, or ``(B, num_classes)`` when ``num_classes > 1``.
         """
-        x, m = self._prepare(x, marginalized, need_mask=False)
+        x, m = self._prepare(x, marginalized, need_mask=False, keep_bool=True)
         return self._out(self._upward(*self._to_leaf_input(x, m)).root)
 
     def forward(self, x: Tensor, marginalized: Tensor | None = None) -> Tensor:

@@ -373,6 +373,18 @@ class LeafLayer(nn.Module):
         dense[:, self.var_index, rows, :] = vals
         return dense.view(S, D + 1, R * K)
 
+    def _observed_statistics(self, x: Tensor, observed: Tensor) -> Tensor:
+        """Hard-evidence statistics ``(S, D + 1, B)`` from ``(B, D)`` values and bool observed entries, row ``D`` zero.
+
+        The family writes from the transposed inputs: zeroing, weighting and the
+        change to variable-major layout in one pass per statistic.
+        """
+        D, B = self.num_vars, x.shape[0]
+        feats = x.new_empty(self.leaf.num_stats, D + 1, B)
+        self.leaf.observed_statistics(x.t(), observed.t(), feats[:, :D])
+        feats[:, D] = 0.0
+        return feats
+
     def _columns(self, v: Tensor) -> Tensor:
         """``(B, D)`` to variable-major ``(D + 1, B)`` with a zero row ``D``, the target of padding slots."""
         out = v.new_empty(self.num_vars + 1, v.shape[0])
@@ -404,14 +416,23 @@ class LeafLayer(nn.Module):
         """Leaf log-densities.
 
         Args:
-            x: values ``(B, D)``; unobserved entries hold 0.
-            w: evidence weights ``1 - m``, ``(B, D)``; None: every entry observed.
+            x: values ``(B, D)``; unobserved entries hold 0 (with a float ``w``)
+                or anything, NaN included (with a bool ``w``).
+            w: evidence weights ``1 - m``, ``(B, D)``: float in ``[0, 1]``, or
+                bool (True = observed: hard evidence, laid out in fewer passes);
+                None: every entry observed.
             eta: natural parameters ``(R, n, K, S)``; computed from the layer's
                 parameters when None (EM passes its own to read their gradient).
 
         Returns:
             ``(R, B, K)``.
         """
+        if w is not None and w.dtype == torch.bool:
+            if x.requires_grad and torch.is_grad_enabled():  # differentiable in x: the weighted path
+                x, w = torch.where(w, x, 0.0), w.to(x.dtype)
+            else:
+                coef = self.leaf.layer_coefficients(self.param_dict(), False)[0] if eta is None else natural_to_layer(eta, False)[0]
+                return self._linear(self._observed_statistics(x, w), coef)
         # every weight 1 and a constant last statistic: its share is one bias per (region, component)
         split = w is None and self.leaf.constant_last
         if eta is None:
@@ -434,6 +455,8 @@ class LeafLayer(nn.Module):
         Returns:
             ``(R, B, K)``.
         """
+        if w is not None and w.dtype == torch.bool:  # hard evidence: the weighted form
+            x, w = torch.where(w, x, 0.0), w.to(x.dtype)
         peak = self.leaf.log_max(self.param_dict()).unsqueeze(-1)  # (R, n, K, 1)
         # one pass: the peak is one more statistic, (1 - w), with coefficient log max
         wt = self._columns(torch.ones_like(x) if w is None else w)  # (D + 1, B)

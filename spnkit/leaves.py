@@ -64,6 +64,18 @@ class Leaf(ABC):
         """
         return self.statistics(x)[:-1].clone()
 
+    def observed_statistics(self, x: Tensor, observed: Tensor, out: Tensor) -> None:
+        """Hard evidence: write ``T(x)`` where ``observed`` is True, 0 elsewhere, into ``out`` ``(S, *X)``.
+
+        ``observed`` is bool; ``x`` may hold anything (NaN, inf) where it is
+        False. Both may be strided views (the leaf layer passes transposed ones,
+        so that zeroing and the change of layout are one pass). The default
+        zeroes ``x``, computes :meth:`statistics` and multiplies by the mask;
+        families whose non-constant statistics vanish at 0 write each row once.
+        """
+        out.copy_(self.statistics(torch.where(observed, x, 0.0)))
+        out.mul_(observed)
+
     def statistics_grads(self, x: Tensor, grad: Tensor, wrt_x: bool) -> tuple[Tensor, Tensor | None]:
         """A gradient ``grad`` ``(S, *X)`` on ``T(x)`` contracted with the statistics and with their derivatives.
 
@@ -318,6 +330,11 @@ class Normal(Leaf):
             out[2].fill_(1.0)
         return out
 
+    def observed_statistics(self, x, observed, out):
+        torch.where(observed, x, x.new_zeros(()), out=out[1])  # x, 0 where unobserved: x^2 and x vanish there
+        torch.mul(out[1], out[1], out=out[0])
+        out[2].copy_(observed)  # the constant statistic times the weight
+
     def statistics_grads(self, x, grad, wrt_x):
         dot = torch.addcmul(grad[2], torch.addcmul(grad[1], grad[0], x), x)  # (g0 x + g1) x + g2
         return dot, torch.addcmul(grad[1], grad[0], x, value=2.0) if wrt_x else None  # 2 g0 x + g1
@@ -374,6 +391,10 @@ class Bernoulli(Leaf):
 
     def varying_statistics(self, x):
         return x.unsqueeze(0).clone()
+
+    def observed_statistics(self, x, observed, out):
+        torch.where(observed, x, x.new_zeros(()), out=out[0])
+        out[1].copy_(observed)
 
     def statistics_grads(self, x, grad, wrt_x):
         return torch.addcmul(grad[1], grad[0], x), grad[0].clone() if wrt_x else None

@@ -71,6 +71,18 @@ MUTANTS: dict[str, Mutant] = {
         "_WeightedStatistics.apply(cols, self._columns(torch.ones_like(w)), self.leaf)",
         "the leaf layer ignores the marginalization mask",
     ),
+    "hard_evidence_ignores_mask": Mutant(
+        "spnkit.leaves:Normal.observed_statistics",
+        "out[2].copy_(observed)",
+        "out[2].fill_(1.0)",
+        "a bool mask integrates an unobserved Normal factor out of its normalizer but not its constant",
+    ),
+    "hard_evidence_keeps_unobserved_values": Mutant(
+        "spnkit.leaves:Normal.observed_statistics",
+        "torch.where(observed, x, x.new_zeros(()), out=out[1])",
+        "out[1].copy_(x)",
+        "a bool mask lets the values at unobserved entries into the statistics",
+    ),
     "sums_skip_softmax": Mutant(
         "spnkit.layers:ProductSumLayer.weights",
         "return torch.softmax(self._logits(), dim=1)",
@@ -85,8 +97,8 @@ MUTANTS: dict[str, Mutant] = {
     ),
     "batch_reshape": Mutant(
         "spnkit.circuit:SPN._to_leaf_input",
-        "return x, None if m is None else 1 - m",
-        "return x.t().reshape(x.shape), None if m is None else 1 - m",
+        "return x, (~m if m.dtype == torch.bool else 1 - m)",
+        "return x.t().reshape(x.shape), (~m if m.dtype == torch.bool else 1 - m)",
         "reshape instead of transpose: samples of a batch get mixed",
     ),
     "mpe_no_peak": Mutant(

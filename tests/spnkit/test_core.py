@@ -535,8 +535,9 @@ def test_nan_is_allowed_at_fully_marginalized_entries(mask):
 @pytest.mark.parametrize("validate", [True, False], ids=["validated", "unvalidated"])
 @pytest.mark.parametrize("mask", ["bool", "float"])
 def test_huge_values_at_marginalized_entries_never_enter_the_arithmetic(mask, validate):
-    """Unobserved entries are zeroed before the statistics (x^2 of 1e30 overflows float32): by arithmetic
-    for a validated bool mask, by masked_fill otherwise; values and gradients as with zeros there."""
+    """Unobserved entries are zeroed before the statistics (x^2 of 1e30 overflows float32): by a select
+    in the leaf layer's input for a bool mask, by masked_fill for a float one; values and gradients as with
+    zeros there."""
     spn = _normal().float()
     spn.validate_args = validate
     m = torch.tensor([[False, True, True, False], [True, False, False, False]])
@@ -771,6 +772,53 @@ def test_unmasked_input_matches_an_all_observed_mask_with_gradients(leaf, layout
         for k, g in grads.items():
             torch.testing.assert_close(g, results[0][1][k], atol=1e-12, rtol=1e-12, msg=k)
     torch.testing.assert_close(results[0][0], bf.log_prob(spn, x, torch.zeros(x.shape, dtype=torch.bool)), atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("layout", ["gather", "dense"])
+@pytest.mark.parametrize("leaf", list(LEAVES))
+def test_hard_evidence_input_matches_the_weighted_one(leaf, layout, dtype):
+    """A bool mask takes the leaf layer's hard-evidence input (zeroing, weighting and layout in one pass per
+    statistic); it equals the float mask's weighted input in values, parameter gradients, with NaN and inf
+    at unobserved entries, padding slots included, validated or not."""
+    torch.manual_seed(0)
+    spn = SPN(RegionGraph.random(11, depth=2, repetitions=3, seed=3), LEAVES[leaf], num_sums=3, num_leaves=4).to(dtype)
+    spn.leaf_layer.layout = layout
+    assert bool((spn.leaf_layer.var_index == spn.num_vars).any())
+    x = _values(spn.leaf, (7, spn.num_vars), _gen(2)).to(dtype)
+    m = torch.rand(x.shape, generator=_gen(3)) < 0.4
+    m[0] = True  # a sample with nothing observed
+    m[1] = False
+    junk = x.masked_fill(m, float("nan"))
+    junk[m & (torch.rand(x.shape, generator=_gen(4)) < 0.5)] = float("inf")
+    tol = dict(atol=1e-12, rtol=1e-12) if dtype == torch.float64 else dict(atol=1e-4, rtol=1e-5)
+    for validate in (True, False):
+        spn.validate_args = validate
+        with torch.no_grad():
+            torch.testing.assert_close(spn.log_prob(junk, m), spn.log_prob(x, m.to(dtype)), **tol)
+        results = []
+        for xx, mm in ((junk, m), (x, m.to(dtype))):
+            spn.zero_grad(set_to_none=True)
+            lp = spn.log_prob(xx, mm)
+            (lp * torch.arange(1.0, 8.0, dtype=dtype)).sum().backward()
+            results.append((lp.detach(), {k: p.grad.clone() for k, p in spn.named_parameters()}))
+        torch.testing.assert_close(results[0][0], results[1][0], **tol)
+        for k, g in results[0][1].items():
+            torch.testing.assert_close(g, results[1][1][k], **tol, msg=k)
+    torch.testing.assert_close(results[0][0][0], torch.zeros((), dtype=dtype), atol=1e-5, rtol=0)  # nothing observed: log 1
+
+
+@pytest.mark.parametrize("leaf", list(LEAVES))
+def test_observed_statistics_are_the_weighted_statistics(leaf):
+    """Each family's hard-evidence statistics, written through transposed views, equal T(x) * w with x zeroed, and Leaf's default."""
+    fam = LEAVES[leaf]
+    x = _values(fam, (6, 5), _gen(5))
+    obs = torch.rand(6, 5, generator=_gen(6)) < 0.6
+    want = fam.statistics(x.masked_fill(~obs, 0.0)) * obs
+    for method in (fam.observed_statistics, lambda *a: Leaf.observed_statistics(fam, *a)):
+        out = torch.full((fam.num_stats, 5, 6), 7.0, dtype=torch.float64)
+        method(x.masked_fill(~obs, float("nan")).t(), obs.t(), out)
+        torch.testing.assert_close(out, want.transpose(1, 2), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("name", sorted(spnkit_mutants.MUTANTS))
