@@ -44,6 +44,10 @@ def test_times_to_threshold_and_speed_up() -> None:
     # AIR 0.5 at 240 s, 0.9 at 591.7 s; supair 14.6 s and 42.9 s mean
     assert "| supair | 14.6 s +- 5.4; 16.42x | 42.9 s +- 15.2; 13.79x | 56.2 s +- 26.2 |" in md
     assert "| air | 240.0 s +- 0.0 | 591.7 s +- 0.0 | not reached by every seed |" in md
+    # medians: supair 0.5 at 30 and 30 s, 0.9 at 60 and 30 s (45 s); AIR 300 and 600 s (one seed); AIR never reached 0.95
+    assert "| supair | 30 s; 10.00x | 45 s; 13.33x | 60 s |" in md
+    assert "| air | 300 s | 600 s | not reached by every seed |" in md
+    assert bench._median([1.0, 5.0, 2.0]) == 2.0 and math.isnan(bench._median([1.0, math.nan])) and math.isnan(bench._median([]))
     assert "budgets of this call (CPU minutes): supair=" in md
     collected = bench.summarize(rows, bench.parse_args(["--models", "supair,air", "--collect-only"]), "cmd")
     assert "budgets of this call" not in collected and "this call only collected" in collected
