@@ -47,6 +47,31 @@ def test_identity_glimpse_equals_image() -> None:
     assert torch.allclose(paste_glimpses(img, where, 10), img, atol=1e-12)
 
 
+def test_glimpses_match_affine_grid_in_values_and_gradients() -> None:
+    """cut/paste build their sampling grids by broadcasting (the maps are axis-aligned); they equal
+    F.affine_grid of the documented theta, values and gradients, boxes partly outside the canvas included."""
+    from torch.nn import functional as F
+
+    from apps.supair.transform import box_to_theta, glimpse_to_image_theta
+
+    gen = torch.Generator().manual_seed(0)
+    where = torch.rand(5, 4, generator=gen, dtype=torch.float64) * torch.tensor([8.0, 10.0, 14.0, 14.0], dtype=torch.float64)
+    where = (where + torch.tensor([3.0, 3.0, -3.0, -3.0], dtype=torch.float64)).requires_grad_()
+    img = torch.rand(5, 2, 12, 12, generator=gen, dtype=torch.float64, requires_grad=True)
+    glimpse = torch.rand(5, 2, 6, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    cases = [
+        (cut_glimpses(img, where, 6), lambda: F.grid_sample(img, F.affine_grid(box_to_theta(where, 12), [5, 2, 6, 6], align_corners=False), align_corners=False), img),
+        (paste_glimpses(glimpse, where, 12),
+         lambda: F.grid_sample(glimpse, F.affine_grid(glimpse_to_image_theta(where, 12), [5, 2, 12, 12], align_corners=False), align_corners=False), glimpse),
+    ]
+    for got, ref_fn, source in cases:
+        ref = ref_fn()
+        torch.testing.assert_close(got, ref, atol=1e-12, rtol=1e-12)
+        g = torch.randn(got.shape, generator=gen, dtype=torch.float64)
+        for a, b in zip(torch.autograd.grad((got * g).sum(), [source, where]), torch.autograd.grad((ref * g).sum(), [source, where])):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
 def _direct_elbo(model: Supair, images: torch.Tensor, inf) -> torch.Tensor:
     """The ELBO formula evaluated image by image and alternative by alternative."""
     cfg = model.cfg
