@@ -189,14 +189,16 @@ class SPN(nn.Module):
     # ------------------------------------------------------------ validation
     def _prepare(
         self, x: Tensor, marginalized: Tensor | None, name: str = "x", need_mask: bool = True, keep_bool: bool = False
-    ) -> tuple[Tensor, Tensor | None]:
+    ) -> tuple[Tensor, Tensor | None] | tuple[Tensor, Tensor | None, bool]:
         """Validate ``x`` and the mask; return ``x`` and the mask as float ``(B, D)`` in the module's dtype.
 
         With ``need_mask=False`` and no mask given, the mask comes back as None
         (everything observed) and no all-zero mask is built. With
         ``keep_bool=True`` a bool mask comes back as it is and ``x`` is not
         zeroed where it is True: the leaf layer zeroes those entries while it
-        lays out its input (:meth:`_to_leaf_input` passes the observed entries).
+        lays out its input (:meth:`_to_leaf_input` passes the observed
+        entries); a third value then says whether validation found every
+        entry of ``x`` finite (the leaf layer may then zero by multiplying).
         """
         if not isinstance(x, Tensor):
             raise ValueError(f"{name} must be a torch.Tensor of shape (batch, {self.num_vars}), got {type(x).__name__}")
@@ -244,7 +246,7 @@ class SPN(nn.Module):
                 x = torch.addcmul(x, x, m, value=-1.0)  # x - x m: the same zeros in one arithmetic pass (a bool masked_fill took 3x as long)
             else:
                 x = x.masked_fill(marginalized if marginalized.dtype == torch.bool else m >= 1, 0.0)
-        return x, m
+        return (x, m, all_finite) if keep_bool else (x, m)
 
     def _to_leaf_input(self, x: Tensor, m: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """``(B, D)`` values and mask to the leaf layer's values and evidence weights ``1 - m``, both ``(B, D)`` (None: all observed).
@@ -257,15 +259,18 @@ class SPN(nn.Module):
         return x, (~m if m.dtype == torch.bool else 1 - m)
 
     # --------------------------------------------------------------- upward
-    def _upward(self, x: Tensor, w: Tensor, mode: str = "sum", params: dict[str, Tensor] | None = None) -> _Trace:
+    def _upward(
+        self, x: Tensor, w: Tensor, mode: str = "sum", params: dict[str, Tensor] | None = None, finite: bool = False
+    ) -> _Trace:
         """One bottom-up pass. ``mode`` is "sum" (log-likelihood) or "max" (max-product).
 
         ``params`` may supply ``"eta"`` and ``"sums.i"`` / ``"mix.i"`` log-weights
         (EM passes tensors that require grad to read expected counts).
+        ``finite``: every entry of ``x`` is known finite (see :meth:`LeafLayer.forward`).
         """
         params = params or {}
         if mode == "sum":
-            leaf = self.leaf_layer(x, w, params.get("eta"))  # (R0, B, K_leaf)
+            leaf = self.leaf_layer(x, w, params.get("eta"), finite=finite)  # (R0, B, K_leaf)
         else:
             leaf = self.leaf_layer.forward_max(x, w)  # (R0, B, K_leaf)
         # the buffer, batch-fastest (see spnkit.layers), as blocks: a level whose children lie in one
@@ -319,8 +324,8 @@ class SPN(nn.Module):
         Returns:
             ``(B,)``, or ``(B, num_classes)`` when ``num_classes > 1``.
         """
-        x, m = self._prepare(x, marginalized, need_mask=False, keep_bool=True)
-        return self._out(self._upward(*self._to_leaf_input(x, m)).root)
+        x, m, finite = self._prepare(x, marginalized, need_mask=False, keep_bool=True)
+        return self._out(self._upward(*self._to_leaf_input(x, m), finite=finite).root)
 
     def forward(self, x: Tensor, marginalized: Tensor | None = None) -> Tensor:
         """Same as :meth:`log_prob`."""

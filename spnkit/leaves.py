@@ -64,12 +64,14 @@ class Leaf(ABC):
         """
         return self.statistics(x)[:-1].clone()
 
-    def observed_statistics(self, x: Tensor, observed: Tensor, out: Tensor) -> None:
+    def observed_statistics(self, x: Tensor, observed: Tensor, out: Tensor, finite: bool = False) -> None:
         """Hard evidence: write ``T(x)`` where ``observed`` is True, 0 elsewhere, into ``out`` ``(S, *X)``.
 
         ``observed`` is bool; ``x`` may hold anything (NaN, inf) where it is
-        False. Both may be strided views (the leaf layer passes transposed ones,
-        so that zeroing and the change of layout are one pass). The default
+        False, unless ``finite`` says every entry is finite (then a family may
+        zero by multiplying with the mask, much faster than ``torch.where``).
+        Both may be strided views (the leaf layer passes transposed ones, so
+        that zeroing and the change of layout are one pass). The default
         zeroes ``x``, computes :meth:`statistics` and multiplies by the mask;
         families whose non-constant statistics vanish at 0 write each row once.
         """
@@ -330,10 +332,13 @@ class Normal(Leaf):
             out[2].fill_(1.0)
         return out
 
-    def observed_statistics(self, x, observed, out):
-        torch.where(observed, x, x.new_zeros(()), out=out[1])  # x, 0 where unobserved: x^2 and x vanish there
-        torch.mul(out[1], out[1], out=out[0])
+    def observed_statistics(self, x, observed, out, finite=False):
         out[2].copy_(observed)  # the constant statistic times the weight
+        if finite:  # x w: exact zeros where unobserved (x^2 is taken after, so huge values cannot overflow there)
+            torch.mul(x, out[2], out=out[1])
+        else:
+            torch.where(observed, x, x.new_zeros(()), out=out[1])  # x, 0 where unobserved: x^2 and x vanish there
+        torch.mul(out[1], out[1], out=out[0])
 
     def statistics_grads(self, x, grad, wrt_x):
         dot = torch.addcmul(grad[2], torch.addcmul(grad[1], grad[0], x), x)  # (g0 x + g1) x + g2
@@ -392,9 +397,12 @@ class Bernoulli(Leaf):
     def varying_statistics(self, x):
         return x.unsqueeze(0).clone()
 
-    def observed_statistics(self, x, observed, out):
-        torch.where(observed, x, x.new_zeros(()), out=out[0])
+    def observed_statistics(self, x, observed, out, finite=False):
         out[1].copy_(observed)
+        if finite:
+            torch.mul(x, out[1], out=out[0])
+        else:
+            torch.where(observed, x, x.new_zeros(()), out=out[0])
 
     def statistics_grads(self, x, grad, wrt_x):
         return torch.addcmul(grad[1], grad[0], x), grad[0].clone() if wrt_x else None

@@ -83,6 +83,12 @@ MUTANTS: dict[str, Mutant] = {
         "out[1].copy_(x)",
         "a bool mask lets the values at unobserved entries into the statistics",
     ),
+    "hard_evidence_finite_keeps_values": Mutant(
+        "spnkit.leaves:Normal.observed_statistics",
+        "torch.mul(x, out[2], out=out[1])",
+        "out[1].copy_(x)",
+        "with validated finite values, a bool mask lets the unobserved values into the statistics",
+    ),
     "sums_skip_softmax": Mutant(
         "spnkit.layers:ProductSumLayer.weights",
         "return torch.softmax(self._logits(), dim=1)",

@@ -789,10 +789,11 @@ def test_hard_evidence_input_matches_the_weighted_one(leaf, layout, dtype):
     m = torch.rand(x.shape, generator=_gen(3)) < 0.4
     m[0] = True  # a sample with nothing observed
     m[1] = False
-    junk = x.masked_fill(m, float("nan"))
-    junk[m & (torch.rand(x.shape, generator=_gen(4)) < 0.5)] = float("inf")
+    nonfinite = x.masked_fill(m, float("nan"))
+    nonfinite[m & (torch.rand(x.shape, generator=_gen(4)) < 0.5)] = float("inf")
+    huge = x.masked_fill(m, 1e30)  # finite: validation lets the leaf zero by multiplying (x^2 would overflow float32)
     tol = dict(atol=1e-12, rtol=1e-12) if dtype == torch.float64 else dict(atol=1e-4, rtol=1e-5)
-    for validate in (True, False):
+    for validate, junk in ((True, nonfinite), (False, nonfinite), (True, huge), (False, huge)):
         spn.validate_args = validate
         with torch.no_grad():
             torch.testing.assert_close(spn.log_prob(junk, m), spn.log_prob(x, m.to(dtype)), **tol)
@@ -816,9 +817,10 @@ def test_observed_statistics_are_the_weighted_statistics(leaf):
     obs = torch.rand(6, 5, generator=_gen(6)) < 0.6
     want = fam.statistics(x.masked_fill(~obs, 0.0)) * obs
     for method in (fam.observed_statistics, lambda *a: Leaf.observed_statistics(fam, *a)):
-        out = torch.full((fam.num_stats, 5, 6), 7.0, dtype=torch.float64)
-        method(x.masked_fill(~obs, float("nan")).t(), obs.t(), out)
-        torch.testing.assert_close(out, want.transpose(1, 2), atol=0, rtol=0)
+        for junk, finite in ((float("nan"), False), (1e30, True), (-3.0, True)):
+            out = torch.full((fam.num_stats, 5, 6), 7.0, dtype=torch.float64)
+            method(x.masked_fill(~obs, junk).t(), obs.t(), out, finite)
+            torch.testing.assert_close(out, want.transpose(1, 2), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("name", sorted(spnkit_mutants.MUTANTS))

@@ -140,6 +140,17 @@ def test_log_prob_matches_brute_force(case):
 
 
 @examples(60)
+@given(_circuit_inputs_masks(mask_kinds=("bool", "soft")), st.sampled_from([math.nan, math.inf, -math.inf, 1e300, -7.0]), st.booleans())
+def test_values_at_marginalized_entries_never_matter(case, junk, validate):
+    """NaN, infinities or any finite value at fully marginalized entries give the log_prob of zeros there, validated or not."""
+    spec, spn, x, m = case
+    hidden = m.bool() if m.dtype == torch.bool else m >= 1
+    spn.validate_args = validate
+    with torch.no_grad():
+        torch.testing.assert_close(spn.log_prob(x.masked_fill(hidden, junk), m), spn.log_prob(x.masked_fill(hidden, 0.0), m), atol=1e-10, rtol=1e-12)
+
+
+@examples(60)
 @given(_circuit_inputs_masks(max_batch=6), st.randoms(use_true_random=False))
 def test_batch_invariance(case, rnd):
     """Per-sample results do not depend on the other samples of the batch or on their order."""
