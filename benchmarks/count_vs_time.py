@@ -260,6 +260,13 @@ def _time_to_interpolated(run: list[dict], thr: float) -> float:
     return math.nan
 
 
+def _ratio_suffix(model: str, air_time: float, model_time: float) -> str:
+    """``"; 9.25x"``: AIR's time over the model's, two decimals; empty for AIR itself or where either is missing."""
+    if model == "air" or math.isnan(air_time) or math.isnan(model_time) or model_time <= 0:
+        return ""
+    return f"; {air_time / model_time:.2f}x"
+
+
 def _median(values: list[float]) -> float:
     """Median of the values, NaN if any is NaN (a seed that did not get there) or there are none."""
     return math.nan if not values or any(math.isnan(v) for v in values) else statistics.median(values)
@@ -404,8 +411,7 @@ def summarize(rows: list[dict], args: argparse.Namespace, command: str) -> str:
             cells = []
             for thr in THRESHOLDS:
                 m, s, n, total = interp[model][thr]
-                a = interp["air"][thr][0]
-                ratio = "" if model == "air" or math.isnan(m) or math.isnan(a) or m <= 0 else f"; {a / m:.2f}x"
+                ratio = _ratio_suffix(model, interp["air"][thr][0], m)
                 cells.append("not reached by every seed" if math.isnan(m) else f"{m:.1f} s +- {s:.1f}{ratio}")
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
         # the median seed: a mean over few seeds follows one slow seed (AIR's spread is wide)
@@ -415,9 +421,8 @@ def summarize(rows: list[dict], args: argparse.Namespace, command: str) -> str:
         for model in reach:
             cells = []
             for thr in THRESHOLDS:
-                m, a = med[model][thr], med["air"][thr]
-                ratio = "" if model == "air" or math.isnan(m) or math.isnan(a) or m <= 0 else f"; {a / m:.2f}x"
-                cells.append("not reached by every seed" if math.isnan(m) else f"{_fmt_time(m)}{ratio}")
+                m = med[model][thr]
+                cells.append("not reached by every seed" if math.isnan(m) else f"{_fmt_time(m)}{_ratio_suffix(model, med['air'][thr], m)}")
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
     lines.append("")
     return "\n".join(lines)
