@@ -187,18 +187,14 @@ class SPN(nn.Module):
         return self.sum_layers[0].logits.device
 
     # ------------------------------------------------------------ validation
-    def _prepare(
-        self, x: Tensor, marginalized: Tensor | None, name: str = "x", need_mask: bool = True, keep_bool: bool = False
-    ) -> tuple[Tensor, Tensor | None] | tuple[Tensor, Tensor | None, bool]:
-        """Validate ``x`` and the mask; return ``x`` and the mask as float ``(B, D)`` in the module's dtype.
+    def _check(self, x: Tensor, marginalized: Tensor | None, name: str = "x") -> tuple[Tensor, Tensor | None, bool]:
+        """Validate ``x`` and the mask.
 
-        With ``need_mask=False`` and no mask given, the mask comes back as None
-        (everything observed) and no all-zero mask is built. With
-        ``keep_bool=True`` a bool mask comes back as it is and ``x`` is not
-        zeroed where it is True: the leaf layer zeroes those entries while it
-        lays out its input (:meth:`_to_leaf_input` passes the observed
-        entries); a third value then says whether validation found every
-        entry of ``x`` finite (the leaf layer may then zero by multiplying).
+        Returns ``x`` in the module's dtype, the mask (None; bool as given; a
+        float mask in the module's dtype) and whether validation found every
+        entry of ``x`` finite (False when not validated: the check synchronizes
+        with the device). Under a float mask ``x`` is zeroed where the mask is
+        1; under a bool mask it is not zeroed (the caller's layout does it).
         """
         if not isinstance(x, Tensor):
             raise ValueError(f"{name} must be a torch.Tensor of shape (batch, {self.num_vars}), got {type(x).__name__}")
@@ -208,9 +204,8 @@ class SPN(nn.Module):
             raise ValueError(f"{name} is on {x.device} but the SPN is on {self.device}; move one of them")
         if x.dtype == torch.bool or x.is_complex():
             raise ValueError(f"{name} must be a real float or integer tensor, got {x.dtype}")
-        if marginalized is None:
-            m = torch.zeros(x.shape, dtype=self.dtype, device=x.device) if need_mask else None
-        else:
+        m = None
+        if marginalized is not None:
             if not isinstance(marginalized, Tensor):
                 raise ValueError(f"marginalized must be a torch.Tensor (bool, or float in [0, 1]), got {type(marginalized).__name__}")
             if marginalized.shape != x.shape:
@@ -218,7 +213,7 @@ class SPN(nn.Module):
             if marginalized.device != x.device:
                 raise ValueError(f"marginalized is on {marginalized.device} but {name} is on {x.device}")
             if marginalized.dtype == torch.bool:
-                m = marginalized if keep_bool else marginalized.to(self.dtype)
+                m = marginalized
             elif marginalized.is_floating_point():
                 if self.validate_args and bool(((marginalized < 0) | (marginalized > 1) | torch.isnan(marginalized)).any()):
                     raise ValueError("a float mask must lie in [0, 1] (1 = unobserved); got values outside or NaN")
@@ -226,33 +221,47 @@ class SPN(nn.Module):
             else:
                 raise ValueError(f"marginalized must be bool or float in [0, 1], got dtype {marginalized.dtype}")
         x = x.to(self.dtype)
-        all_finite = False  # known only where validated (a check synchronizes with the device)
-        if self.validate_args:
-            # one reduction in the common case: a sum is finite only if every entry is (NaN and inf
-            # propagate; a finite sum that overflows takes the exact check)
-            all_finite = bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
-            if not all_finite:  # the mask is consulted only now
-                bad = ~torch.isfinite(x) if m is None else (m < 1) & ~torch.isfinite(x)
-                if bool(bad.any()):
-                    raise ValueError(
-                        f"{name} has NaN or inf at {int(bad.sum())} observed entries; mark missing entries in `marginalized` instead"
-                    )
-            if self.leaf.restricted_support:
-                msg = self.leaf.support_error(x, None if m is None else m < 1)
-                if msg is not None:
-                    raise ValueError(msg)
-        if marginalized is not None and m.dtype != torch.bool:  # unobserved values never enter the arithmetic
-            if all_finite and marginalized.dtype == torch.bool:
-                x = torch.addcmul(x, x, m, value=-1.0)  # x - x m: the same zeros in one arithmetic pass (a bool masked_fill took 3x as long)
-            else:
-                x = x.masked_fill(marginalized if marginalized.dtype == torch.bool else m >= 1, 0.0)
-        return (x, m, all_finite) if keep_bool else (x, m)
+        all_finite = self.validate_args and self._validate_values(x, m, name)
+        if m is not None and m.dtype != torch.bool:  # unobserved values never enter the arithmetic
+            x = x.masked_fill(m >= 1, 0.0)
+        return x, m, all_finite
+
+    def _validate_values(self, x: Tensor, m: Tensor | None, name: str) -> bool:
+        """Raise on NaN/inf or out-of-support values at observed entries; return whether every entry is finite."""
+        # one reduction in the common case: a sum is finite only if every entry is (NaN and inf
+        # propagate; a finite sum that overflows takes the exact check)
+        all_finite = bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
+        observed = None if m is None else m < 1  # bool m: True (unobserved) < 1 is False
+        if not all_finite:
+            bad = ~torch.isfinite(x) if observed is None else observed & ~torch.isfinite(x)
+            if bool(bad.any()):
+                raise ValueError(f"{name} has NaN or inf at {int(bad.sum())} observed entries; mark missing entries in `marginalized` instead")
+        if self.leaf.restricted_support:
+            msg = self.leaf.support_error(x, observed)
+            if msg is not None:
+                raise ValueError(msg)
+        return all_finite
+
+    def _prepare(self, x: Tensor, marginalized: Tensor | None, name: str = "x") -> tuple[Tensor, Tensor]:
+        """:meth:`_check`, then ``x`` zeroed where fully unobserved and the mask as float ``(B, D)`` (zeros when None).
+
+        For the queries that work on a float mask (sampling, MPE, learning);
+        :meth:`log_prob` passes a bool mask on to the leaf layer instead.
+        """
+        x, m, finite = self._check(x, marginalized, name)
+        if m is None:
+            return x, torch.zeros(x.shape, dtype=self.dtype, device=x.device)
+        if m.dtype != torch.bool:
+            return x, m
+        mf = m.to(self.dtype)
+        # x - x m: the same zeros in one arithmetic pass where every value is finite (a bool masked_fill took 3x as long)
+        return (torch.addcmul(x, x, mf, value=-1.0) if finite else x.masked_fill(m, 0.0)), mf
 
     def _to_leaf_input(self, x: Tensor, m: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """``(B, D)`` values and mask to the leaf layer's values and evidence weights ``1 - m``, both ``(B, D)`` (None: all observed).
 
-        A bool mask (from ``_prepare(..., keep_bool=True)``) becomes the bool
-        observed entries, ``~m``: the leaf layer's hard-evidence input.
+        A bool mask (as :meth:`_check` returns it) becomes the bool observed
+        entries, ``~m``: the leaf layer's hard-evidence input.
         """
         if m is None:
             return x, None
@@ -324,7 +333,7 @@ class SPN(nn.Module):
         Returns:
             ``(B,)``, or ``(B, num_classes)`` when ``num_classes > 1``.
         """
-        x, m, finite = self._prepare(x, marginalized, need_mask=False, keep_bool=True)
+        x, m, finite = self._check(x, marginalized)
         return self._out(self._upward(*self._to_leaf_input(x, m), finite=finite).root)
 
     def forward(self, x: Tensor, marginalized: Tensor | None = None) -> Tensor:

@@ -430,18 +430,17 @@ class LeafLayer(nn.Module):
         Returns:
             ``(R, B, K)``.
         """
-        if w is not None and w.dtype == torch.bool:
-            if x.requires_grad and torch.is_grad_enabled():  # differentiable in x: the weighted path
-                x, w = torch.where(w, x, 0.0), w.to(x.dtype)
-            else:
-                coef = self.leaf.layer_coefficients(self.param_dict(), False)[0] if eta is None else natural_to_layer(eta, False)[0]
-                return self._linear(self._observed_statistics(x, w, finite), coef)
+        hard = w is not None and w.dtype == torch.bool
+        if hard and x.requires_grad and torch.is_grad_enabled():  # differentiable in x: the weighted path
+            x, w, hard = torch.where(w, x, 0.0), w.to(x.dtype), False
         # every weight 1 and a constant last statistic: its share is one bias per (region, component)
         split = w is None and self.leaf.constant_last
         if eta is None:
             coef, const = self.leaf.layer_coefficients(self.param_dict(), split)  # (R, S'*n, K), (R, n, K)
         else:
             coef, const = natural_to_layer(eta, split)
+        if hard:
+            return self._linear(self._observed_statistics(x, w, finite), coef)
         cols = self._columns(x)
         if w is None:
             feats = self.leaf.varying_statistics(cols) if split else self.leaf.statistics(cols)  # (S or S - 1, D + 1, B), a fresh tensor

@@ -38,6 +38,18 @@ from torch.nn import functional as F
 __all__ = ["Leaf", "Normal", "Bernoulli", "Categorical"]
 
 
+def _zero_unobserved(x: Tensor, observed: Tensor, weight: Tensor, finite: bool, out: Tensor | None = None) -> Tensor:
+    """``x`` where ``observed`` (bool), 0 elsewhere; ``weight`` is ``observed`` as 0/1 in any dtype.
+
+    With every entry of ``x`` finite this is the product ``x * weight``
+    (several times faster than ``torch.where`` on CPU); otherwise a select, so
+    that NaN and inf at unobserved entries give 0.
+    """
+    if finite:
+        return torch.mul(x, weight, out=out)
+    return torch.where(observed, x, x.new_zeros(()), out=out)
+
+
 class Leaf(ABC):
     """A family of univariate exponential-family factors.
 
@@ -75,7 +87,7 @@ class Leaf(ABC):
         zeroes ``x``, computes :meth:`statistics` and multiplies by the mask;
         families whose non-constant statistics vanish at 0 write each row once.
         """
-        out.copy_(self.statistics(torch.where(observed, x, 0.0)))
+        out.copy_(self.statistics(_zero_unobserved(x, observed, observed, finite)))
         out.mul_(observed)
 
     def statistics_grads(self, x: Tensor, grad: Tensor, wrt_x: bool) -> tuple[Tensor, Tensor | None]:
@@ -334,11 +346,8 @@ class Normal(Leaf):
 
     def observed_statistics(self, x, observed, out, finite=False):
         out[2].copy_(observed)  # the constant statistic times the weight
-        if finite:  # x w: exact zeros where unobserved (x^2 is taken after, so huge values cannot overflow there)
-            torch.mul(x, out[2], out=out[1])
-        else:
-            torch.where(observed, x, x.new_zeros(()), out=out[1])  # x, 0 where unobserved: x^2 and x vanish there
-        torch.mul(out[1], out[1], out=out[0])
+        _zero_unobserved(x, observed, out[2], finite, out=out[1])  # x, 0 where unobserved: x^2 and x vanish there
+        torch.mul(out[1], out[1], out=out[0])  # after the zeroing: huge unobserved values cannot overflow
 
     def statistics_grads(self, x, grad, wrt_x):
         dot = torch.addcmul(grad[2], torch.addcmul(grad[1], grad[0], x), x)  # (g0 x + g1) x + g2
@@ -399,10 +408,7 @@ class Bernoulli(Leaf):
 
     def observed_statistics(self, x, observed, out, finite=False):
         out[1].copy_(observed)
-        if finite:
-            torch.mul(x, out[1], out=out[0])
-        else:
-            torch.where(observed, x, x.new_zeros(()), out=out[0])
+        _zero_unobserved(x, observed, out[1], finite, out=out[0])
 
     def statistics_grads(self, x, grad, wrt_x):
         return torch.addcmul(grad[1], grad[0], x), grad[0].clone() if wrt_x else None

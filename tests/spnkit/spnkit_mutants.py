@@ -78,15 +78,15 @@ MUTANTS: dict[str, Mutant] = {
         "a bool mask integrates an unobserved Normal factor out of its normalizer but not its constant",
     ),
     "hard_evidence_keeps_unobserved_values": Mutant(
-        "spnkit.leaves:Normal.observed_statistics",
-        "torch.where(observed, x, x.new_zeros(()), out=out[1])",
-        "out[1].copy_(x)",
+        "spnkit.leaves:_zero_unobserved",
+        "return torch.where(observed, x, x.new_zeros(()), out=out)",
+        "return x if out is None else out.copy_(x)",
         "a bool mask lets the values at unobserved entries into the statistics",
     ),
     "hard_evidence_finite_keeps_values": Mutant(
-        "spnkit.leaves:Normal.observed_statistics",
-        "torch.mul(x, out[2], out=out[1])",
-        "out[1].copy_(x)",
+        "spnkit.leaves:_zero_unobserved",
+        "return torch.mul(x, weight, out=out)",
+        "return x if out is None else out.copy_(x)",
         "with validated finite values, a bool mask lets the unobserved values into the statistics",
     ),
     "sums_skip_softmax": Mutant(
@@ -126,7 +126,7 @@ MUTANTS: dict[str, Mutant] = {
         "sample / mpe draw from the prior instead of the conditional",
     ),
     "soft_mask_rounded": Mutant(
-        "spnkit.circuit:SPN._prepare",
+        "spnkit.circuit:SPN._check",
         'or NaN")\n            m = marginalized.to(self.dtype)',
         'or NaN")\n            m = marginalized.round().to(self.dtype)',
         "soft masks are rounded to hard ones",
