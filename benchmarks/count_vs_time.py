@@ -267,6 +267,17 @@ def _ratio_suffix(model: str, air_time: float, model_time: float) -> str:
     return f"; {air_time / model_time:.2f}x"
 
 
+def _threshold_header() -> list[str]:
+    """The two header lines of a table with one column per accuracy threshold."""
+    return ["| model | " + " | ".join(f">= {t}" for t in THRESHOLDS) + " |", "|---" * (len(THRESHOLDS) + 1) + "|"]
+
+
+def _mean_std_all(values: list[float]) -> tuple[float, float]:
+    """Mean and standard deviation over seeds, the mean NaN unless every seed has a value."""
+    m, s, n = _mean_std(values)
+    return (m if n == len(values) else math.nan), s
+
+
 def _median(values: list[float]) -> float:
     """Median of the values, NaN if any is NaN (a seed that did not get there) or there are none."""
     return math.nan if not values or any(math.isnan(v) for v in values) else statistics.median(values)
@@ -368,7 +379,7 @@ def summarize(rows: list[dict], args: argparse.Namespace, command: str) -> str:
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     lines += ["", "## Training CPU time to reach a count accuracy (mean over the seeds that reached it)", "",
               "A seed's time is that of its first evaluation at or above the accuracy: up to one evaluation interval late.", ""]
-    lines += ["| model | " + " | ".join(f">= {t}" for t in THRESHOLDS) + " |", "|---" * (len(THRESHOLDS) + 1) + "|"]
+    lines += _threshold_header()
     reach: dict[str, dict[float, float]] = {}
     for model in present:
         runs = _runs(rows, model)
@@ -381,7 +392,7 @@ def summarize(rows: list[dict], args: argparse.Namespace, command: str) -> str:
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     if "air" in reach:
         lines += ["", "## Speed-up: AIR's time to a count accuracy divided by the model's (all seeds must reach it)", ""]
-        lines += ["| model | " + " | ".join(f">= {t}" for t in THRESHOLDS) + " |", "|---" * (len(THRESHOLDS) + 1) + "|"]
+        lines += _threshold_header()
         for model in (m for m in reach if m != "air"):
             cells = []
             for thr in THRESHOLDS:
@@ -398,32 +409,23 @@ def summarize(rows: list[dict], args: argparse.Namespace, command: str) -> str:
                 else:
                     cells.append("-")
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
-        # the same times read between evaluations: less biased where the evaluation interval is a large share of a time
-        lines += ["", "## The same with each seed's crossing interpolated linearly between the evaluation before it and the first at or above", ""]
-        lines += ["| model | " + " | ".join(f">= {t}" for t in THRESHOLDS) + " |", "|---" * (len(THRESHOLDS) + 1) + "|"]
-        interp = {m: {} for m in reach}
-        for model in reach:
-            runs = _runs(rows, model)
-            for thr in THRESHOLDS:
-                m, s, n = _mean_std([_time_to_interpolated(r, thr) for r in runs.values()])
-                interp[model][thr] = (m if n == len(runs) else math.nan, s, n, len(runs))
-        for model in reach:
-            cells = []
-            for thr in THRESHOLDS:
-                m, s, n, total = interp[model][thr]
-                ratio = _ratio_suffix(model, interp["air"][thr][0], m)
-                cells.append("not reached by every seed" if math.isnan(m) else f"{m:.1f} s +- {s:.1f}{ratio}")
-            lines.append(f"| {model} | " + " | ".join(cells) + " |")
-        # the median seed: a mean over few seeds follows one slow seed (AIR's spread is wide)
-        lines += ["", "## Median over seeds of each seed's first evaluation at or above the accuracy (all seeds must reach it)", ""]
-        lines += ["| model | " + " | ".join(f">= {t}" for t in THRESHOLDS) + " |", "|---" * (len(THRESHOLDS) + 1) + "|"]
-        med = {m: {thr: _median([_time_to(r, thr) for r in _runs(rows, m).values()]) for thr in THRESHOLDS} for m in reach}
-        for model in reach:
-            cells = []
-            for thr in THRESHOLDS:
-                m = med[model][thr]
-                cells.append("not reached by every seed" if math.isnan(m) else f"{_fmt_time(m)}{_ratio_suffix(model, med['air'][thr], m)}")
-            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        # the same times read between evaluations (less biased where the evaluation interval is a large share
+        # of a time), and the median seed (a mean over few seeds follows one slow seed; AIR's spread is wide)
+        derived = (
+            ("The same with each seed's crossing interpolated linearly between the evaluation before it and the first at or above",
+             _time_to_interpolated, _mean_std_all, lambda m, s: f"{m:.1f} s +- {s:.1f}"),
+            ("Median over seeds of each seed's first evaluation at or above the accuracy (all seeds must reach it)",
+             _time_to, lambda v: (_median(v), math.nan), lambda m, s: _fmt_time(m)),
+        )
+        for title, time_of, summary, fmt in derived:
+            lines += ["", f"## {title}", "", *_threshold_header()]
+            table = {m: {thr: summary([time_of(r, thr) for r in _runs(rows, m).values()]) for thr in THRESHOLDS} for m in reach}
+            for model in reach:
+                cells = []
+                for thr in THRESHOLDS:
+                    m, s = table[model][thr]
+                    cells.append("not reached by every seed" if math.isnan(m) else fmt(m, s) + _ratio_suffix(model, table["air"][thr][0], m))
+                lines.append(f"| {model} | " + " | ".join(cells) + " |")
     lines.append("")
     return "\n".join(lines)
 

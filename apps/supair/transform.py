@@ -39,10 +39,15 @@ def box_to_theta(where: Tensor, canvas: int) -> Tensor:
     return _theta(*_affine_terms(where, canvas))
 
 
+def _inverse_terms(where: Tensor, canvas: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Scales and translations of the image-to-glimpse map (the inverse of :func:`_affine_terms`'s)."""
+    sx, sy, tx, ty = _affine_terms(where, canvas)
+    return 1 / sx, 1 / sy, -tx / sx, -ty / sy
+
+
 def glimpse_to_image_theta(where: Tensor, canvas: int) -> Tensor:
     """The inverse maps, image coordinates to glimpse coordinates: ``(..., 2, 3)``."""
-    sx, sy, tx, ty = _affine_terms(where, canvas)
-    return _theta(1 / sx, 1 / sy, -tx / sx, -ty / sy)
+    return _theta(*_inverse_terms(where, canvas))
 
 
 def _box_grid(sx: Tensor, sy: Tensor, tx: Tensor, ty: Tensor, height: int, width: int) -> Tensor:
@@ -53,10 +58,11 @@ def _box_grid(sx: Tensor, sy: Tensor, tx: Tensor, ty: Tensor, height: int, width
     coordinate (``affine_grid``'s ``(B, H*W, 3) x (B, 3, 2)`` bmm, slow at
     inner size 3), and a backward that sums two small broadcasts.
     """
-    u = torch.arange(width, dtype=sx.dtype, device=sx.device).mul_(2.0).add_(1.0).div_(width).sub_(1.0)  # pixel centres in [-1, 1]
-    v = torch.arange(height, dtype=sx.dtype, device=sx.device).mul_(2.0).add_(1.0).div_(height).sub_(1.0)
-    gx = torch.addcmul(tx.unsqueeze(-1), sx.unsqueeze(-1), u)  # (B, W)
-    gy = torch.addcmul(ty.unsqueeze(-1), sy.unsqueeze(-1), v)  # (B, H)
+    def centres(n: int) -> Tensor:  # pixel centres in [-1, 1], as align_corners=False places them
+        return torch.arange(n, dtype=sx.dtype, device=sx.device).mul_(2.0).add_(1.0).div_(n).sub_(1.0)
+
+    gx = torch.addcmul(tx.unsqueeze(-1), sx.unsqueeze(-1), centres(width))  # (B, W)
+    gy = torch.addcmul(ty.unsqueeze(-1), sy.unsqueeze(-1), centres(height))  # (B, H)
     B = gx.shape[0]
     return torch.stack([gx.unsqueeze(1).expand(B, height, width), gy.unsqueeze(2).expand(B, height, width)], -1)
 
@@ -87,8 +93,7 @@ def paste_glimpses(glimpses: Tensor, where: Tensor, canvas: int) -> Tensor:
     Returns:
         ``(B, C, S, S)``, zero outside the boxes.
     """
-    sx, sy, tx, ty = _affine_terms(where, canvas)
-    grid = _box_grid(1 / sx, 1 / sy, -tx / sx, -ty / sy, canvas, canvas)  # as F.affine_grid(glimpse_to_image_theta(...))
+    grid = _box_grid(*_inverse_terms(where, canvas), canvas, canvas)  # as F.affine_grid(glimpse_to_image_theta(...))
     return F.grid_sample(glimpses, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
