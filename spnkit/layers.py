@@ -120,8 +120,7 @@ class _WeightedStatistics(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, leaf: Leaf) -> Tensor:
-        feats = leaf.statistics(x.detach())  # a fresh tensor
-        feats.mul_(w)
+        feats = leaf.weighted_statistics(x.detach(), w)  # a fresh tensor
         ctx.save_for_backward(x, w)
         ctx.leaf = leaf
         return feats
@@ -387,10 +386,9 @@ class LeafLayer(nn.Module):
 
     def _columns(self, v: Tensor) -> Tensor:
         """``(B, D)`` to variable-major ``(D + 1, B)`` with a zero row ``D``, the target of padding slots."""
-        out = v.new_empty(self.num_vars + 1, v.shape[0])
-        out[: self.num_vars] = v.t()
-        out[self.num_vars] = 0.0
-        return out
+        # cat, not slice assignment into an empty tensor: its backward is a view of the gradient, where
+        # the assignment's made a zero-filled copy of it
+        return torch.cat([v.t(), v.new_zeros(1, v.shape[0])])
 
     def _linear(self, feats: Tensor, coef: Tensor, bias: Tensor | None = None) -> Tensor:
         """``out[r, b, k] = sum_{d, s} feats[s, d, b] * coef[r, s * n + slot(d), k] (+ bias[r, k])``: ``(R, B, K)``, batch-fastest.

@@ -90,6 +90,14 @@ class Leaf(ABC):
         out.copy_(self.statistics(_zero_unobserved(x, observed, observed, finite)))
         out.mul_(observed)
 
+    def weighted_statistics(self, x: Tensor, w: Tensor) -> Tensor:
+        """Soft evidence: ``T(x) * w`` ``(S, *X)``, a fresh tensor, from values and weights of equal shape.
+
+        The default multiplies :meth:`statistics` by ``w``; families override
+        it to weight each statistic as it is written (the constant one is ``w``).
+        """
+        return self.statistics(x).mul_(w)
+
     def statistics_grads(self, x: Tensor, grad: Tensor, wrt_x: bool) -> tuple[Tensor, Tensor | None]:
         """A gradient ``grad`` ``(S, *X)`` on ``T(x)`` contracted with the statistics and with their derivatives.
 
@@ -349,6 +357,13 @@ class Normal(Leaf):
         _zero_unobserved(x, observed, out[2], finite, out=out[1])  # x, 0 where unobserved: x^2 and x vanish there
         torch.mul(out[1], out[1], out=out[0])  # after the zeroing: huge unobserved values cannot overflow
 
+    def weighted_statistics(self, x, w):
+        out = x.new_empty((3, *x.shape))
+        torch.mul(x, x, out=out[0]).mul_(w)  # (x^2) w, x w, w: the values of statistics(x) * w, in 4 passes instead of 6
+        torch.mul(x, w, out=out[1])
+        out[2].copy_(w)
+        return out
+
     def statistics_grads(self, x, grad, wrt_x):
         dot = torch.addcmul(grad[2], torch.addcmul(grad[1], grad[0], x), x)  # (g0 x + g1) x + g2
         return dot, torch.addcmul(grad[1], grad[0], x, value=2.0) if wrt_x else None  # 2 g0 x + g1
@@ -409,6 +424,12 @@ class Bernoulli(Leaf):
     def observed_statistics(self, x, observed, out, finite=False):
         out[1].copy_(observed)
         _zero_unobserved(x, observed, out[1], finite, out=out[0])
+
+    def weighted_statistics(self, x, w):
+        out = x.new_empty((2, *x.shape))
+        torch.mul(x, w, out=out[0])
+        out[1].copy_(w)
+        return out
 
     def statistics_grads(self, x, grad, wrt_x):
         return torch.addcmul(grad[1], grad[0], x), grad[0].clone() if wrt_x else None

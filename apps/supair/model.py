@@ -320,7 +320,7 @@ class Supair(nn.Module):
         objects = self.object_spn.log_prob(obj_x, marginalized=obj_m).view(B, N) * area  # (B, N)
         overlap = hidden.mean((1, 2, 3)).view(B, N)  # (B, N)
         # background, once per count alternative
-        bg_m = (1 - vis).clamp(0, 1).unsqueeze(2).expand(B, N + 1, C, S, S)  # (B, N+1, C, S, S)
+        bg_m = (1 - vis).unsqueeze(2).expand(B, N + 1, C, S, S)  # (B, N+1, C, S, S); in [0, 1] as vis is (no clamp needed)
         bg_x = images.unsqueeze(1).expand(B, N + 1, C, S, S)
         background = self._background_log_prob(
             bg_x.permute(0, 1, 3, 4, 2).reshape(B * (N + 1), S * S * C),

@@ -71,6 +71,12 @@ MUTANTS: dict[str, Mutant] = {
         "_WeightedStatistics.apply(cols, self._columns(torch.ones_like(w)), self.leaf)",
         "the leaf layer ignores the marginalization mask",
     ),
+    "soft_evidence_constant_unweighted": Mutant(
+        "spnkit.leaves:Normal.weighted_statistics",
+        "out[2].copy_(w)",
+        "out[2].fill_(1.0)",
+        "a float mask integrates an unobserved Normal factor out of its normalizer but not its constant",
+    ),
     "hard_evidence_ignores_mask": Mutant(
         "spnkit.leaves:Normal.observed_statistics",
         "out[2].copy_(observed)",

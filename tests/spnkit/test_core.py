@@ -823,6 +823,23 @@ def test_observed_statistics_are_the_weighted_statistics(leaf):
             torch.testing.assert_close(out, want.transpose(1, 2), atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("leaf", sorted(LEAVES))
+def test_weighted_statistics_are_the_statistics_times_the_weights(leaf):
+    """Each family's soft-evidence statistics equal T(x) * w bit for bit (Leaf's default), and are a fresh tensor."""
+    fam = LEAVES[leaf]
+    x = _values(fam, (6, 5), _gen(7))
+    w = torch.rand(6, 5, generator=_gen(8), dtype=torch.float64)
+    w[0] = 0.0
+    w[1] = 1.0
+    want = fam.statistics(x) * w
+    x0, w0 = x.clone(), w.clone()
+    for method in (fam.weighted_statistics, lambda *a: Leaf.weighted_statistics(fam, *a)):
+        got = method(x, w)
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+        got.fill_(5.0)  # the layer may write into it: no view of x or w
+        assert torch.equal(x, x0) and torch.equal(w, w0)
+
+
 @pytest.mark.parametrize("name", sorted(spnkit_mutants.MUTANTS))
 def test_mutant_matches_the_core(name):
     """Each broken variant of the mutation harness still finds its snippet in the core (an edit of the core updates it)."""

@@ -1,0 +1,49 @@
+"""Process-level settings that make CPU training loops faster.
+
+PyTorch allocates each CPU tensor with the C library's ``malloc``. glibc hands
+blocks above a threshold (128 KiB at first, adapting up to 32 MiB) straight from
+the kernel with ``mmap`` and gives them back on ``free``, and returns freed
+memory at the top of its heap to the kernel beyond another threshold. A training
+step that builds the same multi-megabyte temporaries every time therefore maps
+fresh, zero-filled pages each time: a minor page fault per 4 KiB touched. For
+SuPAIR's step (batch 64, one thread) that was about 3200 faults, 75 ms a step
+against 68 ms once freed blocks were kept (the same arithmetic).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+
+__all__ = ["keep_freed_memory"]
+
+_M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
+_M_MMAP_THRESHOLD = -3
+
+
+def keep_freed_memory(max_block_bytes: int = 2**30) -> bool:
+    """Let this process keep freed memory for reuse instead of returning it to the kernel.
+
+    Under glibc, blocks up to ``max_block_bytes`` come from the heap rather than
+    from fresh ``mmap`` calls, and the heap is not trimmed, so a loop that
+    allocates and frees the same sizes reuses pages that are already mapped. The
+    process's resident memory then stays at its peak. Other C libraries: nothing
+    is changed.
+
+    Args:
+        max_block_bytes: largest block served from the heap (at most ``2**31 - 1``).
+
+    Returns:
+        True if the settings were applied.
+    """
+    if not 0 < max_block_bytes < 2**31:
+        raise ValueError(f"max_block_bytes must be in (0, 2**31), got {max_block_bytes}")
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, max_block_bytes)) and bool(mallopt(_M_TRIM_THRESHOLD, max_block_bytes))
