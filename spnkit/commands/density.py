@@ -28,6 +28,7 @@ from ..io import atomic_write, load, save
 from ..learn import evaluate, fit
 from ..leaves import Normal
 from ..region_graph import RegionGraph
+from ..system import keep_freed_memory
 
 __all__ = ["add_parser", "run_fit", "run_inpaint", "run_classify", "masks"]
 
@@ -234,6 +235,7 @@ def _setup(args: argparse.Namespace) -> None:
     if not args.minutes > 0:
         raise ValueError(f"--minutes must be positive, got {args.minutes}")
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # a training process: each step's temporaries reuse mapped pages (spnkit.system)
     args.out.mkdir(parents=True, exist_ok=True)
 
 
