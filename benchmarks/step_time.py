@@ -1,8 +1,11 @@
 """Training-step time of SuPAIR and AIR as the trainer runs them, with and without kept freed memory.
 
 Each (model, code, allocator) variant runs in its own process (the allocator
-setting is process-wide), in rounds that alternate the variants, so that a
-disturbance of the shared machine falls on all of them alike. A process builds
+setting is process-wide), in rounds that alternate the variants (each round
+starting one variant later), so that a disturbance of the shared machine falls
+on all of them alike. Processes differ by a few percent with the same code and
+setting (memory placement); for small code changes, alternate the versions step
+by step in one process instead. A process builds
 the model with the trainer's defaults for the data set (SuPAIR on multi-MNIST:
 batch 64), fused Adam, one torch thread by default, trains ``--warmup`` steps
 on one fixed batch, then times ``--steps`` more (process CPU time) and counts
@@ -118,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     results: dict[tuple, list[dict]] = {v: [] for v in variants}
     for r in range(args.rounds):
-        for v in variants:
+        shift = r % len(variants)  # each round starts one variant later: no variant always runs first or after the same one
+        for v in variants[shift:] + variants[:shift]:
             m, c, a = v
             cmd = [sys.executable, __file__, "--worker", codes[c], m, a, "--dataset", args.dataset,
                    "--threads", str(args.threads), "--warmup", str(args.warmup), "--steps", str(args.steps)]

@@ -6,8 +6,9 @@ the kernel with ``mmap`` and gives them back on ``free``, and returns freed
 memory at the top of its heap to the kernel beyond another threshold. A training
 step that builds the same multi-megabyte temporaries every time therefore maps
 fresh, zero-filled pages each time: a minor page fault per 4 KiB touched. For
-SuPAIR's step (batch 64, one thread) that was about 3200 faults, 75 ms a step
-against 68 ms once freed blocks were kept (the same arithmetic).
+SuPAIR's training step (batch 64, one thread) that was about 2500 faults, and
+the step 0.95x as long once freed blocks were kept (the same arithmetic;
+``benchmarks/step_time.py``).
 """
 
 from __future__ import annotations

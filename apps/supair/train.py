@@ -236,7 +236,7 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         if torch.device(device).type == "cpu":
-            keep_freed_memory()  # a step's temporaries reuse mapped pages: 0.91x SuPAIR's step, 0.95x AIR's (one thread)
+            keep_freed_memory()  # a step's temporaries reuse mapped pages: 0.95x SuPAIR's step, 0.94x AIR's (benchmarks/step_time.py)
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(cfg).to(device)
         groups = getattr(self.model, "param_groups", None)  # a model may set per-group rates (AIR's baseline)
