@@ -66,7 +66,10 @@ class Inference:
 
     def log_q_where(self) -> Tensor:
         """``log q(z_where)`` per step ``(B, N)``."""
-        return torch.distributions.Normal(self.where_loc, self.where_std).log_prob(self.where_sample).sum(-1)
+        # torch.distributions.Normal's log_prob, written out: the distribution object would check its arguments
+        # and the value (host synchronisations) at every step
+        loc, std, z = self.where_loc, self.where_std, self.where_sample
+        return (-((z - loc) ** 2) / (2 * std**2) - std.log() - math.log(math.sqrt(2 * math.pi))).sum(-1)
 
     def presence(self) -> Tensor:
         """Probability that object ``i`` exists, ``prod_{j <= i} p_j``: ``(B, N)``."""
@@ -261,20 +264,20 @@ class Supair(nn.Module):
     def residual_fill(self, images: Tensor) -> Tensor | None:
         """What the attention network sees where earlier boxes were, ``(B, C, S, S)`` or None (zeros).
 
-        With ``inference.fill == "background"`` and a background SPN: the SPN's MPE
-        reconstruction of the whole image (its most probable background, leaf modes
-        in place of the pixels). On a textured background (grid lines, noise) a
-        blanked box is a hole that the network never saw at its first step, and it
-        learned to answer "no object" next to one; a background-coloured fill keeps
-        later steps' inputs like the first step's. No gradient flows through it.
+        With ``inference.fill == "background"`` and a background SPN: the SPN's most
+        probable background, leaf modes of its best induced tree with nothing
+        observed (it does not depend on the images: one MPE pass, broadcast over
+        the batch). On a textured background (grid lines, noise) a blanked box is a
+        hole that the network never saw at its first step, and it learned to answer
+        "no object" next to one; a background-coloured fill keeps later steps'
+        inputs like the first step's. No gradient flows through it.
         """
         cfg = self.cfg
         if cfg.inference.input != "residual" or cfg.inference.fill != "background" or self.background_spn is None:
             return None
         B, C, S, _ = images.shape
-        flat = images.permute(0, 2, 3, 1).reshape(B, S * S * C)
-        recon = self.background_spn.mpe(flat, keep_observed=False)
-        return recon.view(B, S, S, C).permute(0, 3, 1, 2).clamp(0, 1)
+        recon = self.background_spn.mpe(images.new_zeros(1, S * S * C), keep_observed=False)  # every entry unobserved
+        return recon.view(1, S, S, C).permute(0, 3, 1, 2).clamp(0, 1).expand(B, C, S, S)
 
     # ---------------------------------------------------------------- model
     def visibility(self, where: Tensor) -> Tensor:
@@ -287,8 +290,8 @@ class Supair(nn.Module):
         free = 1 - box_coverage(where, S)  # (B, N, S, S)
         # one product per object step, not torch.cumprod: its backward takes a slow path when an entry is
         # exactly 0 (every pixel wholly inside a box), 21.6 against 2.3 ms fwd+bwd at B = 64, one thread
-        rows = [where.new_ones(B, S, S)]
-        for n in range(free.shape[1]):  # the N object steps (not pixels)
+        rows = [where.new_ones(B, S, S), free[:, 0]]  # 1 * free_0 is free_0 exactly: no product for it
+        for n in range(1, free.shape[1]):  # the N object steps (not pixels)
             rows.append(rows[-1] * free[:, n])
         return torch.stack(rows, 1)  # (B, N+1, S, S)
 
