@@ -66,8 +66,8 @@ class Inference:
 
     def log_q_where(self) -> Tensor:
         """``log q(z_where)`` per step ``(B, N)``."""
-        # torch.distributions.Normal's log_prob, written out: the distribution object would check its arguments
-        # and the value (host synchronisations) at every step
+        # torch.distributions.Normal's log_prob, written out: the distribution object checks its arguments and
+        # the value at every step (a dozen small ops; host synchronisations on a GPU)
         loc, std, z = self.where_loc, self.where_std, self.where_sample
         return (-((z - loc) ** 2) / (2 * std**2) - std.log() - math.log(math.sqrt(2 * math.pi))).sum(-1)
 
