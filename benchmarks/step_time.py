@@ -50,12 +50,12 @@ def worker(root: str, model_type: str, allocator: str, dataset: str, threads: in
     import torch
 
     torch.set_num_threads(threads)
-    from apps.supair.config import SupairConfig, dataset_defaults, model_defaults
+    from apps.supair.cli import build_parser, config_from_args
     from apps.supair.data import load_dataset
     from apps.supair.train import build_model
 
-    cfg = SupairConfig(model_type=model_type)
-    cfg = cfg.replace(**dataset_defaults(dataset, model_type), **model_defaults(model_type))
+    # the configuration `supair train --model M --dataset D` would run (the checkout's own defaults)
+    cfg = config_from_args(build_parser().parse_args(["train", "--model", model_type, "--dataset", dataset]))
     torch.manual_seed(0)
     model = build_model(cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.learning_rate, fused=True)
