@@ -1,7 +1,7 @@
 """Count accuracy against training time: SuPAIR, SuPAIR without the background SPN, and AIR.
 
 For one data set, each model is trained ``--seeds`` times through the SuPAIR
-harness (``python -m apps.supair train`` in a subprocess, one run folder per
+harness (``python -m supair train`` in a subprocess, one run folder per
 (data set, model, seed) under ``--runs-dir``), evaluating held-out count
 accuracy every ``--eval-seconds`` of training CPU time. The clock is the
 process's CPU time spent in training steps (evaluation excluded); wall time of
@@ -49,7 +49,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from spnkit.io import atomic_write
+from benchlib import atomic_write
 
 __all__ = ["MODELS", "parse_args", "run_command", "collect", "summarize", "main"]
 
@@ -128,7 +128,7 @@ def run_dir(args: argparse.Namespace, model: str, seed: int) -> Path:
 def run_command(args: argparse.Namespace, model: str, seed: int) -> list[str]:
     """The ``supair train`` command line that starts or continues one run."""
     folder = run_dir(args, model, seed)
-    cmd = [sys.executable, "-m", "apps.supair", "train", *MODELS[model], "--dataset", args.dataset,
+    cmd = [sys.executable, "-m", "supair", "train", *MODELS[model], "--dataset", args.dataset,
            "--seed", str(seed), "--threads", str(args.threads), "--no-progress",
            "--cpu-minutes", repr(args.budgets[model]), "--eval-seconds", repr(args.eval_seconds)]
     if args.train_images is not None:

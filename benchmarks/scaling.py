@@ -43,7 +43,7 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from spnkit.io import atomic_write  # noqa: E402
+from benchlib import atomic_write  # noqa: E402
 
 FIELDS = ["task", "setting", "processes", "threads_per_process", "repeat", "throughput", "unit", "load_avg",
           "max_param_diff_vs_1proc", "final_elbo", "seconds"]
@@ -93,7 +93,7 @@ def supair_run(args: argparse.Namespace, processes: int, threads: int | None, ru
     """Train once; return throughput (images/s after the warm-up), final ELBO and the parameters."""
     import torch
 
-    flags = ["-m", "apps.supair", "train", "--dataset", "multi-mnist", "--train-images", str(args.train_images), "--test-images", "50",
+    flags = ["-m", "supair", "train", "--dataset", "multi-mnist", "--train-images", str(args.train_images), "--test-images", "50",
              "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--eval-every", str(args.warmup),
              "--checkpoint-every", str(args.steps), "--no-progress", "--out", str(run_dir)]
     if threads is not None:

@@ -89,7 +89,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import spnkit  # noqa: E402
-from spnkit.io import atomic_write  # noqa: E402
+from benchlib import atomic_write  # noqa: E402
 from spnkit.region_graph import Partition, RegionGraph  # noqa: E402
 
 __all__ = ["Case", "Row", "QUERIES", "work", "build_spnkit", "build_spflow_pair", "run", "main"]

@@ -31,8 +31,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from apps.supair.model import Inference  # noqa: E402
-from apps.supair.train import load_data, load_model  # noqa: E402
+from supair.inference import Inference  # noqa: E402
+from supair.checkpoint import load_model  # noqa: E402
+from supair.train import load_data  # noqa: E402
 
 
 def fitted_box(corners: torch.Tensor, pad: float, cfg) -> list[float]:

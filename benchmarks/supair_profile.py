@@ -28,10 +28,10 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from apps.supair.config import ModelConfig  # noqa: E402
-from apps.supair.data import load_dataset  # noqa: E402
-from apps.supair.model import Supair  # noqa: E402
-from apps.supair.transform import cut_glimpses  # noqa: E402
+from supair.config import ModelConfig  # noqa: E402
+from supair.data import load_dataset  # noqa: E402
+from supair.model import Supair  # noqa: E402
+from supair.transform import cut_glimpses  # noqa: E402
 
 
 def median_time(fn, repeats: int) -> float:

@@ -1,32 +1,33 @@
-"""The ``spnkit`` command line: ``spnkit draw``, ``spnkit fit``, ``spnkit inpaint``, ``spnkit classify``.
+"""The ``spnkit`` command line: ``spnkit draw``, and the subcommands of installed applications.
 
-Each subcommand lives in its own module with ``add_parser(subparsers)``, which
-registers the subcommand and sets ``func`` to the function that runs it.
+``draw`` is the library's own. Applications add subcommands through the
+entry-point group ``spnkit.commands``: each entry point names a function
+``add_parsers(subparsers)`` that registers its subcommands and sets ``func``
+on each (the ``spnkit-mnist`` application adds ``fit``, ``inpaint`` and
+``classify``).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+from importlib.metadata import entry_points
 
-__all__ = ["main", "build_parser"]
+from .commands import draw
 
-#: modules that contribute subcommands
-_COMMAND_MODULES = ("spnkit.commands.draw", "spnkit.commands.density")
+__all__ = ["main", "build_parser", "ENTRY_POINT_GROUP"]
+
+#: entry-point group through which installed applications add subcommands
+ENTRY_POINT_GROUP = "spnkit.commands"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spnkit", description="Sum-product networks: draw structures, fit densities, inpaint, classify.")
+    parser = argparse.ArgumentParser(prog="spnkit", description="Sum-product networks: draw structures and circuits; "
+                                     "installed applications add their own commands.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name != name:
-                raise
-            continue
-        module.add_parser(sub)
+    draw.add_parser(sub)
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        ep.load()(sub)
     return parser
 
 

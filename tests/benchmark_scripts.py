@@ -15,7 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_benchmark(name: str) -> ModuleType:
-    """The script ``benchmarks/<name>.py`` as a module (registered in ``sys.modules`` under ``name``)."""
+    """The script ``benchmarks/<name>.py`` as a module (registered in ``sys.modules`` under ``name``).
+
+    ``benchmarks/`` joins ``sys.path``, as it does when a script runs, so that the scripts' shared
+    helpers (``benchlib``) import.
+    """
+    folder = str(ROOT / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod

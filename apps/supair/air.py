@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .config import ModelConfig
-from .model import Inference, check_images
+from .inference import Inference, check_images
 from .transform import cut_glimpses, paste_glimpses
 
 __all__ = ["Air", "air_boxes"]

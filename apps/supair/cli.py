@@ -48,16 +48,13 @@ def config_from_args(args: argparse.Namespace, saved=None):
     With ``saved`` (the config of a run being resumed) only the flags given
     explicitly change it; a model option that differs is refused by the Trainer.
     """
-    from .config import SupairConfig, dataset_defaults, model_defaults
+    from .config import SupairConfig
 
     changes: dict = {}
     if saved is None:
-        model, dataset = args.model or "supair", args.dataset or "multi-mnist"
-        changes.update({"model_type": model, "train.dataset": dataset})
-        changes.update(model_defaults(model))
-        if args.data is None:  # the built-in data set's settings; a user's images start from the original's
-            changes.update(dataset_defaults(dataset, model))
+        base = SupairConfig.preset(args.dataset or "multi-mnist", args.model or "supair", user_data=args.data is not None)
     else:
+        base = saved
         if args.model is not None:
             changes["model_type"] = args.model
         if args.dataset is not None:
@@ -95,7 +92,6 @@ def config_from_args(args: argparse.Namespace, saved=None):
         except json.JSONDecodeError:
             changes[key] = value
     top = {k: changes.pop(k) for k in list(changes) if "." not in k}
-    base = saved if saved is not None else SupairConfig()
     cfg = SupairConfig(model=base.model, train=base.train, model_type=top.pop("model_type", base.model_type))
     if top:
         raise ValueError(f"unknown config fields {sorted(top)}")

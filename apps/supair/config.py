@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .data.generate import DATASETS
+
 __all__ = [
     "SPNConfig",
     "InferenceConfig",
@@ -20,9 +22,13 @@ __all__ = [
     "ModelConfig",
     "TrainConfig",
     "SupairConfig",
-    "dataset_defaults",
-    "model_defaults",
+    "DATASETS",
+    "MODELS",
 ]
+
+
+MODELS: tuple[str, ...] = ("supair", "air")
+"""The models the harness trains."""
 
 
 @dataclass(frozen=True)
@@ -115,7 +121,7 @@ class PriorConfig:
 
 @dataclass(frozen=True)
 class AirConfig:
-    """AIR's own settings (the baseline model, ``model_type="air"``); see apps/supair/air.py.
+    """AIR's own settings (the baseline model, ``model_type="air"``); see :mod:`supair.air`.
 
     Defaults: pyro's examples/air with its tutorial's flags (``--z-pres-prior 0.01
     --scale-prior-sd 0.2 --predict-net 200 --bl-predict-net 200
@@ -240,7 +246,7 @@ class SupairConfig:
     def assert_valid(self) -> "SupairConfig":
         self.model.assert_valid()
         self.train.assert_valid()
-        if self.model_type not in ("supair", "air"):
+        if self.model_type not in MODELS:
             raise ValueError(f"model_type must be 'supair' or 'air', got {self.model_type!r}")
         return self
 
@@ -253,6 +259,26 @@ class SupairConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SupairConfig":
         return _from_dict(cls, d).assert_valid()
+
+    @classmethod
+    def preset(cls, dataset: str = "multi-mnist", model: str = "supair", user_data: bool = False) -> "SupairConfig":
+        """The configuration a run of ``model`` on a built-in ``dataset`` starts from.
+
+        The original SuPAIR configuration with the changes measured for each
+        data set (the comments in :func:`_preset_changes` give the reasons).
+        ``user_data=True``: the user's own images, which start from the
+        original configuration (and AIR's training settings for ``model="air"``).
+
+        Example:
+            >>> SupairConfig.preset("multi-mnist").train.batch_size
+            64
+        """
+        if dataset not in DATASETS:
+            raise ValueError(f"unknown data set {dataset!r}; expected one of {', '.join(DATASETS)}")
+        if model not in MODELS:
+            raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
+        changes = _preset_changes(dataset, model, user_data)
+        return cls(model_type=changes.pop("model_type")).replace(**changes)
 
     def replace(self, **changes: Any) -> "SupairConfig":
         """Copy with dotted-path changes, e.g. ``replace(**{"train.batch_size": 64})``."""
@@ -306,50 +332,41 @@ _NESTED = {
 }
 
 
-def dataset_defaults(dataset: str, model_type: str = "supair") -> dict[str, Any]:
-    """Per-data-set changes of the original configuration (dotted paths)."""
-    if dataset == "multi-mnist" and model_type == "supair":
-        # Not in the original; measured on multi-MNIST (docs/supair.md, "Departures"). Batch 64 reaches
-        # 0.95 in about half the CPU time of batch 256; a position std of up to 2 px (the shared bound
-        # 0.3 is in scale units) explores the corners; the count prior's rate ramps from the
-        # original 0.7 to 100 nats per object, against boxes that only mop up ink an earlier box
-        # missed (mean count drifted from 1.03 to 1.10 with the original prior; from the start,
-        # 20 nats kept every count at 0). Once counting has started (step 1500), the overlap prior's
-        # rate ramps from the original 120 to 400 (mop-up boxes overlap earlier ones), and the
-        # learning rate decays to a tenth over a timed run's budget: a 30-minute run ended at 0.961
-        # instead of 0.9445 (same seed), without the old defaults' jump to over-counting. Session 5: the
-        # count rate keeps its slope past step 1500, up to 300 nats at step 4500 (a mop-up box gains a
-        # median ~300 nats of background likelihood); the same 30-minute run ended at 0.9745.
-        # Session 7: the background SPN's variances start low, in [0.005, 0.05] (the fixed background
-        # of the ablation has 0.02; from the middle of the bounds the background explained the digits
-        # for the first ~300 steps, and counts stayed near 0), so objects are used from the first
-        # ~100 steps; against the mop-up boxes that then appear, the count rate ramps twice as fast
-        # (300 at step 2250) and the overlap ramp runs from step 300 to 1050. Time to 0.95 in the
-        # count-vs-time runs (3 seeds, 1 thread, CPU s): 105, 45, 60 (5-minute runs) instead of 120,
-        # 90, 105; with fused Adam over the issue's 15 minutes (session 8): 75, 75, 60; with session 9's
-        # faster step (0.73x): 60, 45, 75.
-        return {
+def _preset_changes(dataset: str, model_type: str, user_data: bool) -> dict[str, Any]:
+    """Dotted-path changes of the original configuration for one data set and model."""
+    changes: dict[str, Any] = {"model_type": model_type, "train.dataset": dataset}
+    if model_type == "air":  # pyro's tutorial: batch 64, Adam 1e-4
+        changes.update({"train.batch_size": 64, "train.learning_rate": 1e-4, "train.eval_every": 200})
+    if user_data or (model_type != "supair" and dataset == "multi-mnist"):
+        return changes  # a user's own images start from the original configuration
+    if dataset == "multi-mnist":
+        # Not in the original; each change measured on multi-MNIST (docs/supair.md, "Departures").
+        # Batch 64 reaches 0.95 in about half the CPU time of batch 256. A position std of up to
+        # 2 px (the shared bound 0.3 is in scale units) explores the corners. The background SPN's
+        # variances start low, in [0.005, 0.05] (the fixed background of the ablation has 0.02):
+        # from the middle of the bounds the background explains the digits for the first few
+        # hundred steps and counts stay near 0. The count prior's rate ramps from the original
+        # 0.7 to 300 nats per object by step 2250, against boxes that only mop up ink an earlier
+        # box missed (a mop-up box gains a median ~300 nats of background likelihood; from the
+        # start, a high rate keeps every count at 0). The overlap prior's rate ramps from the
+        # original 120 to 400 between steps 300 and 1050 (mop-up boxes overlap earlier ones), and
+        # the learning rate decays to a tenth over a timed run's budget, without which long runs
+        # drift to over-counting.
+        changes.update({
             "train.batch_size": 64, "train.eval_every": 500, "train.lr_decay_to": 0.1,
             "model.inference.position_max_std": 2.0,
             "model.background_spn.init_var": (0.005, 0.05),
             "model.prior.count_rate": 300.0, "model.prior.count_rate_start": 0.7, "model.prior.anneal_steps": 2250,
             "model.prior.overlap_rate": 400.0, "model.prior.overlap_rate_start": 120.0, "model.prior.overlap_anneal_begin": 300,
             "model.prior.overlap_anneal_steps": 750,
-        }
-    if dataset == "sprites":
-        return {"model.background_spn.max_var": 0.16}
-    if dataset == "noisy-mnist":
-        return {"model.background_spn.max_var": 0.06, "model.object_spn.min_var": 0.25}
-    if dataset == "grid-mnist":
+        })
+    elif dataset == "sprites":
+        changes["model.background_spn.max_var"] = 0.16
+    elif dataset == "noisy-mnist":
+        changes.update({"model.background_spn.max_var": 0.06, "model.object_spn.min_var": 0.25})
+    elif dataset == "grid-mnist":
         # Not in the original. The grid's 25 offsets need >= 25 leaves per region for the background
-        # SPN to pick one grid per image, and with the default max_var 0.12 the background
-        # absorbed the digits (count 0 throughout 300 CPU s; 0.92 at 240 s with these two changes).
-        return {"model.background_spn.max_var": 0.06, "model.background_spn.num_leaves": 30}
-    return {}
-
-
-def model_defaults(model_type: str) -> dict[str, Any]:
-    """Per-model changes of the training defaults (dotted paths): AIR trains with batch 64 and Adam 1e-4 (pyro's tutorial)."""
-    if model_type == "air":
-        return {"train.batch_size": 64, "train.learning_rate": 1e-4, "train.eval_every": 200}
-    return {}
+        # SPN to pick one grid per image, and with the default max_var 0.12 the background absorbs
+        # the digits (count 0 throughout 300 CPU s; 0.92 at 240 s with these two changes).
+        changes.update({"model.background_spn.max_var": 0.06, "model.background_spn.num_leaves": 30})
+    return changes

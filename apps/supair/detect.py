@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from .train import load_model
+from .checkpoint import load_model
 
 __all__ = ["read_images", "detect_files", "draw_boxes", "BOX_COLOURS"]
 

@@ -1,8 +1,8 @@
 """Data-parallel SuPAIR training under torchrun: the Trainer's view of the process group.
 
-``torchrun --nproc_per_node W -m apps.supair train ...`` starts W processes;
+``torchrun --nproc_per_node W -m supair train ...`` starts W processes;
 the CLI calls :func:`init_from_env`, which returns a :class:`DataParallel`
-(None for a single process) that :class:`~apps.supair.train.Trainer` uses to
+(None for a single process) that :class:`~supair.train.Trainer` uses to
 
 * take this process's contiguous shard of each global batch (every process
   draws the same global batch from the same seeded generator, so the union of
@@ -52,7 +52,7 @@ from spnkit.distributed import DistInfo, rank_slice
 
 from .data import SceneSet
 from .model import Supair
-from .train import detections, searches, summarize
+from .evaluation import detections, searches, summarize
 
 __all__ = ["DataParallel", "ShardedLoss", "GlobalBatchNoise", "init_from_env", "shard_loss", "evaluate_sharded"]
 
@@ -169,7 +169,7 @@ class ShardedLoss(nn.Module):
 @torch.no_grad()
 def evaluate_sharded(model: nn.Module, test: SceneSet, info: DistInfo, batch_size: int = 500, elbo_images: int = 500,
                      device: str = "cpu") -> dict[str, float | None]:
-    """:func:`apps.supair.train.evaluate` with each batch of ``test`` split over the processes.
+    """:func:`supair.train.evaluate` with each batch of ``test`` split over the processes.
 
     Detections are computed on this process's shard of every batch of
     ``batch_size`` held-out images and gathered in image order; the ELBO sums of

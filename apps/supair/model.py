@@ -13,9 +13,7 @@ glimpse side.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -24,24 +22,10 @@ from torch.nn import functional as F
 import spnkit
 
 from .config import ModelConfig, SPNConfig
-from .transform import box_corners, box_coverage, cut_glimpses, paste_glimpses
+from .inference import Inference, InferenceNet, check_images, count_posterior
+from .transform import box_coverage, cut_glimpses, paste_glimpses
 
-__all__ = ["Supair", "InferenceNet", "Inference", "build_spn", "count_posterior", "check_images"]
-
-
-def check_images(images: Tensor, cfg: ModelConfig, values: bool = True) -> None:
-    """Raise ValueError unless ``images`` is ``(B, C, S, S)`` float in [0, 1] for this model.
-
-    ``values=False`` checks only shape and dtype (no device synchronisation).
-    """
-    want = (cfg.channels, cfg.scene_size, cfg.scene_size)
-    if not isinstance(images, Tensor) or images.dim() != 4 or tuple(images.shape[1:]) != want or images.shape[0] < 1:
-        got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"images must have shape (batch, {want[0]}, {want[1]}, {want[2]}), got {got}")
-    if not images.is_floating_point():
-        raise ValueError(f"images must be floats in [0, 1], got dtype {images.dtype}")
-    if values and bool((~torch.isfinite(images) | (images < 0) | (images > 1)).any()):
-        raise ValueError("images must hold finite values in [0, 1] (found NaN, inf or values outside)")
+__all__ = ["Supair", "build_spn"]
 
 
 def build_spn(cfg: SPNConfig, height: int, width: int, channels: int, seed: int) -> spnkit.SPN:
@@ -52,181 +36,6 @@ def build_spn(cfg: SPNConfig, height: int, width: int, channels: int, seed: int)
         rg = spnkit.RegionGraph.poon_domingos(height, width, delta=cfg.delta, channels=channels)
     leaf = spnkit.Normal(min_var=cfg.min_var, max_var=cfg.max_var, loc_range=cfg.init_loc, init_var=cfg.init_var)
     return spnkit.SPN(rg, leaf=leaf, num_sums=cfg.num_sums, num_leaves=cfg.num_leaves, validate_args=False)
-
-
-@dataclass
-class Inference:
-    """Output of the attention network for a batch."""
-
-    pres_logits: Tensor  # (B, N) logit of "another object" at step i
-    where_loc: Tensor  # (B, N, 4) posterior mean of (scale_x, scale_y, x0, y0): scales relative to the glimpse, corner in pixels
-    where_std: Tensor  # (B, N, 4) posterior std, same units
-    where_sample: Tensor  # (B, N, 4) a draw (or the mean), same units
-    where: Tensor  # (B, N, 4) boxes (width, height, x0, y0) in pixels
-
-    def log_q_where(self) -> Tensor:
-        """``log q(z_where)`` per step ``(B, N)``."""
-        # torch.distributions.Normal's log_prob, written out: the distribution object checks its arguments and
-        # the value at every step (a dozen small ops; host synchronisations on a GPU)
-        loc, std, z = self.where_loc, self.where_std, self.where_sample
-        return (-((z - loc) ** 2) / (2 * std**2) - std.log() - math.log(math.sqrt(2 * math.pi))).sum(-1)
-
-    def presence(self) -> Tensor:
-        """Probability that object ``i`` exists, ``prod_{j <= i} p_j``: ``(B, N)``."""
-        return torch.exp(torch.cumsum(F.logsigmoid(self.pres_logits), dim=1))
-
-    def count(self) -> Tensor:
-        """Predicted count: objects whose presence probability is at least 0.5, ``(B,)``."""
-        return (self.presence() >= 0.5).sum(1)
-
-    def boxes(self) -> Tensor:
-        """Boxes as corners ``(x0, y0, x1, y1)`` in pixels, ``(B, N, 4)``."""
-        return box_corners(self.where)
-
-    def choose(self, take_other: Tensor, other: "Inference") -> "Inference":
-        """Per image, ``other``'s values where ``take_other`` ``(B,)`` is True and this inference's elsewhere."""
-        pick = lambda a, b: torch.where(take_other.view(-1, *[1] * (a.dim() - 1)), b, a)  # noqa: E731
-        return Inference(*(pick(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self)))
-
-
-def count_posterior(pres_logits: Tensor) -> Tensor:
-    """``log q(n)`` for ``n = 0..N``: ``(B, N) -> (B, N + 1)``.
-
-    ``q(n) = prod_{j < n} p_j * (1 - p_n)``, and ``q(N) = prod_j p_j``.
-    """
-    log_p, log_not = F.logsigmoid(pres_logits), F.logsigmoid(-pres_logits)  # (B, N)
-    before = F.pad(torch.cumsum(log_p, 1), (1, 0))  # (B, N+1): sum_{j<n} log p_j
-    stop = F.pad(log_not, (0, 1))  # (B, N+1): log(1 - p_n), 0 for n = N
-    return before + stop
-
-
-class InferenceNet(nn.Module):
-    """LSTM over ``N`` steps with an MLP head per step, proposing presence and a box.
-
-    ``inference.input == "image"`` feeds the image at every step, as the
-    original (its projection into the LSTM gates is then computed once).
-    ``"residual"`` feeds the image with the boxes of the earlier steps blanked
-    out, so every step faces the same task, "find an object in what is left",
-    and the skill the first step learns carries over to the later ones.
-    """
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        icfg = cfg.inference
-        self.cfg = cfg
-        units = icfg.lstm_units
-        if icfg.encoder == "flat":
-            self.encoder: nn.Module = nn.Flatten()
-            features = cfg.channels * cfg.scene_size**2
-        else:
-            self.encoder = nn.Sequential(
-                nn.Conv2d(cfg.channels, 16, 5, stride=2, padding=2), nn.ReLU(),
-                nn.Conv2d(16, 32, 5, stride=2, padding=2), nn.ReLU(),
-                nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(),
-                nn.Flatten(),
-            )
-            with torch.no_grad():
-                features = self.encoder(torch.zeros(1, cfg.channels, cfg.scene_size, cfg.scene_size)).shape[1]
-        # Without recurrence (the default) the state starts at zero at every step: the forget gate
-        # multiplies a zero cell and the hidden projection a zero state, so neither is built (the
-        # largest product of the step, features x gates, is 3/4 as large; same function and gradients).
-        self.recurrent = icfg.recurrent
-        self.input_gates = nn.Linear(features, (4 if self.recurrent else 3) * units)  # gates i, f, g, o (i, g, o)
-        self.hidden_gates = nn.Linear(units, 4 * units, bias=False) if self.recurrent else None
-        self.head = nn.Sequential(nn.Linear(units, icfg.head_units), nn.ReLU(), nn.Linear(icfg.head_units, 9))
-        with torch.no_grad():
-            self.head[2].bias[0] = icfg.presence_bias
-        self.units = units
-        pos_std = icfg.max_std if icfg.position_max_std is None else icfg.position_max_std
-        self.register_buffer("max_std", torch.tensor([icfg.max_std, icfg.max_std, pos_std, pos_std]), persistent=False)  # (4,)
-
-    def forward(self, images: Tensor, sample: bool = True, fill: Tensor | None = None,
-                first_offset: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Per-step outputs for ``images`` ``(B, C, S, S)``.
-
-        Args:
-            sample: draw ``z_where`` (reparameterised); False takes the means.
-            fill: ``(B, C, S, S)`` shown where earlier boxes were (residual input);
-                None shows zeros there.
-            first_offset: ``(B, 2)`` pixels added to the first box's mean corner
-                (kept within the position range) before the later steps look:
-                the detection search's alternative first boxes.
-
-        Returns:
-            presence logits ``(B, N)``, and z_where mean, std and draw, each ``(B, N, 4)``.
-        """
-        B, S = images.shape[0], self.cfg.scene_size
-        residual = self.cfg.inference.input == "residual"
-        x_gates = None if residual else self.input_gates(self.encoder(images))  # (B, 4U or 3U), shared by every step
-        h = c = images.new_zeros(B, self.units)
-        visible = images.new_ones(B, 1, S, S)
-        outs, locs, stds, draws = [], [], [], []
-        for step in range(self.cfg.max_steps):  # the N steps of attention (not pixels or images)
-            if residual:
-                shown = images * visible if fill is None else images * visible + fill * (1 - visible)
-                x_gates = self.input_gates(self.encoder(shown))
-            if self.recurrent:
-                i, f, g, o = (x_gates + self.hidden_gates(h)).chunk(4, dim=1)
-                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            else:
-                i, g, o = x_gates.chunk(3, dim=1)
-                c = torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-            out = self.head(h)  # (B, 9)
-            loc, std = self.box_mean(out[:, 1:5]), self.max_std * torch.sigmoid(out[:, 5:])
-            if step == 0 and first_offset is not None:
-                lo, hi = (r * S for r in self.cfg.inference.position_range)
-                loc = torch.cat([loc[:, :2], (loc[:, 2:] + first_offset).clamp(lo, hi)], 1)
-            z = loc + std * torch.randn_like(std) if sample else loc
-            if residual:
-                visible = visible * (1 - box_coverage(self.to_pixels(z), S).unsqueeze(1))
-            logit = out[:, 0]
-            bound = self.cfg.inference.presence_bound
-            outs.append(logit if bound is None else bound * torch.tanh(logit / bound))
-            locs.append(loc)
-            stds.append(std)
-            draws.append(z)
-        return torch.stack(outs, 1), torch.stack(locs, 1), torch.stack(stds, 1), torch.stack(draws, 1)
-
-    def upgrade_state(self, state: dict, prefix: str = "") -> None:
-        """Rewrite, in place, entries saved before the non-recurrent LSTM dropped its unused parts.
-
-        Such checkpoints hold all four gates' input rows and the hidden
-        projection; only the i, g and o rows are kept (the function computed is
-        unchanged). Also applied to per-parameter optimizer state (Adam's moments).
-        """
-        if self.recurrent:
-            return
-        U = self.units
-        for name in ("weight", "bias"):
-            key = f"{prefix}input_gates.{name}"
-            old = state.get(key)
-            if old is not None and old.dim() > 0 and old.shape[0] == 4 * U:
-                state[key] = torch.cat([old[:U], old[2 * U:]])
-        state.pop(prefix + "hidden_gates.weight", None)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        self.upgrade_state(state_dict, prefix)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def box_mean(self, raw: Tensor) -> Tensor:
-        """Squash ``(..., 4)`` into ``(scale_x, scale_y, x0, y0)`` within the configured ranges.
-
-        ``scale_y = scale_x * ratio``; scales are relative to the glimpse size and
-        the corner is in pixels.
-        """
-        icfg, S = self.cfg.inference, self.cfg.scene_size
-        u = torch.sigmoid(raw)
-        lo = raw.new_tensor([icfg.scale_range[0], icfg.ratio_range[0], icfg.position_range[0] * S, icfg.position_range[0] * S])
-        hi = raw.new_tensor([icfg.scale_range[1], icfg.ratio_range[1], icfg.position_range[1] * S, icfg.position_range[1] * S])
-        sx, ratio, x0, y0 = (lo + (hi - lo) * u).unbind(-1)
-        return torch.stack([sx, sx * ratio, x0, y0], -1)
-
-    def to_pixels(self, z: Tensor) -> Tensor:
-        """``(scale_x, scale_y, x0, y0)`` to boxes ``(width, height, x0, y0)`` in pixels (scales floored at 0.05)."""
-        G = self.cfg.glimpse_size
-        scales = z[..., :2].clamp_min(0.05) * G
-        return torch.cat([scales, z[..., 2:]], -1)
 
 
 class Supair(nn.Module):

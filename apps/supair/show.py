@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from .detect import BOX_COLOURS, draw_boxes
-from .train import DATA_SEED, load_checkpoint, load_model
+from .checkpoint import load_checkpoint, load_model
+from .train import DATA_SEED
 
 __all__ = ["show_figure"]
 

@@ -5,7 +5,7 @@ A run folder holds ``config.json``, ``checkpoint.pt`` (written atomically) and
 loses at most the steps since its last checkpoint; ``resume`` continues with
 optimizer state, step counter, clocks and metrics log intact.
 
-Under torchrun the Trainer gets a :class:`~apps.supair.distributed.DataParallel`
+Under torchrun the Trainer gets a :class:`~supair.distributed.DataParallel`
 (``dist``): each process trains on its shard of every global batch through DDP,
 evaluates a shard of the test set, and rank 0 alone writes the run folder. The
 files are the same as a single process writes, so runs resume either way.
@@ -18,36 +18,23 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
-from torch import nn
 
-from spnkit.io import atomic_write
-from spnkit.system import keep_freed_memory
-
+from .checkpoint import CHECKPOINT_FORMAT, build_model, load_checkpoint, load_state, save_checkpoint, upgrade_optimizer_state
 from .config import SupairConfig
 from .data import SceneSet, load_dataset, load_user_images
-from .metrics import count_accuracy, matched_iou
+from .evaluation import evaluate
+from .files import atomic_write
+from .runtime import keep_freed_memory
 
 if TYPE_CHECKING:
     from .distributed import DataParallel
 
-__all__ = ["build_model", "load_data", "Trainer", "save_checkpoint", "load_checkpoint", "load_model", "evaluate", "summarize"]
+__all__ = ["load_data", "Trainer", "DATA_SEED"]
 
-CHECKPOINT_FORMAT = 1
 DATA_SEED = 0  # built-in data sets are the same for every training seed
-
-
-def build_model(cfg: SupairConfig) -> nn.Module:
-    """The model named by ``cfg.model_type``, with its seeded structure."""
-    if cfg.model_type == "air":
-        from .air import Air
-
-        return Air(cfg.model)
-    from .model import Supair
-
-    return Supair(cfg.model, seed=cfg.train.seed)
 
 
 def load_data(cfg: SupairConfig, log: Callable[[str], None] = print) -> tuple[SceneSet, SceneSet | None]:
@@ -64,135 +51,6 @@ def load_data(cfg: SupairConfig, log: Callable[[str], None] = print) -> tuple[Sc
     return train, test
 
 
-def save_checkpoint(path: Path, payload: dict) -> None:
-    """Write a checkpoint atomically (temporary file in the same folder, then rename)."""
-    atomic_write(path, lambda fh: torch.save(payload, fh))
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint (tensors and plain values only; no pickled code).
-
-    Raises:
-        ValueError: if the file is missing, truncated, or not a checkpoint of this harness.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
-    if not path.exists():
-        raise ValueError(f"no checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated or foreign files raise many types
-        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "config" not in ckpt:
-        raise ValueError(f"{path} is not a SuPAIR/AIR checkpoint of format {CHECKPOINT_FORMAT}")
-    return ckpt
-
-
-def load_model(path: str | Path, device: str = "cpu") -> tuple[nn.Module, SupairConfig]:
-    """The trained model and its config from a checkpoint file or run folder."""
-    ckpt = load_checkpoint(path)
-    cfg = SupairConfig.from_dict(ckpt["config"])
-    model = build_model(cfg)
-    _load_state(model, ckpt["model"], path)
-    return model.to(device).eval(), cfg
-
-
-def _load_state(model: nn.Module, state: dict, path) -> None:
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"checkpoint {path} does not fit the model built from its config: {str(err).splitlines()[0]}") from None
-
-
-def upgrade_optimizer_state(model: nn.Module, saved_model: dict, saved_optimizer: dict) -> dict:
-    """The optimizer state of a checkpoint saved by an older parameter layout of ``model``, fitted to the current one.
-
-    Optimizer state is keyed by parameter position; the checkpoint's parameter
-    names (its model state without the persistent buffers) say which parameter
-    each position was. Each per-parameter field (Adam's moments) is rewritten by
-    ``model.upgrade_state`` as the parameters themselves were, then re-keyed by
-    the current positions. Unchanged layouts are returned as they are.
-    """
-    names = [n for n, _ in model.named_parameters()]
-    buffers = set(model.state_dict()) - set(names)
-    old_names = [k for k in saved_model if k not in buffers]
-    upgrade = getattr(model, "upgrade_state", None)
-    if old_names == names or upgrade is None:
-        return saved_optimizer
-    saved = {old_names[int(i)]: s for i, s in saved_optimizer["state"].items()}  # by parameter name
-    by_field: dict[str, dict] = {}  # field -> {name: tensor}, the shape model.upgrade_state rewrites
-    for name, s in saved.items():
-        for field, value in s.items():
-            by_field.setdefault(field, {})[name] = value
-    for tensors in by_field.values():
-        upgrade(tensors)
-    state = {}
-    for j, name in enumerate(names):
-        entry = {field: tensors[name] for field, tensors in by_field.items() if name in tensors}
-        if entry:
-            state[j] = entry
-    position = {name: j for j, name in enumerate(names)}
-    groups = [dict(g, params=[position[old_names[i]] for i in g["params"] if old_names[i] in position])
-              for g in saved_optimizer["param_groups"]]
-    return {"state": state, "param_groups": groups}
-
-
-def searches(model: nn.Module) -> bool:
-    """Whether ``model.detect`` refines the attention network's detections (SuPAIR's detection search)."""
-    return hasattr(model, "detect_with_network") and len(model.search_offsets()) > 0
-
-
-def detections(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Counts ``(B,)`` and boxes ``(B, N, 4)`` of ``model.detect``, and the attention network's own counts where a
-    detection search refines them (SuPAIR with ``inference.search_radius > 0``; else None)."""
-    if searches(model):
-        inf, network = model.detect_with_network(x)
-        return inf.count(), inf.boxes(), network.count()
-    inf = model.detect(x)
-    return inf.count(), inf.boxes(), None
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, test: SceneSet, batch_size: int = 500, elbo_images: int = 500, device: str = "cpu") -> dict[str, float]:
-    """Count accuracy and box IoU on ``test``, and the mean ELBO on its first ``elbo_images``."""
-    model.eval()
-    counts, boxes, elbos, network = [], [], [], []
-    for start in range(0, len(test), batch_size):  # batches of the held-out set
-        x = test.float_batch(slice(start, start + batch_size)).to(device)
-        count, box, net = detections(model, x)
-        counts.append(count.cpu())
-        boxes.append(box.cpu())
-        if net is not None:
-            network.append(net.cpu())
-        if start < elbo_images:
-            elbos.append(model.loss(x[: elbo_images - start])[1]["elbo"].cpu() * min(len(x), elbo_images - start))
-    model.train()
-    return summarize(torch.cat(counts), torch.cat(boxes), float(sum(elbos)), test, elbo_images,
-                     torch.cat(network) if network else None)
-
-
-def summarize(count: torch.Tensor, box: torch.Tensor, elbo_sum: float, test: SceneSet, elbo_images: int = 500,
-              network_count: torch.Tensor | None = None) -> dict[str, float | None]:
-    """The metrics of :func:`evaluate` from per-image detections of all of ``test`` (also used by the data-parallel evaluation).
-
-    Args:
-        count: ``(len(test),)`` predicted counts.
-        box: ``(len(test), N, 4)`` predicted boxes ``(x0, y0, x1, y1)``.
-        elbo_sum: the summed ELBO of the first ``elbo_images`` images.
-        network_count: ``(len(test),)`` the attention network's counts before a detection search, or None.
-    """
-    out = {"elbo": elbo_sum / min(len(test), elbo_images)}
-    # None (JSON null) where the data set cannot tell: no true counts or boxes, or no image counted right
-    out["count_accuracy"] = count_accuracy(count, test.counts) if test.counts is not None else None
-    iou = matched_iou(box, count, test.boxes, test.counts) if test.counts is not None and test.boxes is not None else math.nan
-    out["iou"] = None if math.isnan(iou) else iou
-    out["mean_count"] = float(count.float().mean())
-    if network_count is not None and test.counts is not None:  # the attention network's count, before the detection search
-        out["count_accuracy_network"] = count_accuracy(network_count, test.counts)
-    return out
-
-
 @dataclass
 class _Clock:
     """Training time: wall seconds and process CPU seconds spent in training steps only."""
@@ -203,6 +61,12 @@ class _Clock:
 
 class Trainer:
     """Trains one run; evaluation time is excluded from the training clocks.
+
+    Construction runs five named steps: :meth:`_reconcile_config` (a resumed
+    run's saved config against the requested one), :meth:`_set_up_process`
+    (threads, allocator, seed), :meth:`_build_model_and_optimizer`,
+    :meth:`_restore` (checkpoint state on resume) and :meth:`_load_data`
+    (training and held-out scenes, and the loss, sharded under torchrun).
 
     Args:
         cfg: the run's configuration.
@@ -222,22 +86,42 @@ class Trainer:
         self.is_main = dist is None or dist.is_main  # the process that writes files
         self.progress = progress and self.is_main
         self.log = log
-        ckpt = None
-        if resume:
-            ckpt = load_checkpoint(self.run_dir / "checkpoint.pt")
+        ckpt = load_checkpoint(self.run_dir / "checkpoint.pt") if resume else None
+        self.cfg = self._reconcile_config(cfg, ckpt)
+        self._set_up_process()
+        self._build_model_and_optimizer()
+        self.step = 0
+        self.clock = _Clock()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if ckpt is not None:
+            self._restore(ckpt)
+        if self.is_main:  # on resume too: a new budget or detection search is recorded
+            atomic_write(self.run_dir / "config.json", self.cfg.to_json().encode())
+        self._load_data()
+
+    def _reconcile_config(self, cfg: SupairConfig, ckpt: dict[str, Any] | None) -> SupairConfig:
+        """The validated config of this run: on resume, the saved model with the requested training settings."""
+        if ckpt is not None:
             saved = SupairConfig.from_dict(ckpt["config"])
             if saved.model.with_detection(cfg.model) != cfg.model or saved.model_type != cfg.model_type:
                 raise ValueError(f"{self.run_dir} was trained with another model config; resume without model options "
                                  "(the detection search's may change) or start a new run")
             cfg = SupairConfig(model=saved.model.with_detection(cfg.model), train=cfg.train, model_type=saved.model_type)
-        self.cfg = cfg.assert_valid()
-        if dist is not None:
-            dist.per_process_batch(cfg.train.batch_size)  # ValueError unless it divides
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
-        if torch.device(device).type == "cpu":
+        cfg = cfg.assert_valid()
+        if self.dist is not None:
+            self.dist.per_process_batch(cfg.train.batch_size)  # ValueError unless it divides
+        return cfg
+
+    def _set_up_process(self) -> None:
+        """Threads, the allocator and the global seed."""
+        if self.cfg.train.threads:
+            torch.set_num_threads(self.cfg.train.threads)
+        if torch.device(self.device).type == "cpu":
             keep_freed_memory()  # a step's temporaries reuse mapped pages: 0.95x SuPAIR's step, 0.94x AIR's (benchmarks/step_time.py)
-        torch.manual_seed(cfg.train.seed)
+        torch.manual_seed(self.cfg.train.seed)
+
+    def _build_model_and_optimizer(self) -> None:
+        cfg, device = self.cfg, self.device
         self.model = build_model(cfg).to(device)
         groups = getattr(self.model, "param_groups", None)  # a model may set per-group rates (AIR's baseline)
         params = groups(cfg.train.learning_rate) if callable(groups) else self.model.parameters()
@@ -245,30 +129,31 @@ class Trainer:
         self.optimizer = torch.optim.Adam(params, lr=cfg.train.learning_rate, fused=torch.device(device).type in ("cpu", "cuda"))
         self._base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.batch_gen = torch.Generator().manual_seed(cfg.train.seed)
-        self.step = 0
-        self.clock = _Clock()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if ckpt is not None:
-            _load_state(self.model, ckpt["model"], self.run_dir)
-            self.optimizer.load_state_dict(upgrade_optimizer_state(self.model, ckpt["model"], ckpt["optimizer"]))
-            for g, base in zip(self.optimizer.param_groups, self._base_lrs):
-                g["lr"] = base  # the schedule below sets each step's rate from the budget used
-            self.step = int(ckpt["step"])
-            self.clock = _Clock(float(ckpt["train_seconds"]), float(ckpt["cpu_seconds"]))
-            self.batch_gen.set_state(ckpt["batch_rng"])
-            torch.set_rng_state(ckpt["torch_rng"])
-            if self.is_main:
-                self._truncate_metrics(self.step)
-            self.log(f"resumed {self.run_dir} at step {self.step}")
-        if self.is_main:  # on resume too: a new budget or detection search is recorded
-            atomic_write(self.run_dir / "config.json", cfg.to_json().encode())
-        if dist is None:
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        """Model, optimizer, step, clocks and random generators from a checkpoint; metrics rows after it are dropped."""
+        load_state(self.model, ckpt["model"], self.run_dir)
+        self.optimizer.load_state_dict(upgrade_optimizer_state(self.model, ckpt["model"], ckpt["optimizer"]))
+        for g, base in zip(self.optimizer.param_groups, self._base_lrs):
+            g["lr"] = base  # the schedule sets each step's rate from the budget used
+        self.step = int(ckpt["step"])
+        self.clock = _Clock(float(ckpt["train_seconds"]), float(ckpt["cpu_seconds"]))
+        self.batch_gen.set_state(ckpt["batch_rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        if self.is_main:
+            self._truncate_metrics(self.step)
+        self.log(f"resumed {self.run_dir} at step {self.step}")
+
+    def _load_data(self) -> None:
+        """Training and held-out scenes (rank 0 first under torchrun: it builds the cache), and the loss."""
+        cfg = self.cfg
+        if self.dist is None:
             self.train_set, self.test_set = load_data(cfg, log=self.log)
-        else:  # rank 0 builds the data cache, then the others read it
-            self.train_set, self.test_set = dist.main_first(lambda: load_data(cfg, log=self.log))
+        else:
+            self.train_set, self.test_set = self.dist.main_first(lambda: load_data(cfg, log=self.log))
         self._check_data(self.train_set)
         # the loss: model.loss, or under torchrun this process's shard of it through DDP
-        self._loss = self.model.loss if dist is None else dist.wrap(self.model)
+        self._loss = self.model.loss if self.dist is None else self.dist.wrap(self.model)
 
     def _check_data(self, data: SceneSet) -> None:
         m = self.cfg.model

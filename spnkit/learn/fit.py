@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .. import distributed as _dist
 from ..circuit import SPN
@@ -107,7 +107,8 @@ def fit(
         callbacks: called after each epoch with its record; returning True stops.
         step_callbacks: called after each step with ``{"epoch", "step", "batch_ll",
             "elapsed", "samples"}``; returning True stops.
-        progress: show a tqdm bar with the running log-likelihood and samples/s.
+        progress: show a progress bar with the running log-likelihood and samples/s
+            (with tqdm installed: ``pip install 'spnkit[progress]'``) and one line per epoch.
         seed: seeds shuffling and the validation split (ignored with ``generator``).
         generator: random generator for shuffling and the split.
         distributed: train data-parallel over the ``torch.distributed`` default
@@ -187,7 +188,7 @@ def fit(
         order = torch.randperm(n, generator=generator).to(x.device)
         t0 = time.perf_counter()
         ll_sum, correct, seen = 0.0, 0, 0
-        bar = tqdm(total=n, desc=f"epoch {epoch}/{epochs} [{method}]", unit="samples", unit_scale=True, disable=not progress, leave=False)
+        bar = _progress_bar(progress, total=n, desc=f"epoch {epoch}/{epochs} [{method}]", unit="samples", unit_scale=True, leave=False)
         for s in range(0, n, batch_size):
             idx = order[s : s + batch_size]
             mine = idx if info is None else idx[_dist.rank_slice(len(idx), info.rank, info.world_size)]  # this process's shard
@@ -238,7 +239,7 @@ def fit(
         record["elapsed"] = time.perf_counter() - start
         history.append(record)
         if progress:
-            tqdm.write(_describe(record))
+            _write(_describe(record))
         if any(cb(record) for cb in callbacks):
             stop = True
         if info is not None and callbacks:
@@ -448,6 +449,40 @@ def _split(x: Tensor, m: Tensor | None, y: Tensor | None, fraction: float, gener
         return None if t is None else t[i]
 
     return (take(x, tr), take(m, tr), take(y, tr)), (take(x, va), take(m, va), take(y, va))
+
+
+class _NoBar:
+    """What :func:`_progress_bar` returns without a bar."""
+
+    def update(self, n: int) -> None:
+        pass
+
+    def set_postfix(self, **kwargs: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(show: bool, **kwargs: Any) -> Any:
+    """A tqdm bar when ``show`` and tqdm is installed (tqdm is optional), else an object that does nothing."""
+    if show:
+        try:
+            from tqdm.auto import tqdm  # noqa: PLC0415 (optional, and slow to import)
+        except ImportError:
+            pass
+        else:
+            return tqdm(**kwargs)
+    return _NoBar()
+
+
+def _write(line: str) -> None:
+    """One line on stdout, through tqdm when it is loaded (so that a bar is not torn)."""
+    tqdm = sys.modules.get("tqdm.auto")
+    if tqdm is not None:
+        tqdm.tqdm.write(line)
+    else:
+        print(line)
 
 
 def _describe(record: dict) -> str:

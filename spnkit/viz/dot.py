@@ -10,9 +10,8 @@ edges of node-level drawings are shaded and thickened by their weight.
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import graphviz
 import numpy as np
 
 from ..region_graph import RegionGraph
@@ -30,8 +29,17 @@ _NODE = {"fontname": "Helvetica", "fontsize": "10"}
 _EDGE = {"arrowsize": "0.5", "color": "#555555"}
 
 
-def _new(name: str) -> graphviz.Digraph:
-    return graphviz.Digraph(name, graph_attr=dict(_GRAPH), node_attr=dict(_NODE), edge_attr=dict(_EDGE))
+def graphviz_module() -> Any:
+    """The optional ``graphviz`` package (``pip install 'spnkit[draw]'``), imported on first use."""
+    try:
+        import graphviz  # noqa: PLC0415 (optional dependency)
+    except ImportError:
+        raise ImportError("drawing needs the graphviz Python package: pip install 'spnkit[draw]'") from None
+    return graphviz
+
+
+def _new(name: str) -> Any:
+    return graphviz_module().Digraph(name, graph_attr=dict(_GRAPH), node_attr=dict(_NODE), edge_attr=dict(_EDGE))
 
 
 def _scope_text(scope: tuple[int, ...], limit: int = 4) -> str:

@@ -8,12 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import graphviz
 import networkx as nx
 
-from ..io import atomic_write
+from .._files import atomic_write
 from ..region_graph import RegionGraph
-from .dot import choose_level, circuit_dot, region_graph_dot
+from .dot import choose_level, circuit_dot, graphviz_module, region_graph_dot
 from .graphs import region_level_graph
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -97,6 +96,7 @@ def draw(
     if fmt == "dot":
         atomic_write(path, source.encode())
         return DrawResult((path,), what)
+    graphviz = graphviz_module()
     try:
         data = graphviz.Source(source).pipe(format=fmt)
     except graphviz.ExecutableNotFound:

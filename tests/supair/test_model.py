@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from apps.supair.config import ModelConfig, SPNConfig, InferenceConfig
-from apps.supair.model import Supair, check_images, count_posterior
-from apps.supair.transform import box_coverage, cut_glimpses, paste_glimpses
+from supair.config import ModelConfig, SPNConfig, InferenceConfig
+from supair.inference import check_images, count_posterior
+from supair.model import Supair
+from supair.transform import box_coverage, cut_glimpses, paste_glimpses
 
 
 def tiny_config(**changes) -> ModelConfig:
@@ -52,7 +53,7 @@ def test_glimpses_match_affine_grid_in_values_and_gradients() -> None:
     F.affine_grid of the documented theta, values and gradients, boxes partly outside the canvas included."""
     from torch.nn import functional as F
 
-    from apps.supair.transform import box_to_theta, glimpse_to_image_theta
+    from supair.transform import box_to_theta, glimpse_to_image_theta
 
     gen = torch.Generator().manual_seed(0)
     where = torch.rand(5, 4, generator=gen, dtype=torch.float64) * torch.tensor([8.0, 10.0, 14.0, 14.0], dtype=torch.float64)
@@ -200,7 +201,7 @@ def test_fill_shows_only_where_earlier_boxes_were(model: Supair) -> None:
 
 
 def test_configs_saved_before_fill_keep_zero_fill() -> None:
-    from apps.supair.config import SupairConfig
+    from supair.config import SupairConfig
     d = SupairConfig().to_dict()
     assert SupairConfig.from_dict(d).model.inference.fill == "background"
     del d["model"]["inference"]["fill"]
@@ -258,7 +259,7 @@ def test_position_std_has_its_own_bound() -> None:
 
 
 def test_prior_rates_ramp_with_training_steps() -> None:
-    from apps.supair.config import PriorConfig
+    from supair.config import PriorConfig
 
     torch.manual_seed(0)
     prior = PriorConfig(count_rate=10.0, count_rate_start=1.0, overlap_rate=200.0, overlap_rate_start=100.0, anneal_steps=4)
@@ -292,7 +293,7 @@ def test_prior_rates_ramp_with_training_steps() -> None:
 
 def test_overlap_ramp_has_its_own_window() -> None:
     """The overlap rate can ramp later and over a different number of steps than the count rate."""
-    from apps.supair.config import PriorConfig
+    from supair.config import PriorConfig
 
     prior = PriorConfig(count_rate=10.0, count_rate_start=1.0, overlap_rate=200.0, overlap_rate_start=100.0, anneal_steps=8,
                         overlap_anneal_begin=2, overlap_anneal_steps=4)
@@ -312,7 +313,7 @@ def test_overlap_ramp_has_its_own_window() -> None:
 
 
 def test_overlap_ramp_can_begin_later() -> None:
-    from apps.supair.config import PriorConfig
+    from supair.config import PriorConfig
 
     prior = PriorConfig(count_rate=10.0, count_rate_start=1.0, overlap_rate=200.0, overlap_rate_start=100.0, anneal_steps=4,
                         overlap_anneal_begin=2)
@@ -413,7 +414,7 @@ def test_non_recurrent_steps_are_an_lstm_cell_from_a_zero_state() -> None:
 
 
 def test_optimizer_state_of_the_four_gate_layout_is_upgraded() -> None:
-    from apps.supair.train import upgrade_optimizer_state
+    from supair.checkpoint import upgrade_optimizer_state
     torch.manual_seed(0)
     model = Supair(_lstm_config(False))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)

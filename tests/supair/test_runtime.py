@@ -1,4 +1,4 @@
-"""spnkit.system: the allocator setting that keeps freed memory mapped."""
+"""supair.runtime: the allocator setting that keeps freed memory mapped."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from spnkit.system import keep_freed_memory
+from supair.runtime import keep_freed_memory
 
 # A loop that allocates, writes and frees the same 40 MB tensor, as a training step does with its
 # temporaries (glibc maps blocks above 32 MB afresh each time, whatever it has learned; smaller ones
@@ -16,10 +16,10 @@ from spnkit.system import keep_freed_memory
 # faults the loop took.
 _LOOP = """
 import resource, sys, torch
-from spnkit.system import keep_freed_memory
+from supair.runtime import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
-for _ in range(3):
+for _ in range(10):  # the heap settles within a few rounds (how many depends on what was imported)
     torch.ones(10_000_000).sum()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(20):

@@ -1,0 +1,5 @@
+import sys
+
+from spnkit.cli import main
+
+sys.exit(main())
