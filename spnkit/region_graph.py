@@ -53,12 +53,16 @@ class RegionGraph:
         partitions: the partitions, each naming its parent and child regions.
         image_shape: ``(height, width, channels)`` when variables are pixels laid
             out as ``(row * width + col) * channels + channel``; used for drawing.
+        tree_edges: for a graph built from a tree over the variables (a
+            Chow-Liu tree), its directed edges as ``(parent, child)`` variable
+            pairs; None otherwise.
     """
 
     num_vars: int
     regions: tuple[tuple[int, ...], ...]
     partitions: tuple[Partition, ...]
     image_shape: tuple[int, int, int] | None = field(default=None)
+    tree_edges: tuple[tuple[int, int], ...] | None = field(default=None)
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_vars, (int, np.integer)) or self.num_vars < 1:
