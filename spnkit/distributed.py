@@ -48,7 +48,7 @@ from torch import Tensor
 from torch import distributed as dist
 
 if TYPE_CHECKING:
-    from .learn.em import Counts
+    from .learn.em import Counts  # noqa: PLC0415 (spnkit.learn imports this module)
 
 __all__ = [
     "DistInfo",
@@ -267,19 +267,13 @@ def all_reduce_counts(counts: "Counts") -> "Counts":
     Returns:
         a new :class:`spnkit.learn.Counts` with the summed counts and sample numbers.
     """
-    from .learn.em import Counts
+    from .learn.em import Counts  # noqa: PLC0415 (spnkit.learn imports this module)
 
-    mixing_at = [i for i, c in enumerate(counts.mixing) if c is not None]
-    parts = [*counts.sums, *(counts.mixing[i] for i in mixing_at), counts.leaves, counts.log_likelihood.reshape(1),
+    n = len(counts.weights)
+    parts = [*counts.weights, counts.leaves, counts.log_likelihood.reshape(1),
              torch.tensor([float(counts.num_samples)], device=counts.leaves.device)]
     summed = all_reduce_sum(parts)
-    n_sums = len(counts.sums)
-    sums = summed[:n_sums]
-    mixing: list[Tensor | None] = [None] * len(counts.mixing)
-    for j, i in enumerate(mixing_at):
-        mixing[i] = summed[n_sums + j]
-    rest = summed[n_sums + len(mixing_at):]
-    return Counts(sums, mixing, rest[0], rest[1].reshape(()), int(round(float(rest[2]))))
+    return Counts(summed[:n], summed[n], summed[n + 1].reshape(()), int(round(float(summed[n + 2]))))
 
 
 def all_gather_rows(local: Tensor, sizes: Sequence[int]) -> Tensor:

@@ -82,6 +82,8 @@ def _describe(spn: SPN) -> dict:
         "num_sums": spn.num_sums,
         "num_leaves": spn.num_leaves,
         "num_classes": spn.num_classes,
+        "layer": spn.layer,
+        "project_leaves": spn.project_leaves,
         "dtype": dtype,
     }
 
@@ -179,7 +181,8 @@ def _build(meta: dict, path: Path) -> SPN:
         leaf = _LEAVES[family](**fields)
         dtype = _DTYPES[meta["dtype"]]
         with torch.random.fork_rng(devices=[]):
-            spn = SPN(rg, leaf, num_sums=int(meta["num_sums"]), num_leaves=int(meta["num_leaves"]), num_classes=int(meta["num_classes"]))
+            spn = SPN(rg, leaf, num_sums=int(meta["num_sums"]), num_leaves=int(meta["num_leaves"]), num_classes=int(meta["num_classes"]),
+                      layer=meta.get("layer", "tucker"), project_leaves=meta.get("project_leaves", True))
         return spn.to(dtype)
     except ValueError as err:
         raise ValueError(f"{str(path)!r} describes an invalid circuit: {err}") from None

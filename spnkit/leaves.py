@@ -178,6 +178,10 @@ class Leaf(ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} does not define mean_statistics, which stochastic EM needs")
 
+    def dtype_error(self, dtype: torch.dtype) -> str | None:
+        """A message if a circuit of ``dtype`` cannot hold this family's values exactly, else None."""
+        return None
+
     def event_dtype(self, dtype: torch.dtype) -> torch.dtype:
         """The dtype of samples (the module's float dtype for every built-in family)."""
         return dtype
@@ -311,6 +315,16 @@ class Normal(Leaf):
     constant_last = True
 
     def __post_init__(self) -> None:
+        for name in ("min_var", "max_var"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+        for name in ("loc_range", "init_var"):
+            value = getattr(self, name)
+            if value is None and name == "init_var":
+                continue
+            if not (isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+                raise ValueError(f"{name} must be a pair of numbers (low, high), got {value!r}")
         if not (0 < self.min_var < self.max_var) or not math.isfinite(self.max_var):
             raise ValueError(f"need 0 < min_var < max_var < inf, got min_var={self.min_var}, max_var={self.max_var}")
         if not self.loc_range[0] <= self.loc_range[1]:
@@ -474,7 +488,7 @@ class Categorical(Leaf):
     num_categories: int = 2
 
     def __post_init__(self) -> None:
-        if not isinstance(self.num_categories, int) or self.num_categories < 2:
+        if not isinstance(self.num_categories, int) or isinstance(self.num_categories, bool) or self.num_categories < 2:
             raise ValueError(f"num_categories must be an int >= 2, got {self.num_categories!r}")
 
     @property
@@ -505,6 +519,14 @@ class Categorical(Leaf):
 
     def mean_statistics(self, params):
         return torch.softmax(params["logits"], dim=-1)
+
+    def dtype_error(self, dtype):
+        limit = int(round(2 / torch.finfo(dtype).eps))  # every integer up to this is exact in dtype
+        if self.num_categories - 1 > limit:
+            return (f"Categorical leaves with {self.num_categories} categories need a dtype that holds the integers up to "
+                    f"{self.num_categories - 1} exactly; {str(dtype).replace('torch.', '')} holds them only up to {limit} "
+                    "(use float32 or float64)")
+        return None
 
     def support_error(self, x, observed):
         bad = (x != torch.round(x)) | (x < 0) | (x >= self.num_categories)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from .layers import LeafLayer, MixingLayer, ProductSumLayer
+from .layers import LeafLayer, SumWeights
 
 if TYPE_CHECKING:  # pragma: no cover
     from .circuit import SPN
@@ -39,9 +39,10 @@ def effective_parameter_counts(layer: nn.Module) -> Tensor:
     """Effective parameters of each row of a layer (padding excluded).
 
     Args:
-        layer: a :class:`~spnkit.layers.LeafLayer` (rows are leaf regions),
-            :class:`~spnkit.layers.ProductSumLayer` (rows are partitions) or
-            :class:`~spnkit.layers.MixingLayer` (rows are regions).
+        layer: a :class:`~spnkit.layers.LeafLayer` (rows are leaf regions) or a
+            sum layer (:class:`~spnkit.layers.TuckerLayer`: rows are partitions;
+            :class:`~spnkit.layers.CPLayer`: rows are (partition, child) slots;
+            :class:`~spnkit.layers.MixingLayer`: rows are regions).
 
     Returns:
         ``(rows,)`` int64 counts.
@@ -52,16 +53,10 @@ def effective_parameter_counts(layer: nn.Module) -> Tensor:
     if isinstance(layer, LeafLayer):
         slots = (layer.var_index < layer.num_vars).sum(1)  # (R,) real variables per leaf region
         per_slot = sum(math.prod(p.shape[2:]) for p in layer.params.values())  # K * extra dims, all tensors
-        return slots.long() * per_slot
-    if isinstance(layer, ProductSumLayer):
-        P, IJ, K = layer.logits.shape  # (P, I*J, K_out)
-        if layer.valid is None:
-            return torch.full((P,), IJ * K, dtype=torch.long)
-        return layer.valid.reshape(P, IJ).sum(1).long() * K
-    if isinstance(layer, MixingLayer):
-        R, P_max, K = layer.logits.shape  # (R, P_max, K)
-        return layer.valid.reshape(R, P_max).sum(1).long() * K
-    raise ValueError(f"expected a LeafLayer, ProductSumLayer or MixingLayer, got {type(layer).__name__}")
+        return slots.long().cpu() * per_slot
+    if isinstance(layer, SumWeights):
+        return layer.effective_counts()
+    raise ValueError(f"expected a LeafLayer or a sum layer (TuckerLayer, CPLayer, MixingLayer), got {type(layer).__name__}")
 
 
 @dataclass(frozen=True)
@@ -157,7 +152,7 @@ def summary(spn: "SPN", batch_size: int = 1) -> Summary:
     Raises:
         ValueError: if ``spn`` is not an SPN or ``batch_size`` is not a positive int.
     """
-    from .circuit import SPN  # the circuit imports this module lazily; avoid a cycle
+    from .circuit import SPN  # noqa: PLC0415 (the circuit imports this module lazily)
 
     if not isinstance(spn, SPN):
         raise ValueError(f"expected a spnkit.SPN, got {type(spn).__name__}")
@@ -177,20 +172,19 @@ def summary(spn: "SPN", batch_size: int = 1) -> Summary:
             stored=sum(p.numel() for p in leaf.parameters()),
         )
     ]
-    heights = spn.region_graph.heights
-    for lv in spn._levels:
-        h = heights[lv.regions[0]]
-        s = lv.sums
+    for lv in spn.levels:
+        prod = lv.product
+        k_out = prod.k_out
         rows.append(
             SummaryRow(
-                name="ProductSumLayer",
-                height=h,
+                name=type(prod).__name__,
+                height=lv.height,
                 regions=len(lv.regions),
-                partitions=s.num_partitions,
-                k=f"{s.k_in} -> {s.k_out}",
-                output_shape=(s.num_partitions, B, s.k_out),
-                params=int(effective_parameter_counts(s).sum()),
-                stored=s.logits.numel(),
+                partitions=prod.num_partitions,
+                k=f"{prod.k_in} -> {k_out}",
+                output_shape=(prod.num_partitions, B, k_out),
+                params=int(effective_parameter_counts(prod).sum()),
+                stored=prod.logits.numel(),
             )
         )
         if lv.mixing is not None:
@@ -198,26 +192,31 @@ def summary(spn: "SPN", batch_size: int = 1) -> Summary:
             rows.append(
                 SummaryRow(
                     name="MixingLayer",
-                    height=h,
+                    height=lv.height,
                     regions=len(lv.regions),
-                    partitions=s.num_partitions,
-                    k=str(s.k_out),
-                    output_shape=(len(lv.regions), B, s.k_out),
+                    partitions=prod.num_partitions,
+                    k=str(k_out),
+                    output_shape=(len(lv.regions), B, k_out),
                     params=int(effective_parameter_counts(m).sum()),
                     stored=m.logits.numel(),
                 )
             )
+    top = spn.levels[-1].height
+    if spn.root_sum is not None:
+        r = spn.root_sum
+        rows.append(SummaryRow("RootSum", top, 1, 0, f"{r.k_in} -> {r.k_out}", (1, B, r.k_out),
+                               int(effective_parameter_counts(r).sum()), r.logits.numel()))
     covered = {id(p) for layer in spn.layers for p in layer.parameters()}
     other = [p for p in spn.parameters() if id(p) not in covered]
     if other:  # parameters a subclass adds outside the compiled layers count in full
         n = sum(p.numel() for p in other)
-        rows.append(SummaryRow("other parameters", heights[spn.region_graph.root], 0, 0, "-", (0, B, 0), n, n))
+        rows.append(SummaryRow("other parameters", top, 0, 0, "-", (0, B, 0), n, n))
     item = torch.empty((), dtype=spn.dtype).element_size()
     total = sum(r.params for r in rows)
     stored = sum(r.stored for r in rows)
     stored_bytes = sum(p.numel() * p.element_size() for p in spn.parameters())
     header = (
-        f"SPN: {spn.num_vars} variables, leaf {spn.leaf}, num_leaves={spn.num_leaves}, "
+        f"SPN: {spn.num_vars} variables, leaf {spn.leaf}, layer={spn.layer}, num_leaves={spn.num_leaves}, "
         f"num_sums={spn.num_sums}, num_classes={spn.num_classes}, dtype={str(spn.dtype).replace('torch.', '')}, batch={B}"
     )
     return Summary(tuple(rows), total, stored, total * item, stored_bytes, B, header)

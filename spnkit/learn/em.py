@@ -40,8 +40,9 @@ import torch
 from torch import Tensor
 
 from ..circuit import SPN
+from ..evidence import CircuitParams, Evidence
 
-__all__ = ["Counts", "expected_counts", "m_step"]
+__all__ = ["Counts", "expected_counts", "e_step", "m_step", "check_labels", "root_log_likelihood"]
 
 #: smallest sum weight written by the M-step (keeps log-weights finite)
 WEIGHT_FLOOR = 1e-12
@@ -52,27 +53,35 @@ class Counts:
     """Expected counts of one or more batches; ``a + b`` accumulates two.
 
     Attributes:
-        sums: per level, expected counts of the product-sum weights ``(P, I*J, K_out)``.
-        mixing: per level, counts of the mixing weights ``(R_h, P_max, K)``, or None.
+        weights: expected counts of the weights of every sum layer, in the order
+            of :attr:`spnkit.SPN.weighted_layers` (each ``(A, I, K)``, like the layer's logits).
         leaves: expected sufficient statistics ``(R, n, K, S)`` of the leaf factors.
         log_likelihood: summed log-likelihood of the samples (0-dim, detached).
         num_samples: number of samples.
     """
 
-    sums: list[Tensor]
-    mixing: list[Tensor | None]
+    weights: list[Tensor]
     leaves: Tensor
     log_likelihood: Tensor
     num_samples: int
 
     def __add__(self, other: "Counts") -> "Counts":
         return Counts(
-            [a + b for a, b in zip(self.sums, other.sums)],
-            [None if a is None else a + b for a, b in zip(self.mixing, other.mixing)],
+            [a + b for a, b in zip(self.weights, other.weights)],
             self.leaves + other.leaves,
             self.log_likelihood + other.log_likelihood,
             self.num_samples + other.num_samples,
         )
+
+    @classmethod
+    def zeros(cls, spn: SPN) -> "Counts":
+        """The counts of no samples (what a process with an empty shard contributes)."""
+        with torch.no_grad():
+            params = spn.params()
+        leaves = params.leaf_natural
+        assert leaves is not None and params.log_weights is not None
+        return cls([torch.zeros_like(w) for w in params.log_weights], torch.zeros_like(leaves),
+                   torch.zeros((), dtype=spn.dtype, device=spn.device), 0)
 
 
 def root_log_likelihood(root: Tensor, labels: Tensor | None) -> Tensor:
@@ -104,9 +113,8 @@ def expected_counts(spn: SPN, x: Tensor, marginalized: Tensor | None = None, lab
     Raises:
         ValueError: on malformed inputs, or if a sample has zero likelihood.
     """
-    x, m = spn._prepare(x, marginalized)
-    labels = check_labels(spn, labels, x.shape[0])
-    return _e_step(spn, x, m, labels)[0]
+    evidence = spn.prepare(x, marginalized)
+    return e_step(spn, evidence, check_labels(spn, labels, evidence.num_samples))[0]
 
 
 def check_labels(spn: SPN, labels: Tensor | None, batch: int) -> Tensor | None:
@@ -124,30 +132,25 @@ def check_labels(spn: SPN, labels: Tensor | None, batch: int) -> Tensor | None:
     return labels.to(device=spn.device, dtype=torch.long)
 
 
-def _em_params(spn: SPN) -> dict[str, Tensor]:
-    """Detached current parameters, as leaves requiring grad, in the layout ``SPN._upward`` accepts."""
+def e_step(spn: SPN, evidence: Evidence, labels: Tensor | None) -> tuple[Counts, Tensor]:
+    """E-step on prepared evidence (and long labels or None); also returns the detached root values ``(B, C)``.
+
+    The upward pass runs on detached copies of the current parameters that
+    require grad; one backward pass of the summed log-likelihood gives the counts.
+    """
     with torch.no_grad():
-        params = {"eta": spn.leaf_layer.natural()}  # (R, n, K, S)
-        for i, lv in enumerate(spn._levels):
-            params[f"sums.{i}"] = lv.sums.log_weights()  # (P, I*J, K_out)
-            if lv.mixing is not None:
-                params[f"mix.{i}"] = lv.mixing.log_weights()  # (R_h, P_max, K)
-    return {k: v.detach().requires_grad_() for k, v in params.items()}
-
-
-def _e_step(spn: SPN, x: Tensor, m: Tensor, labels: Tensor | None) -> tuple[Counts, Tensor]:
-    """E-step on prepared inputs (``x``, float mask ``m``, long labels or None); also returns the detached root values ``(B, C)``."""
-    params = _em_params(spn)
+        current = spn.params()
+    assert current.leaf_natural is not None and current.log_weights is not None
+    eta = current.leaf_natural.detach().requires_grad_()
+    log_w = [w.detach().requires_grad_() for w in current.log_weights]
     with torch.enable_grad():
-        root = spn._upward(*spn._to_leaf_input(x, m), "sum", params).root  # (B, C)
+        root = spn.upward(evidence, params=CircuitParams(eta, tuple(log_w))).root  # (B, C)
         ll = root_log_likelihood(root, labels)  # (B,)
         if not bool(torch.isfinite(ll).all()):
             raise ValueError("a sample has zero likelihood (log-likelihood -inf or NaN); EM needs every sample to have positive density")
         total = ll.sum()
-        grads = dict(zip(params, torch.autograd.grad(total, list(params.values()))))
-    sums = [grads[f"sums.{i}"] for i in range(len(spn._levels))]
-    mixing = [grads.get(f"mix.{i}") for i in range(len(spn._levels))]
-    return Counts(sums, mixing, grads["eta"], total.detach(), x.shape[0]), root.detach()
+        grads = torch.autograd.grad(total, [eta, *log_w])
+    return Counts(list(grads[1:]), grads[0], total.detach(), evidence.num_samples), root.detach()
 
 
 @torch.no_grad()
@@ -164,12 +167,12 @@ def m_step(spn: SPN, counts: Counts, step_size: float = 1.0) -> None:
     """
     if not 0 < step_size <= 1:
         raise ValueError(f"step_size must lie in (0, 1], got {step_size!r}")
-    if len(counts.sums) != len(spn._levels) or counts.leaves.shape[:3] != spn.leaf_layer.var_index.shape + (spn.num_leaves,):
+    layers = spn.weighted_layers
+    if len(counts.weights) != len(layers) or any(c.shape != m.logits.shape for c, m in zip(counts.weights, layers)) \
+            or counts.leaves.shape[:3] != spn.leaf_layer.var_index.shape + (spn.num_leaves,):
         raise ValueError("these counts belong to a circuit of another structure")
-    for i, lv in enumerate(spn._levels):
-        _update_weights(lv.sums.logits, lv.sums.log_weights(), counts.sums[i], step_size)
-        if lv.mixing is not None:
-            _update_weights(lv.mixing.logits, lv.mixing.log_weights(), counts.mixing[i], step_size)
+    for layer, n in zip(layers, counts.weights):
+        _update_weights(layer.logits, layer.log_weights(), n, step_size)
     _update_leaves(spn, counts.leaves, step_size)
 
 

@@ -23,7 +23,8 @@ from torch import Tensor
 
 from .. import distributed as _dist
 from ..circuit import SPN
-from .em import Counts, _e_step, _em_params, check_labels, m_step, root_log_likelihood
+from ..evidence import Evidence
+from .em import Counts, check_labels, e_step, m_step, root_log_likelihood
 
 __all__ = ["fit", "METHODS", "OBJECTIVES"]
 
@@ -153,28 +154,29 @@ def fit(
         if not callable(cb):
             raise ValueError(f"callbacks must be callables taking a dict, got {cb!r}")
 
-    x, m = _prepare(spn, data, marginalized, "data")
-    y = check_labels(spn, labels, x.shape[0])
+    ev = spn.prepare(data, marginalized, "data")
+    y = check_labels(spn, labels, ev.num_samples)
     if generator is None:
         generator = torch.Generator()
         generator.manual_seed(0 if seed is None else seed)
     if valid is None:
         if valid_labels is not None or valid_marginalized is not None:
             raise ValueError("valid_labels / valid_marginalized need valid")
-        (x, m, y), (vx, vm, vy) = _split(x, m, y, valid_fraction, generator)
+        (ev, y), (vev, vy) = _split(ev, y, valid_fraction, generator)
     else:
-        vx, vm = _prepare(spn, valid, valid_marginalized, "valid")
-        vy = check_labels(spn, valid_labels, vx.shape[0])
+        vev = spn.prepare(valid, valid_marginalized, "valid")
+        vy = check_labels(spn, valid_labels, vev.num_samples)
         if (y is None) != (vy is None):
             raise ValueError("give labels for both data and valid, or for neither")
-    if x.shape[0] < 1:
+    if ev.num_samples < 1:
         raise ValueError("no training samples left after the validation split")
 
     info = _dist.current(spn.device) if distributed else None
     if info is not None:  # lock-step training needs identical inputs everywhere; say so rather than hang
         progress = progress and info.is_main
         _dist.check_same("data, validation data, generator state and settings", [
-            *_fingerprint(x), *_fingerprint(m), *_fingerprint(vx), *_fingerprint(vm), *_fingerprint(generator.get_state()),
+            *_fingerprint(ev.values), *_fingerprint(ev.marginalized), *_fingerprint(None if vev is None else vev.values),
+            *_fingerprint(None if vev is None else vev.marginalized), *_fingerprint(generator.get_state()),
             METHODS.index(method), OBJECTIVES.index(objective), epochs, batch_size, lr, step_size, -1 if patience is None else patience,
         ], spn.device)
     trainer = _Trainer(spn, method, objective, lr, step_size, info)
@@ -183,18 +185,16 @@ def fit(
     start = time.perf_counter()
     step = 0
     stop = False
-    n = x.shape[0]
+    n = ev.num_samples
     for epoch in range(1, epochs + 1):
-        order = torch.randperm(n, generator=generator).to(x.device)
+        order = torch.randperm(n, generator=generator).to(spn.device)
         t0 = time.perf_counter()
         ll_sum, correct, seen = 0.0, 0, 0
         bar = _progress_bar(progress, total=n, desc=f"epoch {epoch}/{epochs} [{method}]", unit="samples", unit_scale=True, leave=False)
         for s in range(0, n, batch_size):
             idx = order[s : s + batch_size]
             mine = idx if info is None else idx[_dist.rank_slice(len(idx), info.rank, info.world_size)]  # this process's shard
-            xb, yb = x[mine], None if y is None else y[mine]
-            mb = torch.zeros_like(xb) if m is None else m[mine]
-            batch_ll, batch_correct = trainer.step(xb, mb, yb, len(idx))
+            batch_ll, batch_correct = trainer.step(ev[mine], None if y is None else y[mine], len(idx))
             step += 1
             ll_sum += batch_ll
             correct += batch_correct
@@ -224,8 +224,8 @@ def fit(
         }
         if y is not None:
             record["train_acc"] = correct / seen
-        if vx is not None:
-            record["valid_ll"], acc = _evaluate(spn, vx, vm, vy, objective, max(batch_size, 256), info)
+        if vev is not None:
+            record["valid_ll"], acc = _evaluate(spn, vev, vy, objective, max(batch_size, 256), info)
             if vy is not None:
                 record["valid_acc"] = acc
             if record["valid_ll"] > best_ll:
@@ -278,24 +278,22 @@ def evaluate(
     if objective == "discriminative" and labels is None:
         raise ValueError("objective='discriminative' needs labels")
     _check_int("batch_size", batch_size, 1)
-    x, m = _prepare(spn, x, marginalized, "x")
-    return _evaluate(spn, x, m, check_labels(spn, labels, x.shape[0]), objective, batch_size)
+    ev = spn.prepare(x, marginalized, "x")
+    return _evaluate(spn, ev, check_labels(spn, labels, ev.num_samples), objective, batch_size)
 
 
 @torch.no_grad()
-def _evaluate(spn: SPN, x: Tensor, m: Tensor | None, y: Tensor | None, objective: str, batch_size: int,
+def _evaluate(spn: SPN, ev: Evidence, y: Tensor | None, objective: str, batch_size: int,
               info: _dist.DistInfo | None = None) -> tuple[float, float | None]:
-    """:func:`evaluate` on prepared inputs; with ``info``, each process scores its shard and the sums are all-reduced."""
-    n = x.shape[0]
+    """:func:`evaluate` on prepared evidence; with ``info``, each process scores its shard and the sums are all-reduced."""
+    n = ev.num_samples
     if info is not None:
         part = _dist.rank_slice(n, info.rank, info.world_size)
-        x, m, y = x[part], None if m is None else m[part], None if y is None else y[part]
+        ev, y = ev[part], None if y is None else y[part]
     total, correct = 0.0, 0
-    for s in range(0, x.shape[0], batch_size):
-        xb = x[s : s + batch_size]
-        mb = None if m is None else m[s : s + batch_size]
+    for s in range(0, ev.num_samples, batch_size):
         yb = None if y is None else y[s : s + batch_size]
-        root = spn._upward(*spn._to_leaf_input(xb, mb)).root  # (B, C)
+        root = spn.upward(ev[s : s + batch_size]).root  # (B, C)
         total += float(_objective(root, yb, objective).sum())
         if yb is not None:
             correct += int((root.argmax(1) == yb).sum())
@@ -322,18 +320,18 @@ class _Trainer:
         self.counts: Counts | None = None
         self.info = info
 
-    def step(self, x: Tensor, m: Tensor, y: Tensor | None, total: int | None = None) -> tuple[float, int]:
+    def step(self, ev: Evidence, y: Tensor | None, total: int | None = None) -> tuple[float, int]:
         """Update on one batch; return its summed objective (before the update) and correct predictions.
 
-        Data-parallel, ``x`` is this process's shard of a global batch of ``total``
+        Data-parallel, ``ev`` is this process's shard of a global batch of ``total``
         samples, and the returned figures are those of the global batch.
         """
         if self.info is not None:
-            return self._step_parallel(x, m, y, x.shape[0] if total is None else total)
+            return self._step_parallel(ev, y, ev.num_samples if total is None else total)
         spn = self.spn
         if self.method == "adam":
             self.optimizer.zero_grad(set_to_none=True)
-            root = spn._upward(*spn._to_leaf_input(x, m)).root  # (B, C)
+            root = spn.upward(ev).root  # (B, C)
             obj = _objective(root, y, self.objective)
             if not bool(torch.isfinite(obj).all()):
                 raise ValueError("the objective is -inf or NaN on a training batch (a sample has zero likelihood)")
@@ -341,7 +339,7 @@ class _Trainer:
             self.optimizer.step()
             total = float(obj.detach().sum())
         else:
-            counts, root = _e_step(spn, x, m, y)
+            counts, root = e_step(spn, ev, y)
             if self.method == "em":
                 m_step(spn, counts, self.step_size)
             else:
@@ -350,18 +348,18 @@ class _Trainer:
         correct = 0 if y is None else int((root.detach().argmax(1) == y).sum())
         return total, correct
 
-    def _step_parallel(self, x: Tensor, m: Tensor, y: Tensor | None, total: int) -> tuple[float, int]:
+    def _step_parallel(self, ev: Evidence, y: Tensor | None, total: int) -> tuple[float, int]:
         """:meth:`step` on a shard: gradients or counts are summed over the processes before the update.
 
         Failures (a zero-likelihood sample) are reduced too, so every process raises together.
         """
-        spn, b = self.spn, x.shape[0]
+        spn, b = self.spn, ev.num_samples
         obj_sum, correct, bad = 0.0, 0, False
         if self.method == "adam":
             self.optimizer.zero_grad(set_to_none=True)
             params = [p for p in spn.parameters() if p.requires_grad]
             if b:
-                root = spn._upward(*spn._to_leaf_input(x, m)).root  # (b, C)
+                root = spn.upward(ev).root  # (b, C)
                 obj = _objective(root, y, self.objective)  # (b,)
                 bad = not bool(torch.isfinite(obj).all())
                 if not bad:
@@ -380,7 +378,7 @@ class _Trainer:
         counts = None
         if b:
             try:
-                counts, root = _e_step(spn, x, m, y)
+                counts, root = e_step(spn, ev, y)
                 obj_sum = float(counts.log_likelihood)
                 correct = 0 if y is None else int((root.argmax(1) == y).sum())
             except ValueError:
@@ -388,7 +386,7 @@ class _Trainer:
         stats = _dist.all_reduce_sum([torch.tensor([obj_sum, correct, float(bad)], dtype=torch.float64, device=spn.device)])[0]
         if stats[2] > 0:
             raise ValueError("a sample has zero likelihood (log-likelihood -inf or NaN); EM needs every sample to have positive density")
-        counts = _zero_counts(spn) if counts is None else counts
+        counts = Counts.zeros(spn) if counts is None else counts
         if self.method == "em":
             m_step(spn, _dist.all_reduce_counts(counts), self.step_size)
         else:
@@ -401,22 +399,13 @@ class _Trainer:
         if self.method == "em-batch" and not complete:
             self.counts = None
         elif self.method == "em-batch" and self.info is not None:
-            counts = _dist.all_reduce_counts(_zero_counts(self.spn) if self.counts is None else self.counts)
+            counts = _dist.all_reduce_counts(Counts.zeros(self.spn) if self.counts is None else self.counts)
             if counts.num_samples > 0:
                 m_step(self.spn, counts, 1.0)
             self.counts = None
         elif self.method == "em-batch" and self.counts is not None:
             m_step(self.spn, self.counts, 1.0)
             self.counts = None
-
-
-def _zero_counts(spn: SPN) -> Counts:
-    """Counts of no samples (what a process with an empty shard contributes)."""
-    params = _em_params(spn)
-    n = len(spn._levels)
-    zeros = {k: torch.zeros_like(v, requires_grad=False) for k, v in params.items()}
-    return Counts([zeros[f"sums.{i}"] for i in range(n)], [zeros.get(f"mix.{i}") for i in range(n)], zeros["eta"],
-                  torch.zeros((), dtype=spn.dtype, device=spn.device), 0)
 
 
 def _fingerprint(t: Tensor | None) -> list[float]:
@@ -428,27 +417,18 @@ def _fingerprint(t: Tensor | None) -> list[float]:
     return [float(t.numel()), float(v.sum()), float((v * w).sum())]
 
 
-def _prepare(spn: SPN, data: Tensor, marginalized: Tensor | None, name: str) -> tuple[Tensor, Tensor | None]:
-    """Validate once; return data in the circuit's dtype and the float mask (None if all observed)."""
-    x, m = spn._prepare(data, marginalized, name)
-    return x, (None if marginalized is None else m)
-
-
-def _split(x: Tensor, m: Tensor | None, y: Tensor | None, fraction: float, generator: torch.Generator) -> tuple[tuple, tuple]:
-    """Seeded split of ``(x, m, y)`` into training and validation parts."""
-    n = x.shape[0]
+def _split(ev: Evidence, y: Tensor | None, fraction: float, generator: torch.Generator
+           ) -> tuple[tuple[Evidence, Tensor | None], tuple[Evidence | None, Tensor | None]]:
+    """Seeded split of the evidence and labels into training and validation parts."""
+    n = ev.num_samples
     k = int(round(n * fraction))
     if k == 0:
-        return (x, m, y), (None, None, None)
+        return (ev, y), (None, None)
     if k >= n:
         raise ValueError(f"valid_fraction={fraction} leaves no training samples out of {n}")
-    perm = torch.randperm(n, generator=generator).to(x.device)
+    perm = torch.randperm(n, generator=generator).to(ev.values.device)
     tr, va = perm[k:], perm[:k]
-
-    def take(t: Tensor | None, i: Tensor) -> Tensor | None:
-        return None if t is None else t[i]
-
-    return (take(x, tr), take(m, tr), take(y, tr)), (take(x, va), take(m, va), take(y, va))
+    return (ev[tr], None if y is None else y[tr]), (ev[va], None if y is None else y[va])
 
 
 class _NoBar:

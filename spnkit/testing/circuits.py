@@ -93,6 +93,7 @@ class CircuitSpec:
 
     ``scale`` multiplies every random parameter: 0.01 gives near-uniform
     weights, 30 nearly one-hot weights, saturated variances and far-apart means.
+    ``layer`` and ``project_leaves`` are the :class:`~spnkit.SPN` arguments.
     """
 
     graph: GraphSpec
@@ -102,9 +103,12 @@ class CircuitSpec:
     num_classes: int = 1
     seed: int = 0
     scale: float = 1.0
+    layer: str = "tucker"
+    project_leaves: bool = True
 
     def build(self) -> SPN:
-        spn = SPN(self.graph.build(), self.leaf, self.num_sums, self.num_leaves, self.num_classes).double()
+        spn = SPN(self.graph.build(), self.leaf, self.num_sums, self.num_leaves, self.num_classes,
+                  layer=self.layer, project_leaves=self.project_leaves).double()
         randomize_parameters(spn, self.seed, self.scale)
         return spn
 
@@ -139,8 +143,11 @@ def make_deterministic(spn: SPN, seed: int = 0, big: float = 1e4) -> SPN:
       supports (needs ``num_leaves <= 2`` for Bernoulli leaves, ``<= num_categories``
       for Categorical ones);
     * products of disjoint-support children have disjoint supports; each non-root
-      sum ``k`` gets its own share of the products (product ``q`` goes to sum
-      ``q mod K``), with random weights inside the share; root sums take every product;
+      sum ``k`` gets its own share of its inputs (input ``q`` goes to sum
+      ``q mod K``), with random weights inside the share; root sums take every input.
+      In a Tucker layer the inputs are the ``K^2`` products; in a CP layer each
+      projection's inputs are its child's entries, so product ``k`` multiplies
+      disjoint shares;
     * a region with several partitions keeps the first one (weight ``1 - exp(-big)``).
 
     Terms of weight ``exp(-big)`` vanish in float64 (``big = 1e4``), so sums and
@@ -156,8 +163,12 @@ def make_deterministic(spn: SPN, seed: int = 0, big: float = 1e4) -> SPN:
         raise ValueError(f"deterministic circuits need discrete leaves, got {leaf!r}")
     if spn.num_leaves > limit:
         raise ValueError(f"at most {limit} disjoint point masses per region for {leaf!r}, got num_leaves={spn.num_leaves}")
-    if spn.num_leaves**2 < spn.num_sums:
-        raise ValueError(f"num_leaves**2 = {spn.num_leaves**2} products cannot be shared among num_sums={spn.num_sums} sums")
+    if spn.layer == "cp":  # a projection's inputs: its child's entries
+        inputs = spn.num_leaves if spn.project_leaves else spn.num_sums
+    else:  # a Tucker sum's inputs: the products of two leaf vectors
+        inputs = spn.num_leaves**2
+    if inputs < spn.num_sums:
+        raise ValueError(f"{inputs} inputs of the first sums cannot be shared among num_sums={spn.num_sums} sums")
     randomize_parameters(spn, seed)
     with torch.no_grad():
         params = spn.leaf_layer.params
@@ -169,15 +180,15 @@ def make_deterministic(spn: SPN, seed: int = 0, big: float = 1e4) -> SPN:
             logits = params["logits"]  # (R, n, K, C)
             logits[:, 0] = -big
             logits[:, 0, torch.arange(K), torch.arange(K)] = 0.0
-        top = len(spn.sum_layers) - 1
-        for i, layer in enumerate(spn.sum_layers):
-            if i == top:
-                continue  # root sums: any weights over disjoint products
-            logits = layer.logits  # (P, I*J, K_out)
+        layers = list(spn.sum_layers)
+        if spn.root_sum is None:
+            layers = layers[:-1]  # Tucker root sums: any weights over disjoint products
+        for layer in layers:
+            logits = layer.logits  # (A, I, K_out): products (Tucker) or a child's entries (CP)
             valid = torch.ones(logits.shape[:2], dtype=torch.bool) if layer.valid is None else layer.valid[..., 0]
-            rank = valid.long().cumsum(1) - 1  # (P, I*J) position among valid products
+            rank = valid.long().cumsum(1) - 1  # (A, I) position among valid inputs
             owner = rank % layer.k_out
-            keep = owner.unsqueeze(-1) == torch.arange(layer.k_out).view(1, 1, -1)  # (P, I*J, K_out)
+            keep = owner.unsqueeze(-1) == torch.arange(layer.k_out).view(1, 1, -1)  # (A, I, K_out)
             logits.masked_fill_(~keep, -big)
         for mix in spn.mixing_layers:
             mix.logits.fill_(-big)

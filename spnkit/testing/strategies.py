@@ -133,7 +133,7 @@ def networkx_graph_specs(
 
 
 def graph_specs(max_vars: int = 8, binary: bool = True) -> st.SearchStrategy[GraphSpec]:
-    """A graph of any builder with at most ``max_vars`` variables (binary partitions by default)."""
+    """A graph of any builder with at most ``max_vars`` variables (binary partitions by default; up to 3 children otherwise)."""
     options = [random_graph_specs(max_vars=max_vars), networkx_graph_specs(max_vars=max_vars, max_children=2 if binary else 3)]
     if max_vars >= 2:
         options += [poon_domingos_specs(max_vars=max_vars), quad_tree_specs(max_vars=max_vars)]
@@ -171,18 +171,32 @@ def circuit_specs(
     max_leaves: int = 3,
     max_classes: int = 3,
     scales: tuple[float, ...] = PARAMETER_SCALES,
+    layers: tuple[str, ...] = ("tucker", "cp"),
 ) -> CircuitSpec:
-    """Float64 circuits: any graph, leaf family, sizes, parameter seed and scale (extreme ones included)."""
-    graph = draw(graphs if graphs is not None else graph_specs(max_vars))
+    """Float64 circuits: any graph, leaf family, layer kind, sizes, parameter seed and scale (extreme ones included).
+
+    CP circuits are drawn over graphs with partitions of up to 3 children, and
+    half of them join leaves unprojected when ``num_leaves == num_sums``; a
+    given graph with wider partitions makes a CP circuit.
+    """
+    layer = draw(st.sampled_from(layers))
+    graph = draw(graphs if graphs is not None else graph_specs(max_vars, binary=layer == "tucker"))
+    if layer == "tucker" and any(len(p.children) != 2 for p in graph.build().partitions):
+        layer = "cp"
     leaf = draw(leaf_families if leaf_families is not None else leaves())
+    num_sums = draw(st.integers(1, max_sums))
+    num_leaves = draw(st.integers(1, max_leaves))
+    project = not (layer == "cp" and num_leaves == num_sums and draw(st.booleans()))
     return CircuitSpec(
         graph,
         leaf,
-        num_sums=draw(st.integers(1, max_sums)),
-        num_leaves=draw(st.integers(1, max_leaves)),
+        num_sums=num_sums,
+        num_leaves=num_leaves,
         num_classes=draw(st.integers(1, max_classes)),
         seed=draw(st.integers(0, 2**16)),
         scale=draw(st.sampled_from(scales)),
+        layer=layer,
+        project_leaves=project,
     )
 
 

@@ -25,11 +25,11 @@ LEVELS = ("auto", "node", "region")
 
 
 def _vector_size(spn: "SPN", region: int) -> int:
-    """Entries ``K`` of a region's vector: leaves, sums, or root sums."""
+    """Entries ``K`` of a region's vector: leaves, sums (CP: products), or root sums (Tucker's root)."""
     rg = spn.region_graph
     if not rg.partitions_of[region]:
         return spn.num_leaves
-    return spn.num_classes if region == rg.root else spn.num_sums
+    return spn.num_classes if region == rg.root and spn.root_sum is None else spn.num_sums
 
 
 def region_level_graph(spn: "SPN") -> nx.DiGraph:
@@ -67,19 +67,21 @@ def region_level_graph(spn: "SPN") -> nx.DiGraph:
     leaf_counts = effective_parameter_counts(spn.leaf_layer).numpy()
     params[list(rg.leaf_regions)] = leaf_counts  # leaf layer rows follow rg.leaf_regions
     weights: dict[int, int] = {}
-    for lv in spn._levels:
-        part_counts = effective_parameter_counts(lv.sums).tolist()
+    for lv in spn.levels:
+        part_counts = lv.product.partition_weight_counts().tolist()
         for pj, n in zip(lv.partitions, part_counts):
             weights[pj] = int(n)
             params[rg.partitions[pj].parent] += n
         if lv.mixing is not None:
             params[lv.regions] += effective_parameter_counts(lv.mixing).numpy()
+    if spn.root_sum is not None:
+        params[rg.root] += int(effective_parameter_counts(spn.root_sum).sum())
     for i, scope in enumerate(rg.regions):
         role = "root" if i == rg.root else ("sum" if rg.partitions_of[i] else "leaf")
         g.add_node(("r", i), kind="region", role=role, scope=scope, height=heights[i],
                    K=_vector_size(spn, i), params=int(params[i]))
     for j, p in enumerate(rg.partitions):
-        products = math.prod(_vector_size(spn, c) for c in p.children)
+        products = spn.num_sums if spn.layer == "cp" else math.prod(_vector_size(spn, c) for c in p.children)
         g.add_node(("p", j), kind="partition", scope=rg.regions[p.parent], height=heights[p.parent],
                    products=products, weights=weights[j])
         g.add_edge(("r", p.parent), ("p", j))
@@ -97,14 +99,23 @@ def circuit_node_counts(spn: "SPN") -> dict[str, int]:
     """
     rg = spn.region_graph
     leaf = len(rg.leaf_regions) * spn.num_leaves
+    leaf_set = set(rg.leaf_regions)
     sums = product = 0
     for i, parts in enumerate(rg.partitions_of):
         if not parts:
             continue
         k = _vector_size(spn, i)
-        sums += k + (k * len(parts) if len(parts) > 1 else 0)
-        for j in parts:
-            product += math.prod(_vector_size(spn, c) for c in rg.partitions[j].children)
+        if spn.layer == "cp":  # K products per partition, K projection sums per projected child, K region sums if mixed
+            product += k * len(parts)
+            sums += k if len(parts) > 1 else 0
+            for j in parts:
+                sums += k * sum(1 for c in rg.partitions[j].children if spn.project_leaves or c not in leaf_set)
+        else:
+            sums += k + (k * len(parts) if len(parts) > 1 else 0)
+            for j in parts:
+                product += math.prod(_vector_size(spn, c) for c in rg.partitions[j].children)
+    if spn.root_sum is not None:
+        sums += spn.num_classes
     return {"leaf": leaf, "sum": sums, "product": product}
 
 

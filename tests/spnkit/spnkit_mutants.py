@@ -31,42 +31,35 @@ class Mutant:
     old: str
     new: str
     doc: str
-    alternatives: tuple[tuple[str, str, str], ...] = ()  # (target, old, new) for other versions of the core
 
 
 MUTANTS: dict[str, Mutant] = {
     "swap_children_downward": Mutant(
-        "spnkit.circuit:SPN._downward",
-        "((lv.sums.left, ij // lv.sums.k_in), (lv.sums.right, ij % lv.sums.k_in))",
-        "((lv.sums.left, ij % lv.sums.k_in), (lv.sums.right, ij // lv.sums.k_in))",
-        "the downward pass sends each child the other child's choice (sampling and MPE)",
-        (("spnkit.circuit:SPN._downward",
-          "chosen[lv.sums.left[part], smp] = ij // lv.sums.k_in\n        chosen[lv.sums.right[part], smp] = ij % lv.sums.k_in",
-          "chosen[lv.sums.left[part], smp] = ij % lv.sums.k_in\n        chosen[lv.sums.right[part], smp] = ij // lv.sums.k_in"),),
+        "spnkit.layers.tucker:TuckerLayer.backtrack",
+        "torch.cat([ij // self.k_in, ij % self.k_in])",
+        "torch.cat([ij % self.k_in, ij // self.k_in])",
+        "the downward pass sends each child of a Tucker product the other child's choice (sampling and MPE)",
     ),
     "first_partition_downward": Mutant(
-        "spnkit.circuit:SPN._downward",
-        "target = torch.gather(lv.mixing.table, 1, pick)",
-        "target = torch.gather(lv.mixing.table, 1, torch.zeros_like(pick))",
+        "spnkit.backtrack:downward",
+        "part = lv.mixing.table[reg, choose(scores, 1)]",
+        "part = lv.mixing.table[reg, torch.zeros_like(reg)]",
         "the downward pass always takes a region's first partition",
-        (("spnkit.circuit:SPN._downward",
-          "part = lv.mixing.table[reg, self._choose(scores, 1, generator, greedy)]",
-          "part = lv.mixing.table[reg, torch.zeros_like(reg)]"),),
     ),
     "root_class_zero": Mutant(
-        "spnkit.circuit:SPN._root_choice",
-        "return self._choose(root, -1, generator, greedy)  # uniform class prior",
-        "return torch.zeros(batch, dtype=torch.long, device=root.device)",
+        "spnkit.backtrack:complete",
+        "else choose(root_values, -1)",
+        "else torch.zeros(x.shape[0], dtype=torch.long, device=x.device)",
         "sampling / MPE ignore the class posterior and always use root sum 0",
     ),
     "no_max_shift": Mutant(
-        "spnkit.layers:_shifted_exp",
+        "spnkit.layers.kernels:shifted_exp",
         "m = torch.nan_to_num(log_x.detach().amax(1, keepdim=True), nan=0.0, posinf=0.0, neginf=0.0)",
         "m = torch.zeros_like(log_x[:, :1])",
         "the log-space products lose their max-shift (underflow)",
     ),
     "leaf_ignores_mask": Mutant(
-        "spnkit.layers:LeafLayer.forward",
+        "spnkit.layers.leaf:LeafLayer.forward",
         "_WeightedStatistics.apply(cols, self._columns(w), self.leaf)",
         "_WeightedStatistics.apply(cols, self._columns(torch.ones_like(w)), self.leaf)",
         "the leaf layer ignores the marginalization mask",
@@ -96,45 +89,45 @@ MUTANTS: dict[str, Mutant] = {
         "with validated finite values, a bool mask lets the unobserved values into the statistics",
     ),
     "sums_skip_softmax": Mutant(
-        "spnkit.layers:ProductSumLayer.weights",
-        "return torch.softmax(self._logits(), dim=1)",
-        "return torch.exp(self._logits())",
-        "sum weights are not normalized",
+        "spnkit.layers.base:SumWeights.weights",
+        "return torch.softmax(self.masked_logits(), dim=1)",
+        "return torch.exp(self.masked_logits())",
+        "sum weights are not normalized in the product layers",
     ),
-    "mixing_skip_softmax": Mutant(
-        "spnkit.layers:MixingLayer.log_weights",
-        "return torch.log_softmax(self.logits.masked_fill(~self.valid, -torch.inf), dim=1)",
-        "return self.logits.masked_fill(~self.valid, -torch.inf)",
-        "mixing weights are not normalized",
+    "log_weights_skip_softmax": Mutant(
+        "spnkit.layers.base:SumWeights.log_weights",
+        "return torch.log_softmax(self.masked_logits(), dim=1)",
+        "return self.masked_logits()",
+        "normalized log-weights (mixing layers, max-product, backtracking, EM) are not normalized",
     ),
     "batch_reshape": Mutant(
-        "spnkit.circuit:SPN._to_leaf_input",
-        "return x, (~m if m.dtype == torch.bool else 1 - m)",
-        "return x.t().reshape(x.shape), (~m if m.dtype == torch.bool else 1 - m)",
+        "spnkit.evidence:Evidence.leaf_input",
+        "return self.values, (~m if m.dtype == torch.bool else 1 - m)",
+        "return self.values.t().reshape(self.values.shape), (~m if m.dtype == torch.bool else 1 - m)",
         "reshape instead of transpose: samples of a batch get mixed",
     ),
     "mpe_no_peak": Mutant(
-        "spnkit.layers:LeafLayer.forward_max",
+        "spnkit.layers.leaf:LeafLayer.forward_max",
         "unobserved.unsqueeze(0)])",
         "torch.zeros_like(unobserved).unsqueeze(0)])",
         "max-product treats unobserved factors as 1 instead of their maximum",
     ),
     "overwrite_evidence": Mutant(
-        "spnkit.circuit:SPN._complete",
+        "spnkit.backtrack:complete",
         "torch.where(m > 0, filled, x)",
         "filled",
         "sample / mpe overwrite observed entries",
     ),
     "ignore_evidence": Mutant(
-        "spnkit.circuit:SPN._complete",
-        "self._upward(*self._to_leaf_input(x, m),",
-        "self._upward(*self._to_leaf_input(x, torch.ones_like(m)),",
+        "spnkit.backtrack:complete",
+        "spn.upward(Evidence(x, m),",
+        "spn.upward(Evidence(x, torch.ones_like(m)),",
         "sample / mpe draw from the prior instead of the conditional",
     ),
     "soft_mask_rounded": Mutant(
-        "spnkit.circuit:SPN._check",
-        'or NaN")\n            m = marginalized.to(self.dtype)',
-        'or NaN")\n            m = marginalized.round().to(self.dtype)',
+        "spnkit.evidence:validate",
+        "m = marginalized.to(dtype)",
+        "m = marginalized.round().to(dtype)",
         "soft masks are rounded to hard ones",
     ),
     "check_valid_no_overlap": Mutant(
@@ -150,28 +143,28 @@ MUTANTS: dict[str, Mutant] = {
         "check_valid misses a root that does not cover every variable",
     ),
     "detach_sum_weights": Mutant(
-        "spnkit.layers:ProductSumLayer.forward",
-        "_LogOuterMatmul.apply(ab, None, w)",
-        "_LogOuterMatmul.apply(ab, None, w.detach())",
-        "no gradient reaches the sum weights",
+        "spnkit.layers.tucker:TuckerLayer.forward",
+        "LogOuterMatmul.apply(ab, None, w)",
+        "LogOuterMatmul.apply(ab, None, w.detach())",
+        "no gradient reaches the Tucker sum weights",
     ),
     "detach_leaf_input": Mutant(
-        "spnkit.layers:LeafLayer.forward",
+        "spnkit.layers.leaf:LeafLayer.forward",
         "cols = self._columns(x)",
         "cols = self._columns(x.detach())",
         "no gradient reaches the inputs",
     ),
     "networkx_wrong_child": Mutant(
-        "spnkit.circuit:SPN.to_networkx",
-        "g.add_edge(node, self._node_of(b, j))",
-        "g.add_edge(node, self._node_of(a, min(j, ka - 1)))",
-        "to_networkx wires both children of a product to the same region",
+        "spnkit.circuit_graph:node_graph",
+        "g.add_edge(node, nb)",
+        "g.add_edge(node, na)",
+        "to_networkx wires both children of a Tucker product to the same region",
     ),
     "compile_same_child": Mutant(
-        "spnkit.circuit:SPN._compile",
-        "ProductSumLayer(kids[:, 0].contiguous(), kids[:, 1].contiguous(),",
-        "ProductSumLayer(kids[:, 0].contiguous(), kids[:, 0].contiguous(),",
-        "the compiled products read their left child twice",
+        "spnkit.compile:compile_circuit",
+        "order = [c for ks in kids for c in ks[:1]] + [c for ks in kids for c in ks[1:]]",
+        "order = [c for ks in kids for c in ks[:1]] * 2",
+        "the compiled Tucker products read their left child twice",
     ),
     "normal_sample_scale": Mutant(
         "spnkit.leaves:Normal.sample",
@@ -184,6 +177,36 @@ MUTANTS: dict[str, Mutant] = {
         "spn.load_state_dict(state)",
         "None",
         "spnkit.load returns a circuit with fresh parameters",
+    ),
+    "cp_direct_entry_zero": Mutant(
+        "spnkit.layers.cp:CPLayer.backtrack",
+        "entries.append(choice[a])",
+        "entries.append(torch.zeros_like(choice[a]))",
+        "backtracking a CP product hands its unprojected children entry 0 instead of the product's own entry",
+    ),
+    "cp_first_slot_only": Mutant(
+        "spnkit.layers.cp:_expand",
+        "offset = torch.arange(active.shape[0], device=part.device) - first",
+        "offset = torch.zeros_like(first)",
+        "backtracking a CP product visits its first child once per child instead of every child",
+    ),
+    "cp_projection_transposed": Mutant(
+        "spnkit.layers.kernels:LogMatmul.forward",
+        "s = torch.bmm(w.transpose(1, 2), e)",
+        "s = torch.bmm(w, e) if w.shape[1] == w.shape[2] else torch.bmm(w.transpose(1, 2), e)",
+        "a CP projection uses its weights transposed (normalized over the wrong index)",
+    ),
+    "gather_rows_copies_repeats": Mutant(
+        "spnkit.layers.kernels:GatherRows.backward",
+        "if p.distinct and p.covers:",
+        "if True:",
+        "the gather's backward copies the gradient of rows read several times instead of adding it",
+    ),
+    "cp_direct_skipped": Mutant(
+        "spnkit.layers.cp:CPLayer._combine",
+        "out = out.index_add(0, self.direct_partition, direct)",
+        "out = out",
+        "CP products drop their unprojected (leaf) children",
     ),
 }
 
@@ -199,17 +222,16 @@ def _resolve(target: str):
 
 
 def _matching(name: str) -> tuple[object, object, str, str]:
-    """``(module, owner, attribute, mutated source)`` for the first form of mutant ``name`` found in the core.
+    """``(module, owner, attribute, mutated source)`` of mutant ``name``.
 
     Raises:
-        RuntimeError: if neither the snippet nor any alternative occurs exactly
-            once in its target's source.
+        RuntimeError: if the snippet does not occur exactly once in its target's source.
     """
     if name not in MUTANTS:
         raise ValueError(f"unknown mutant {name!r}; choose one of {sorted(MUTANTS)}")
     mutant = MUTANTS[name]
     tried = []
-    for target, old, new in ((mutant.target, mutant.old, mutant.new), *mutant.alternatives):
+    for target, old, new in ((mutant.target, mutant.old, mutant.new),):
         try:
             module, owner, attr = _resolve(target)
         except AttributeError as err:

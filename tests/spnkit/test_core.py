@@ -21,7 +21,7 @@ import torch
 import spnkit
 import spnkit_mutants  # tests/spnkit/spnkit_mutants.py, the mutation harness
 from spnkit import Bernoulli, Categorical, InvalidStructureError, Normal, Partition, RegionGraph, SPN
-from spnkit.layers import LeafLayer, MixingLayer, ProductSumLayer
+from spnkit.layers import CPLayer, LeafLayer, MixingLayer, TuckerLayer
 from spnkit.leaves import Leaf
 from spnkit.testing import brute_force as bf
 from spnkit.testing.circuits import CircuitSpec, GraphSpec, make_deterministic
@@ -435,7 +435,7 @@ BAD = {
     "x-wrong-ndim": (lambda: _bern().log_prob(torch.zeros(4)), r"shape \(batch, 4\), got \(4,\)"),
     "x-wrong-width": (lambda: _bern().log_prob(torch.zeros(2, 5)), r"shape \(batch, 4\), got \(2, 5\)"),
     "x-3d": (lambda: _bern().log_prob(torch.zeros(2, 4, 1)), r"shape \(batch, 4\)"),
-    "x-empty-batch": (lambda: _bern().log_prob(torch.zeros(0, 4)), r"shape \(batch, 4\), got \(0, 4\)"),
+    "x-empty-batch": (lambda: _bern().log_prob(torch.zeros(0, 4)), r"no samples \(shape \(0, 4\)\)"),
     "x-bool": (lambda: _bern().log_prob(torch.zeros(2, 4, dtype=torch.bool)), r"real float or integer tensor, got torch.bool"),
     "x-complex": (lambda: _normal().log_prob(torch.zeros(2, 4, dtype=torch.complex128)), r"real float or integer tensor"),
     "x-nan-observed": (lambda: _normal().log_prob(_x([0, float("nan"), 0, 0])), r"NaN or inf at 1 observed entries"),
@@ -480,7 +480,7 @@ BAD = {
     "leaf-not-a-leaf": (lambda: SPN(GRAPHS["random"].build(), "normal"), r"leaf must be a spnkit leaf family"),
     "leaf-class-not-instance": (lambda: SPN(GRAPHS["random"].build(), Normal), r"leaf must be a spnkit leaf family"),
     "graph-not-a-graph": (lambda: SPN(nx.DiGraph(), Bernoulli()), r"region_graph must be a spnkit.RegionGraph"),
-    "graph-non-binary": (lambda: SPN(_TERNARY, Bernoulli()), r"binary partitions only.*\[3\] children"),
+    "graph-non-binary": (lambda: SPN(_TERNARY, Bernoulli()), r"layer=.tucker. multiplies two children.*partition 0 of region 0 has 3: use layer=.cp."),
     "graph-invalid": (lambda: SPN(_OVERLAP, Bernoulli()), r"not decomposable: partition 0 of region 0"),
     "normal-min-var-zero": (lambda: Normal(min_var=0.0), r"0 < min_var < max_var"),
     "normal-bounds-swapped": (lambda: Normal(min_var=2.0, max_var=1.0), r"0 < min_var < max_var"),
@@ -665,24 +665,24 @@ def test_every_layer_output_is_regions_batch_k(graph, sizes):
     for mod, shape in seen:
         if isinstance(mod, LeafLayer):
             assert shape == (leaf_regions, B, num_leaves)
-        elif isinstance(mod, ProductSumLayer):
+        elif isinstance(mod, (TuckerLayer, CPLayer)):
             assert shape == (mod.num_partitions, B, mod.k_out)
         else:
             assert isinstance(mod, MixingLayer)
             assert shape == (mod.table.shape[0], B, mod.logits.shape[-1])
     # per height: the sum layer has one output per partition, the mixing layer one per region
-    tops = {lv.sums.k_out for lv in spn._levels[-1:]}
+    tops = {lv.product.k_out for lv in spn.levels[-1:]}
     assert tops == {num_classes}
-    for lv in spn._levels:
-        assert lv.sums.num_partitions == len(lv.partitions)
+    for lv in spn.levels:
+        assert lv.product.num_partitions == len(lv.partitions)
         if lv.mixing is not None:
             assert lv.mixing.table.shape[0] == len(lv.regions)
     # the upward trace: one buffer row per region below the root, root vector (B, C)
     for mode in ("sum", "max"):
-        trace = spn._upward(*spn._to_leaf_input(x, torch.zeros_like(x)), mode=mode)
+        trace = spn.upward(spn.prepare(x), mode=mode)
         assert trace.buf.shape == (len(spn.region_graph.regions) - 1, B, spn.k_max)
         assert trace.root.shape == (B, num_classes)
-        assert [p.shape for p in trace.parts] == [(lv.sums.num_partitions, B, lv.sums.k_out) for lv in spn._levels]
+        assert [p.shape for p in trace.parts] == [(lv.product.num_partitions, B, lv.product.k_out) for lv in spn.levels]
 
 
 # ================================================================= doctests
@@ -727,27 +727,37 @@ def test_normal_natural_parameters_and_their_hand_written_gradient() -> None:
     torch.testing.assert_close(dens, torch.distributions.Normal(loc, var.sqrt()).log_prob(x))
 
 
+@pytest.mark.parametrize("layer", ["tucker", "cp"])
 @pytest.mark.parametrize("graph", ["random", "poon_domingos"])
-def test_levels_reading_one_block_match_the_whole_buffer(graph):
-    """A level whose children lie in one block reads only that block; the result equals reading the concatenated buffer."""
+def test_layers_gather_their_children_from_the_blocks_they_lie_in(graph, layer):
+    """Each product layer's input equals its children's rows read from the concatenated buffer, values and gradients."""
     torch.manual_seed(0)
     if graph == "random":
         rg = RegionGraph.random(24, depth=3, repetitions=3, seed=1)
     else:
         rg = RegionGraph.poon_domingos(6, 6, delta=2)
-    spn = SPN(rg, Normal(), num_sums=3, num_leaves=2).double()
+    spn = SPN(rg, Normal(), num_sums=3, num_leaves=2, layer=layer).double()
     x, m = torch.rand(5, rg.num_vars, dtype=torch.float64), torch.rand(5, rg.num_vars) < 0.3
-    sources = [lv.source for lv in spn._levels]
-    if graph == "random":
-        assert all(s is not None for s in sources)  # every RAT-SPN level reads the block below it
-    else:
-        assert any(s is None for s in sources)  # Poon-Domingos levels mix heights: the fallback is exercised
-    want = {"lp": spn.log_prob(x, m), "mpe": spn.mpe(x, m), "trace": spn._upward(*spn._to_leaf_input(x, m.double())).buf}
-    for lv in spn._levels:
-        lv.source, lv.source_start = None, 0
-    assert torch.allclose(spn.log_prob(x, m), want["lp"], atol=1e-12)
-    assert torch.equal(spn.mpe(x, m), want["mpe"])
-    assert torch.equal(spn._upward(*spn._to_leaf_input(x, m.double())).buf, want["trace"])
+    blocks = [b.detach().clone().requires_grad_() for b in spn.upward(spn.prepare(x, m)).blocks]
+    several = False
+    for lv in spn.levels:
+        prod = lv.product
+        if isinstance(prod, TuckerLayer):
+            rows = torch.cat([prod.left, prod.right])
+        else:
+            rows = torch.cat([prod.slot_rows, prod.direct_rows])
+        several |= len(set(prod.children_rows.blocks)) > 1
+        got = prod.children_rows(blocks)  # (n, k, B)
+        full = torch.cat(blocks)  # (rows, K_max, B)
+        want = full[rows, : prod.k_in]
+        assert torch.equal(got, want)
+        g = torch.randn(got.shape, dtype=torch.float64)
+        grads = torch.autograd.grad((got * g).sum(), blocks, allow_unused=True)
+        want_grads = torch.autograd.grad((want * g).sum(), blocks, allow_unused=True)
+        for a, b in zip(grads, want_grads):
+            assert (a is None and b is None) or torch.equal(a if a is not None else torch.zeros_like(b), b if b is not None else torch.zeros_like(a))
+    if graph == "poon_domingos":
+        assert several  # Poon-Domingos levels read several heights
 
 
 @pytest.mark.parametrize("layout", ["gather", "dense"])

@@ -143,7 +143,7 @@ def test_expected_counts_of_a_tree_sum_to_the_batch():
     x = _data_for(spn.leaf, 40, 8, seed=3)
     mask = torch.rand(40, 8, generator=_gen(4)) < 0.3
     c = expected_counts(spn, x, mask)
-    for n in c.sums:
+    for n in c.weights:  # one repetition: no mixing layers, every sum layer's counts are per partition
         assert torch.allclose(n.sum((1, 2)), torch.full((n.shape[0],), 40.0, dtype=F64))
     var = spn.leaf_layer.var_index  # (R, n)
     observed = torch.cat([(~mask).sum(0).to(F64), torch.zeros(1, dtype=F64)])[var]  # padding slots see nothing
@@ -156,7 +156,7 @@ def test_expected_counts_with_labels_count_each_class_root_once_per_sample():
     x = _data_for(spn.leaf, 30, 6, seed=5)
     y = torch.arange(30) % 3
     c = expected_counts(spn, x, labels=y)
-    top = c.mixing[-1] if c.mixing[-1] is not None else c.sums[-1]
+    top = c.weights[-1]  # the root's layer
     assert torch.allclose(top.sum(1).squeeze(0), torch.full((3,), 10.0, dtype=F64))
     assert torch.allclose(c.log_likelihood, spn.log_prob(x).gather(1, y.view(-1, 1)).sum())
 
@@ -165,15 +165,15 @@ def test_stochastic_m_step_mixes_old_and_new_estimates():
     spn = _rat(num_vars=6, depth=1, reps=2)
     x = _data_for(spn.leaf, 60, 6, seed=6)
     c = expected_counts(spn, x)
-    old_w = [lv.sums.log_weights().exp() for lv in spn._levels]
+    old_w = [m.log_weights().exp() for m in spn.weighted_layers]
     old_stats = spn.leaf.mean_statistics(spn.leaf_layer.param_dict()).detach()
     full = _rat(num_vars=6, depth=1, reps=2)
     m_step(full, c, 1.0)
     s = 0.3
     m_step(spn, c, s)
-    for lv, lf, w0 in zip(spn._levels, full._levels, old_w):
-        expect = (1 - s) * w0 + s * lf.sums.log_weights().exp()
-        assert torch.allclose(lv.sums.log_weights().exp(), expect, atol=1e-10)
+    for m, mf, w0 in zip(spn.weighted_layers, full.weighted_layers, old_w):
+        expect = (1 - s) * w0 + s * mf.log_weights().exp()
+        assert torch.allclose(m.log_weights().exp(), expect, atol=1e-10)
     new_stats = full.leaf.mean_statistics(full.leaf_layer.param_dict())
     mixed = spn.leaf.mean_statistics(spn.leaf_layer.param_dict())
     assert torch.allclose(mixed[..., 1], (1 - s) * old_stats[..., 1] + s * new_stats[..., 1], atol=1e-10)  # means
