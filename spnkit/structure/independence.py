@@ -118,26 +118,22 @@ def _inverse_sqrt(s: Tensor) -> Tensor:
     return (vec * inv[..., None, :]) @ vec.transpose(-1, -2)
 
 
-def _chi2_quantile(prob: float, dof: Tensor) -> Tensor:
-    """Upper quantile ``q`` with ``P(chi2_dof > q) = prob`` (Wilson-Hilferty approximation)."""
-    z = float(torch.special.ndtri(torch.tensor(1.0 - prob, dtype=torch.float64)))
-    k = dof.clamp(min=1.0)
-    c = 2.0 / (9.0 * k)
-    return k * (1.0 - c + z * torch.sqrt(c)).clamp(min=0.0) ** 3
-
-
-def g_test_pvalues(d: Data, num_bins: int) -> tuple[Tensor, Tensor]:
-    """G statistics and their chi-square degrees of freedom for every pair of discrete variables.
+def g_test_pvalues(d: Data, num_bins: int) -> Tensor:
+    """P-values of the G-test of independence for every pair of discrete variables.
 
     ``G = 2 n MI`` with ``n`` the pair's shared rows and ``MI`` the plug-in
     mutual information in nats; under independence ``G`` is asymptotically
-    chi-square with ``(r - 1)(c - 1)`` degrees of freedom (levels that occur).
+    chi-square with ``(r - 1)(c - 1)`` degrees of freedom (``r``, ``c``: the
+    levels that occur), so the p-value is the regularized upper incomplete
+    gamma function ``Q(dof / 2, G / 2)``. Pairs without a degree of freedom (a
+    constant variable) get p-value 1.
 
     Returns:
-        ``G`` and ``dof``, both ``(d, d)`` float64.
+        ``(d, d)`` float64 p-values, 1 on the diagonal.
     """
     stats = discrete_pairwise(d, num_bins)
-    return 2.0 * stats.rows * stats.mi, stats.dof
+    g = 2.0 * stats.rows * stats.mi
+    return torch.where(stats.dof > 0, torch.special.gammaincc(stats.dof.clamp(min=1.0) / 2, g / 2), 1.0)
 
 
 def connected_components(adjacency: Tensor) -> list[list[int]]:
@@ -175,9 +171,9 @@ def independent_groups(
     """Split the variables of ``d`` into groups with no dependent pair across groups.
 
     Continuous data: pairs with RDC above ``threshold`` are dependent.
-    Discrete data: pairs whose G-test p-value is below ``threshold`` (G above
-    the chi-square quantile) are dependent; pairs with no degree of freedom
-    (a constant variable) are independent.
+    Discrete data: pairs whose G-test p-value is below ``threshold`` are
+    dependent; pairs with no degree of freedom (a constant variable) are
+    independent.
 
     Args:
         d: the data of one recursion step (its columns are the scope).
@@ -190,8 +186,7 @@ def independent_groups(
     """
     n, D = d.shape
     if d.discrete:
-        g, dof = g_test_pvalues(d, num_bins)
-        dep = (dof > 0) & (g > _chi2_quantile(threshold, dof))
+        dep = g_test_pvalues(d, num_bins) < threshold
     else:
         dep = rdc(d.values, d.observed, generator=generator) > threshold
     return [np.asarray(c, dtype=np.int64) for c in connected_components(dep)]
