@@ -19,12 +19,12 @@ from .chow_liu import (
 from .learnspn import LearnedStructure, learn_spn_structure
 
 __all__ = [
-    "mutual_information",
-    "maximum_spanning_tree",
-    "tree_center",
+    "LearnedStructure",
+    "chow_liu_region_graph",
     "chow_liu_tree",
     "hclt_region_graph",
-    "chow_liu_region_graph",
-    "LearnedStructure",
     "learn_spn_structure",
+    "maximum_spanning_tree",
+    "mutual_information",
+    "tree_center",
 ]

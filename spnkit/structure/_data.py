@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["DEFAULT_BINS", "ArrayLike", "Data", "as_data", "subsample", "discrete_codes", "check_int", "check_float"]
+__all__ = ["DEFAULT_BINS", "ArrayLike", "Data", "as_data", "check_float", "check_int", "discrete_codes", "subsample"]
 
 ArrayLike = Tensor | np.ndarray
 
@@ -40,7 +40,7 @@ class Data:
     def shape(self) -> tuple[int, int]:
         return int(self.values.shape[0]), int(self.values.shape[1])
 
-    def rows(self, idx: Tensor) -> "Data":
+    def rows(self, idx: Tensor) -> Data:
         """The data restricted to the rows ``idx`` (a 1-D long tensor)."""
         obs = None if self.observed is None else self.observed[idx]
         return Data(self.values[idx], obs, self.discrete)

@@ -8,6 +8,7 @@ statistics).
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import torch
@@ -69,7 +70,7 @@ def _indicator_gram(idx: Tensor, width: int) -> Tensor:
         ones = torch.ones(nnz, dtype=torch.float32)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # sparse CSR support is labelled beta
-            for s, e in zip(bounds[:-1], bounds[1:]):
+            for s, e in itertools.pairwise(bounds):
                 if e == s:
                     continue
                 lo, hi = int(ccum[s]), int(ccum[e])
@@ -88,7 +89,7 @@ def _indicator_gram(idx: Tensor, width: int) -> Tensor:
             part = idx[t : t + chunk]
             a = torch.zeros(part.shape[0], width + 1, dtype=torch.float32)
             a.scatter_(1, part, 1.0)
-            for s, e in zip(bounds[:-1], bounds[1:]):
+            for s, e in itertools.pairwise(bounds):
                 acc[s:e, s:] += (a[:, s:e].T @ a[:, s:width]).to(acc.dtype)
         gram = acc.to(torch.float64)
     return torch.triu(gram) + torch.triu(gram, 1).T
@@ -131,7 +132,7 @@ def discrete_pairwise(d: Data, num_bins: int) -> PairwiseCounts:
     col[kept.view(-1)] = torch.arange(C)
     idx = col[flat]
     del flat
-    if masked:
+    if observed is not None:
         idx = torch.where(observed, idx, torch.arange(C, C + D)[None, :])
     gram = _indicator_gram(idx, width)
     del idx

@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 from collections import deque
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -30,12 +30,12 @@ from ._data import DEFAULT_BINS, ArrayLike, as_data, check_int, subsample
 from ._pairwise import discrete_pairwise, gaussian_correlation
 
 __all__ = [
-    "mutual_information",
-    "maximum_spanning_tree",
-    "tree_center",
+    "chow_liu_region_graph",
     "chow_liu_tree",
     "hclt_region_graph",
-    "chow_liu_region_graph",
+    "maximum_spanning_tree",
+    "mutual_information",
+    "tree_center",
 ]
 
 def mutual_information(

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["standardize", "kmeans", "gaussian_mixture", "cluster_rows"]
+__all__ = ["cluster_rows", "gaussian_mixture", "kmeans", "standardize"]
 
 CLUSTERINGS = ("kmeans", "em")
 

@@ -20,7 +20,7 @@ from torch import Tensor
 from ._data import Data
 from ._pairwise import discrete_pairwise
 
-__all__ = ["rdc", "g_test_pvalues", "connected_components", "independent_groups"]
+__all__ = ["connected_components", "g_test_pvalues", "independent_groups", "rdc"]
 
 #: RDC's random features per variable and their scale (the paper's defaults).
 RDC_FEATURES = 20
@@ -184,7 +184,6 @@ def independent_groups(
     Returns:
         the groups as sorted arrays of column indices, ordered by first column.
     """
-    n, D = d.shape
     if d.discrete:
         dep = g_test_pvalues(d, num_bins) < threshold
     else:

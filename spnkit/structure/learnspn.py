@@ -35,7 +35,7 @@ from ._data import DEFAULT_BINS, ArrayLike, Data, as_data, check_float, check_in
 from .clustering import CLUSTERINGS, cluster_rows
 from .independence import independent_groups
 
-__all__ = ["LearnedStructure", "learn_spn_structure", "RDC_THRESHOLD", "G_TEST_PVALUE"]
+__all__ = ["G_TEST_PVALUE", "RDC_THRESHOLD", "LearnedStructure", "learn_spn_structure"]
 
 #: Default dependence thresholds: RDC above 0.3 (continuous data), G-test p-value below 0.001 (discrete data).
 RDC_THRESHOLD = 0.3

@@ -20,8 +20,8 @@ from spnkit.structure import (
     mutual_information,
     tree_center,
 )
-from spnkit.structure.clustering import kmeans
 from spnkit.structure._data import as_data
+from spnkit.structure.clustering import kmeans
 from spnkit.structure.independence import connected_components, g_test_pvalues, rdc
 
 
@@ -414,3 +414,11 @@ def test_nan_at_missing_entries_is_allowed():
     m = np.isnan(x)
     assert mutual_information(x, m).shape == (2, 2)
     learn_spn_structure(x, m, min_rows=1).region_graph.check_valid()
+
+
+def test_benchmark_script_smoke(capsys):
+    from benchmark_scripts import load_benchmark
+
+    results = load_benchmark("structure_learning").main(["--no-mnist", "--rows", "400", "--cols", "10", "--repeats", "1"])
+    assert len(results["learn_spn_tabular"]) == 1
+    assert "learn_spn (400, 10)" in capsys.readouterr().out
