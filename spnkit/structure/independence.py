@@ -27,6 +27,12 @@ RDC_FEATURES = 20
 RDC_SCALE = 1.0 / 6.0
 # eigenvalues of a feature covariance below this fraction of its largest are dropped (rank deficiency)
 _EIG_CUTOFF = 1e-10
+# a feature covariance whose largest eigenvalue is below this is that of a constant variable
+_EIG_FLOOR = 1e-24
+# pairwise-complete whitening while the (d, d, k, k) matrices have at most this many entries
+_PAIRWISE_ENTRIES = 1 << 25
+# entries of (pairs x k x k) blocks of cross-covariances (64 MiB of float64)
+_BLOCK_ENTRIES = 1 << 23
 
 
 def _copula(x: Tensor, observed: Tensor | None) -> Tensor:
@@ -52,21 +58,26 @@ def rdc(
 ) -> Tensor:
     """Randomized dependence coefficient of every pair of columns.
 
-    Each column is mapped to its empirical CDF ``u``, then to
-    ``num_features`` random features ``sin(w1 * u + w0)`` with
+    Each column is mapped to its empirical CDF ``u`` (over its observed
+    values), then to ``num_features`` random features ``sin(w1 * u + w0)`` with
     ``w ~ N(0, (scale / 2)^2)`` (the scale over the two inputs ``u`` and 1, as
     in the paper's reference code). The RDC of a pair is the largest canonical
     correlation between the two feature sets: the largest singular value of
-    ``S_ii^{-1/2} S_ij S_jj^{-1/2}`` from the features' covariance ``S``, with
-    directions of eigenvalue below ``1e-10`` of the largest dropped. All pairs
-    are computed at once (one covariance matrix, batched eigen- and singular
-    value decompositions).
+    ``S_ii^{-1/2} S_ij S_jj^{-1/2}`` from the features' covariances, with
+    directions of eigenvalue below ``1e-10`` of the largest dropped. Pairs are
+    computed in blocks of variables with batched matrix products and eigen- and
+    singular value decompositions.
+
+    With missing entries, pair ``(i, j)`` uses the rows where both are
+    observed for its cross-covariance and, while ``d^2 k^2`` stays below
+    ``2^25`` (``d <= 289`` at ``k = 20``), for the within-variable covariances
+    too; beyond that each variable's own covariance is taken over all of its
+    observed rows (bounded memory).
 
     Args:
         x: ``(n, d)`` float64 values.
-        observed: optional ``(n, d)`` bool, True where observed; pair ``(i, j)``
-            then uses the rows where both are observed.
-        num_features: random features per column.
+        observed: optional ``(n, d)`` bool, True where observed.
+        num_features: random features per column ``k``.
         scale: scale of the random projections.
         generator: torch generator of the projections.
 
@@ -79,31 +90,38 @@ def rdc(
     u = _copula(x, observed)
     w = torch.randn(2, d, k, generator=generator, dtype=torch.float64) * (scale / 2)
     f = torch.sin(u[:, :, None] * w[0] + w[1])  # (n, d, k)
-    if observed is None:
-        f = f - f.mean(0)
-        flat = f.reshape(n, d * k)
-        cov = (flat.T @ flat / max(n, 1)).view(d, k, d, k).permute(0, 2, 1, 3)  # (d, d, k, k)
-        whiten = _inverse_sqrt(cov[torch.arange(d), torch.arange(d)])  # (d, k, k)
-        whiten_i, whiten_j = whiten[:, None], whiten[None, :]
-        enough = torch.full((d, d), n >= 2)
-    else:
-        o = observed.to(torch.float64)
-        f = f * o[:, :, None]
-        f = (f - f.sum(0) / o.sum(0).clamp(min=1.0)[:, None]) * o[:, :, None]  # centred: accurate moments
-        flat = f.reshape(n, d * k)
-        cnt = o.T @ o  # (d, d) shared rows
-        m = (flat.T @ o).view(d, k, d).permute(0, 2, 1) / cnt.clamp(min=1.0)[:, :, None]  # mean of i's features where j observed
-        cross = (flat.T @ flat).view(d, k, d, k).permute(0, 2, 1, 3) / cnt.clamp(min=1.0)[:, :, None, None]
-        cov = cross - m[:, :, :, None] * m.transpose(0, 1)[:, :, None, :]
-        outer = (f[:, :, :, None] * f[:, :, None, :]).reshape(n, d * k * k)
-        sq = (outer.T @ o).view(d, k, k, d).permute(0, 3, 1, 2) / cnt.clamp(min=1.0)[:, :, None, None]
-        s_ii = sq - m[:, :, :, None] * m[:, :, None, :]  # covariance of i's features on rows shared with j
-        whiten_i = _inverse_sqrt(s_ii)
-        whiten_j = whiten_i.transpose(0, 1)
-        enough = cnt >= 2
-    core = whiten_i @ cov @ whiten_j
-    out = torch.linalg.matrix_norm(core, ord=2).clamp(0.0, 1.0)
-    out = torch.where(enough, out, 0.0)
+    o = torch.ones(n, d, dtype=torch.float64) if observed is None else observed.to(torch.float64)
+    f = (f - (f * o[:, :, None]).sum(0) / o.sum(0).clamp(min=1.0)[:, None]) * o[:, :, None]  # centred, 0 where missing
+    flat = f.reshape(n, d * k)
+    per_variable = f.permute(1, 2, 0) @ f.permute(1, 0, 2) / o.sum(0).clamp(min=1.0)[:, None, None]  # (d, k, k)
+    whiten = _inverse_sqrt(per_variable)  # each variable's own whitening, over its observed rows
+    cnt = o.T @ o  # (d, d) shared rows
+    if observed is not None:
+        m = (flat.T @ o).view(d, k, d).permute(0, 2, 1) / cnt.clamp(min=1.0)[:, :, None]  # i's feature means where j observed
+        pairwise = d * d * k * k <= _PAIRWISE_ENTRIES
+        if pairwise:
+            # whitening of i's features on the rows shared with j, (d, d, k, k)
+            sq = torch.zeros(d * k * k, d, dtype=torch.float64)
+            chunk = max(1, _PAIRWISE_ENTRIES // (8 * d * k * k))
+            for t in range(0, n, chunk):
+                fc = f[t : t + chunk]
+                sq += (fc[:, :, :, None] * fc[:, :, None, :]).reshape(fc.shape[0], d * k * k).T @ o[t : t + chunk]
+            sq = sq.view(d, k, k, d).permute(0, 3, 1, 2) / cnt.clamp(min=1.0)[:, :, None, None]
+            whiten_pairs = _inverse_sqrt(sq - m[:, :, :, None] * m[:, :, None, :])
+    out = torch.zeros(d, d, dtype=torch.float64)
+    block = max(1, _BLOCK_ENTRIES // (d * k * k))
+    for i0 in range(0, d, block):
+        i1 = min(d, i0 + block)
+        cov = (flat[:, i0 * k : i1 * k].T @ flat).view(i1 - i0, k, d, k).permute(0, 2, 1, 3)
+        cov = cov / cnt[i0:i1].clamp(min=1.0)[:, :, None, None]
+        if observed is not None:
+            cov = cov - m[i0:i1, :, :, None] * m.transpose(0, 1)[i0:i1, :, None, :]
+        if observed is not None and pairwise:
+            left, right = whiten_pairs[i0:i1], whiten_pairs[:, i0:i1].transpose(0, 1)
+        else:
+            left, right = whiten[i0:i1, None], whiten[None, :]
+        out[i0:i1] = torch.linalg.matrix_norm(left @ cov @ right, ord=2)
+    out = torch.where(cnt >= 2, out.clamp(0.0, 1.0), 0.0)
     out = 0.5 * (out + out.T)
     return out.fill_diagonal_(0.0)
 
@@ -113,7 +131,7 @@ def _inverse_sqrt(s: Tensor) -> Tensor:
     s = 0.5 * (s + s.transpose(-1, -2))
     lam, vec = torch.linalg.eigh(s)
     top = lam[..., -1:].clamp(min=0.0)
-    keep = (lam > _EIG_CUTOFF * top) & (top > 1e-300)
+    keep = (lam > _EIG_CUTOFF * top) & (top > _EIG_FLOOR)
     inv = torch.where(keep, 1.0 / torch.sqrt(lam.clamp(min=1e-300)), 0.0)
     return (vec * inv[..., None, :]) @ vec.transpose(-1, -2)
 

@@ -15,6 +15,7 @@ from spnkit.structure import (
     chow_liu_region_graph,
     chow_liu_tree,
     hclt_region_graph,
+    independence,
     learn_spn_structure,
     maximum_spanning_tree,
     mutual_information,
@@ -364,7 +365,7 @@ def test_g_test_pvalues():
     assert p[0, 1] < 1e-6 and p[0, 2] > 1e-3 and torch.all(p[3] == 1.0)
 
 
-def test_rdc_and_components():
+def test_rdc_and_components(monkeypatch):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2000, 5, dtype=torch.float64, generator=g)
     x[:, 1] = x[:, 0] ** 2 + 0.3 * torch.randn(2000, dtype=torch.float64, generator=g)  # nonlinear
@@ -372,6 +373,14 @@ def test_rdc_and_components():
     assert r[0, 1] > 0.6 and r[2:, 2:].max() < 0.2
     full = rdc(x, torch.ones(2000, 5, dtype=torch.bool), generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(full, r, atol=1e-6, rtol=0)
+    obs = torch.rand(2000, 5, generator=g) > 0.2
+    masked = rdc(x, obs, generator=torch.Generator().manual_seed(1))
+    assert masked[0, 1] > 0.6 and masked[2:, 2:].max() < 0.2
+    monkeypatch.setattr(independence, "_PAIRWISE_ENTRIES", 0)  # each variable whitened over its own observed rows
+    monkeypatch.setattr(independence, "_BLOCK_ENTRIES", 1)  # one variable per block
+    approx = rdc(x, obs, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(approx, masked, atol=0.05, rtol=0)
+    torch.testing.assert_close(rdc(x, torch.ones_like(obs), generator=torch.Generator().manual_seed(1)), r, atol=1e-6, rtol=0)
     adj = torch.zeros(6, 6, dtype=torch.bool)
     adj[0, 4] = adj[4, 2] = adj[3, 5] = True
     assert connected_components(adj) == [[0, 2, 4], [1], [3, 5]]
