@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -28,6 +29,7 @@ _SPARSE_DENSITY = 0.04
 _GRAM_BLOCKS = 8
 
 
+@dataclass(frozen=True)
 class PairwiseCounts:
     """Mutual information and G-test ingredients of every pair of discrete variables.
 
@@ -38,8 +40,9 @@ class PairwiseCounts:
             pair's contingency table, counting only levels that occur.
     """
 
-    def __init__(self, mi: Tensor, rows: Tensor, dof: Tensor) -> None:
-        self.mi, self.rows, self.dof = mi, rows, dof
+    mi: Tensor
+    rows: Tensor
+    dof: Tensor
 
 
 def _indicator_gram(idx: Tensor, width: int) -> Tensor:
@@ -47,14 +50,15 @@ def _indicator_gram(idx: Tensor, width: int) -> Tensor:
 
     Sparse indicators (below :data:`_SPARSE_DENSITY` ones) are multiplied as
     sparse CSR matrices, dense ones as float32 chunks of rows; either way only
-    the blocks on and above the diagonal are computed and mirrored.
+    the blocks on and above the diagonal are computed, then mirrored.
 
     Returns:
-        ``(width, width)`` float64 counts.
+        ``(width + 1, width + 1)`` float64 counts, the last row and column 0
+        (the place of "no column").
     """
     n = idx.shape[0]
     bounds = [width * k // _GRAM_BLOCKS for k in range(_GRAM_BLOCKS + 1)]
-    gram = torch.zeros(width, width, dtype=torch.float64)
+    gram = torch.zeros(width + 1, width + 1, dtype=torch.float64)
     hit = idx < width
     nnz = int(hit.sum())
     if nnz < _SPARSE_DENSITY * n * width:
@@ -80,7 +84,7 @@ def _indicator_gram(idx: Tensor, width: int) -> Tensor:
                 crow = torch.zeros(n + 1, dtype=torch.int64)
                 crow[1:] = torch.bincount(rr, minlength=n).cumsum(0)
                 right = torch.sparse_csr_tensor(crow, c[keep] - s, ones[: rr.numel()], (n, width - s))
-                gram[s:e, s:] = (left @ right).to_dense().to(torch.float64)
+                gram[s:e, s:width] = (left @ right).to_dense().to(torch.float64)
     else:
         chunk = max(1, _CHUNK_ENTRIES // (width + 1))
         exact32 = n < (1 << 24)  # float32 holds every count exactly
@@ -91,8 +95,10 @@ def _indicator_gram(idx: Tensor, width: int) -> Tensor:
             a.scatter_(1, part, 1.0)
             for s, e in itertools.pairwise(bounds):
                 acc[s:e, s:] += (a[:, s:e].T @ a[:, s:width]).to(acc.dtype)
-        gram = acc.to(torch.float64)
-    return torch.triu(gram) + torch.triu(gram, 1).T
+        gram[:width, :width] = acc
+    for s, e in itertools.pairwise(bounds):
+        gram[e:width, s:e] = gram[s:e, e:width].T
+    return gram
 
 
 def discrete_pairwise(d: Data, num_bins: int) -> PairwiseCounts:
@@ -134,17 +140,15 @@ def discrete_pairwise(d: Data, num_bins: int) -> PairwiseCounts:
     del flat
     if observed is not None:
         idx = torch.where(observed, idx, torch.arange(C, C + D)[None, :])
-    gram = _indicator_gram(idx, width)
+    ext = _indicator_gram(idx, width)
     del idx
 
-    # the table of pair (i, j) over levels (a, b) is gram[col[i*B+a], col[j*B+b]] (0 at dropped levels)
-    ext = torch.zeros(width + 1, width + 1, dtype=torch.float64)
-    ext[:width, :width] = gram
+    # the table of pair (i, j) over levels (a, b) is ext[col[i*B+a], col[j*B+b]] (0 at dropped levels)
     if masked:
-        miss = gram.diagonal()[C:]  # missing entries per variable
-        pair_rows = n - miss[:, None] - miss[None, :] + gram[C:, C:]
+        miss = ext.diagonal()[C:width]  # missing entries per variable
+        pair_rows = n - miss[:, None] - miss[None, :] + ext[C:width, C:width]
         # counts of i's kept levels on the rows where j is observed, (D, B, D); 0 at dropped levels
-        cond = (ext[:, :].diagonal()[:, None] - ext[:, C : C + D])[col].view(D, B, D)
+        cond = (ext.diagonal()[:, None] - ext[:, C : C + D])[col].view(D, B, D)
         cond[~kept] = 0.0
     else:
         pair_rows = torch.full((D, D), float(n), dtype=torch.float64)
