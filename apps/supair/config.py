@@ -300,7 +300,7 @@ def _from_dict(cls: type, d: dict[str, Any]) -> Any:
     if not isinstance(d, dict):
         raise ValueError(f"expected a JSON object for {cls.__name__}, got {type(d).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    d = {**_LEGACY.get(cls.__name__, {}), **d}  # fields added later keep the old behaviour for old runs
+    d = {**_LEGACY.get(cls.__name__, {}), **d}  # a config saved without a field gets the value its run used
     unknown = set(d) - set(fields)
     if unknown:
         raise ValueError(f"unknown fields for {cls.__name__}: {sorted(unknown)}")
