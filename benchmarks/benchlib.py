@@ -1,8 +1,16 @@
-"""Helpers shared by the benchmark scripts: atomic result files and the context a result records."""
+"""Helpers shared by the benchmark scripts: atomic result files and the context a result records.
+
+Every results file starts with the context of the run that produced it (command, date,
+CPU, cores, threads, Python and torch versions): a CSV as ``# key: value`` comment lines
+before its header row (:func:`csv_text`, read back by :func:`read_csv`), a markdown file
+as a list under its title (:func:`context_lines` with ``prefix="- "``).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
 import platform
 import shlex
@@ -10,9 +18,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterable, Mapping
 
-__all__ = ["atomic_write", "context", "context_lines"]
+__all__ = ["atomic_write", "context", "context_lines", "csv_text", "read_csv"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object] | bytes) -> None:
@@ -62,6 +70,42 @@ def context(threads: int | None = None, argv: list[str] | None = None) -> dict[s
     }
 
 
-def context_lines(ctx: dict[str, str], prefix: str = "") -> str:
-    """``ctx`` as one ``key: value`` line each, every line starting with ``prefix`` (e.g. ``"# "`` for a CSV header)."""
-    return "".join(f"{prefix}{k}: {v}\n" for k, v in ctx.items())
+def context_lines(ctx: Mapping[str, object], prefix: str = "") -> str:
+    """``ctx`` as one ``key: value`` line each (a list value: one line per item), each starting with ``prefix``."""
+    return "".join(f"{prefix}{k}: {item}\n" for k, v in ctx.items() for item in (v if isinstance(v, list) else [v]))
+
+
+def csv_text(fields: Iterable[str], rows: Iterable[Mapping[str, object]], ctx: Mapping[str, object] | None = None) -> str:
+    """``rows`` as CSV text with the header row ``fields``, preceded by ``ctx`` as ``# key: value`` lines.
+
+    A value that is a list gives one line per item (``# key: item``). Readers skip the
+    comment lines with :func:`read_csv` (or ``pandas.read_csv(path, comment="#")``).
+    """
+    buf = io.StringIO()
+    for key, value in (ctx or {}).items():
+        for item in value if isinstance(value, list) else [value]:
+            buf.write(f"# {key}: {item}\n")
+    writer = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def read_csv(path: str | os.PathLike) -> tuple[dict[str, object], list[dict[str, str]]]:
+    """The context lines and the rows of a CSV written by :func:`csv_text`.
+
+    Returns ``(ctx, rows)``: ``ctx`` maps each key of the leading ``# key: value`` lines to its
+    value (a list where the key occurs more than once), ``rows`` are ``csv.DictReader`` dicts.
+    """
+    ctx: dict[str, object] = {}
+    lines = Path(path).read_text().splitlines(keepends=True)
+    body = 0
+    while body < len(lines) and lines[body].startswith("#"):
+        key, _, value = lines[body][1:].strip().partition(": ")
+        if key in ctx:
+            old = ctx[key]
+            ctx[key] = [*old, value] if isinstance(old, list) else [old, value]
+        else:
+            ctx[key] = value
+        body += 1
+    return ctx, list(csv.DictReader(lines[body:]))

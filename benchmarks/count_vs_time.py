@@ -11,14 +11,18 @@ the results accumulate.
 
 Writes, under ``--out-dir`` (default benchmarks/results/):
 
-- ``count_vs_time_<dataset>.csv``: one row per evaluation (model, dataset, seed,
-  step, train_seconds = CPU seconds, wall_seconds, count_accuracy, iou, elbo,
-  mean_count);
+- ``count_vs_time_<dataset>.csv``: the run context as ``# key: value`` lines (the
+  training calls that made the runs, CPU, threads, torch and Python versions,
+  the collecting command and its date), then one row per evaluation (model,
+  dataset, seed, step, train_seconds = CPU seconds, wall_seconds,
+  count_accuracy, iou, elbo, mean_count);
 - ``count_vs_time_<dataset>.png``: mean and +-1 std band over seeds, one line
   per model (the paper's figure);
-- ``count_vs_time_<dataset>.md``: accuracy at fixed times, time to reach 0.5,
-  0.9 and 0.95, the AIR / SuPAIR speed-up, and the command line, CPU, thread
-  count and torch version.
+- ``count_vs_time_<dataset>.md``: the same context, accuracy at fixed times,
+  time to reach 0.5, 0.9 and 0.95, and the AIR / SuPAIR speed-up.
+
+``--from-csv FILE`` rebuilds all three from such a CSV alone (no runs folder
+needed): the figure and tables come from its rows, the context from its header.
 
 Models: ``supair``, ``supair-nobg`` (``--no-background-model``), ``air``.
 
@@ -28,13 +32,14 @@ Usage::
     .venv/bin/python benchmarks/count_vs_time.py --budget supair=15 --budget supair-nobg=15 \\
         --budget air=60 --eval-seconds 30 --seeds 5 --parallel 2       # the full run
     .venv/bin/python benchmarks/count_vs_time.py --collect-only          # tables and figure from the runs so far
+    .venv/bin/python benchmarks/count_vs_time.py --from-csv benchmarks/results/count_vs_time_multi-mnist.csv \
+        --eval-seconds 5                                                # the report again from the results CSV
     .venv/bin/python benchmarks/count_vs_time.py --models air --seeds 3 --only-seeds 1 --budget air=60   # extend one run
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import json
 import math
@@ -49,7 +54,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchlib import atomic_write
+from benchlib import atomic_write, csv_text, read_csv
 
 __all__ = ["MODELS", "parse_args", "run_command", "collect", "summarize", "main"]
 
@@ -99,7 +104,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--note", default="", help="a line for the report (e.g. how loaded the machine was)")
     p.add_argument("--collect-only", action="store_true", help="no training: write the CSV, figure and table from the runs so far")
+    p.add_argument("--from-csv", type=Path, metavar="FILE",
+                   help="no training: write the CSV, figure and table from a CSV this script wrote (its rows and its context header)")
     args = p.parse_args(argv)
+    if args.from_csv is not None:
+        args.collect_only = True
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     bad = [m for m in models if m not in MODELS]
     if bad or not models:
@@ -137,7 +146,7 @@ def run_command(args: argparse.Namespace, model: str, seed: int) -> list[str]:
         cmd += ["--test-images", str(args.test_images)]
     if model != "air":
         # the attention network's own count, as AIR's: the detection search (docs/supair.md) multiplies an
-        # evaluation's cost about fifty-fold and was not part of the earlier runs (a --set can turn it on)
+        # evaluation's cost about fifty-fold (a --set can turn it on)
         cmd += ["--set", "model.inference.search_radius=0"]
     for item in args.set:
         target, sep, rest = item.partition(":")
@@ -198,6 +207,9 @@ def collect(args: argparse.Namespace) -> list[dict]:
 
     All models and seeds found under ``--runs-dir`` count, not only this call's, so
     that calls for different models or seed counts accumulate into one table.
+    Values are rounded to the CSV's 6 significant digits, so that the tables read from the runs
+    and those rebuilt from the CSV (``--from-csv``) agree; this also makes an accuracy of
+    1900/2000 computed in float32 (0.94999999) count as the 0.95 it is.
     """
     rows = []
     for model in MODELS:
@@ -205,11 +217,16 @@ def collect(args: argparse.Namespace) -> list[dict]:
             for r in _read_metrics(run_dir(args, model, seed)):
                 rows.append({
                     "model": model, "dataset": args.dataset, "seed": seed, "step": r["step"],
-                    "train_seconds": r["cpu_seconds"], "wall_seconds": r["train_seconds"],
-                    "count_accuracy": r.get("count_accuracy", math.nan), "iou": r.get("iou", math.nan),
-                    "elbo": r.get("elbo", math.nan), "mean_count": r.get("mean_count", math.nan),
+                    "train_seconds": _digits(r["cpu_seconds"]), "wall_seconds": _digits(r["train_seconds"]),
+                    "count_accuracy": _digits(r.get("count_accuracy", math.nan)), "iou": _digits(r.get("iou", math.nan)),
+                    "elbo": _digits(r.get("elbo", math.nan)), "mean_count": _digits(r.get("mean_count", math.nan)),
                 })
     return rows
+
+
+def _digits(value):
+    """``value`` at the CSV's precision (6 significant digits); None stays None."""
+    return None if value is None else float(f"{float(value):.6g}")
 
 
 def _runs(rows: list[dict], model: str) -> dict[int, list[dict]]:
@@ -337,24 +354,54 @@ def read_calls(args: argparse.Namespace) -> list[dict]:
     return _read_jsonl(calls_path(args))
 
 
-def summarize(rows: list[dict], args: argparse.Namespace, command: str) -> str:
-    """The markdown report: set-up, accuracy at fixed times, times to thresholds, speed-up."""
+def run_context(args: argparse.Namespace, command: str) -> dict:
+    """The context of the runs collected now: the training calls, this call, CPU, threads, versions, date."""
     import torch
 
+    ctx: dict = {
+        "dataset": args.dataset,
+        "command": command,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu": _cpu_model(),
+        "threads": str(args.threads),
+        "runs side by side": "per training call (this call only collected)" if args.collect_only else str(args.parallel),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "clock": CLOCK,
+        "call": [json.dumps(c) for c in read_calls(args)],
+    }
+    if args.note:
+        ctx["note"] = args.note
+    return ctx
+
+
+CLOCK = "process CPU seconds spent in training steps (evaluation excluded); wall seconds of the same steps in the CSV"
+
+
+def _as_list(value) -> list:
+    return [] if value is None else value if isinstance(value, list) else [value]
+
+
+def summarize(rows: list[dict], args: argparse.Namespace, command: str, ctx: dict | None = None) -> str:
+    """The markdown report: the runs' context, accuracy at fixed times, times to thresholds, speed-up.
+
+    ``ctx`` is the runs' context (:func:`run_context`, or a CSV's header with ``--from-csv``).
+    """
+    ctx = run_context(args, command) if ctx is None else ctx
     lines = [f"# Count accuracy vs training time: {args.dataset}", ""]
-    calls = read_calls(args)
+    calls = [json.loads(c) for c in _as_list(ctx.get("call"))]
     if calls:
         lines += ["Training calls that made the runs below, oldest first (UTC; threads per run; runs side by side):", ""]
         lines += [f"{i}. {c['utc']}: `{c['command']}` ({c['threads']} thread(s), {c['parallel']} side by side)"
                   + (f"; {c['note']}" if c.get("note") else "") for i, c in enumerate(calls, 1)]
         lines.append("")
     lines += [
-        f"- this call: `{command}`",
-        f"- CPU: {_cpu_model()}; torch threads per run: {args.threads}; runs side by side: "
-        + ("see the note (this call only collected)" if args.collect_only else str(args.parallel)),
-        f"- torch {torch.__version__}, Python {platform.python_version()}; written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-        "- clock: process CPU seconds spent in training steps (evaluation excluded); wall seconds of the same steps in the CSV",
-        *([f"- note: {args.note}"] if args.note else []),
+        f"- command: `{ctx['command']}`",
+        *([f"- report rebuilt from the CSV: `{command}`"] if args.from_csv is not None else []),
+        f"- CPU: {ctx['cpu']}; torch threads per run: {ctx['threads']}; runs side by side: {ctx['runs side by side']}",
+        f"- torch {ctx['torch']}, Python {ctx['python']}; written {ctx['date']}",
+        f"- clock: {ctx.get('clock', CLOCK)}",
+        *[f"- note: {n}" for n in _as_list(ctx.get("note"))],
         (f"- budgets and evaluation intervals: the training calls' above (this call only collected); tables and figure read every {args.eval_seconds:g} CPU s"
          if args.collect_only else
          f"- budgets of this call (CPU minutes): {', '.join(f'{m}={args.budgets[m]:g}' for m in args.model_list)}; evaluation every {args.eval_seconds:g} CPU s"),
@@ -440,22 +487,35 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def read_results_csv(path: Path) -> tuple[dict, list[dict]]:
+    """The context and the rows (typed as :func:`collect` returns them) of a CSV this script wrote."""
+    ctx, raw = read_csv(path)
+    rows = []
+    for r in raw:
+        row: dict = {}
+        for k in FIELDS:
+            v = r[k]
+            # an empty cell (a metric the evaluation did not report) stays None, and is written back empty
+            row[k] = v if k in ("model", "dataset") else None if v == "" else int(v) if k in ("seed", "step") else float(v)
+        rows.append(row)
+    return ctx, rows
+
+
 def write_outputs(args: argparse.Namespace, command: str) -> dict[str, Path]:
-    """Write the CSV, the figure and the markdown table from the runs so far."""
+    """Write the CSV, the figure and the markdown table from the runs so far (or from ``--from-csv``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = collect(args)
+    if args.from_csv is not None:
+        ctx, rows = read_results_csv(args.from_csv)
+    else:
+        ctx, rows = run_context(args, command), collect(args)
     base = args.out_dir / f"count_vs_time_{args.dataset}"
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    formatted = [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
     paths = {"csv": base.with_suffix(".csv"), "png": base.with_suffix(".png"), "md": base.with_suffix(".md")}
-    atomic_write(paths["csv"], buf.getvalue().encode())
+    atomic_write(paths["csv"], csv_text(FIELDS, formatted, ctx).encode())
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     colours = {"supair": "tab:blue", "supair-nobg": "tab:green", "air": "tab:red"}
     labels = {"supair": "SuPAIR", "supair-nobg": "SuPAIR w/o bg SPN", "air": "AIR"}
@@ -479,13 +539,18 @@ def write_outputs(args: argparse.Namespace, command: str) -> dict[str, Path]:
     fig.savefig(buf_png, format="png", dpi=120)
     plt.close(fig)
     atomic_write(paths["png"], buf_png.getvalue())
-    atomic_write(paths["md"], summarize(rows, args, command).encode())
+    atomic_write(paths["md"], summarize(rows, args, command, ctx).encode())
     return paths
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = shlex.join(["benchmarks/count_vs_time.py", *(sys.argv[1:] if argv is None else argv)])
+    if args.from_csv is not None:
+        datasets = {r["dataset"] for r in read_results_csv(args.from_csv)[1]}
+        if len(datasets) != 1:
+            raise SystemExit(f"{args.from_csv}: expected the rows of one data set, found {sorted(datasets) or 'none'}")
+        args.dataset = datasets.pop()
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
     failures = 0
     if not args.collect_only:

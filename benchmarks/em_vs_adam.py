@@ -4,7 +4,10 @@ The same RAT-SPN (same structure, same initial parameters) is trained on
 dequantized MNIST by each method for the same time budget; every
 ``--eval-every`` seconds of training, the validation log-likelihood is computed
 (its time is excluded from the training clock). Writes
-``benchmarks/results/em_vs_adam.csv`` and ``em_vs_adam.png``.
+``benchmarks/results/em_vs_adam.csv`` (the run's context as ``# key: value``
+lines, then one row per evaluation), ``em_vs_adam.md`` (the context and the
+validation bits/dim at fixed training times) and ``em_vs_adam.png``.
+``--from-csv FILE`` rewrites all three from such a CSV without training.
 
 Timing: fixed ``--threads`` (default 2) and ``OMP_WAIT_POLICY=PASSIVE`` (set
 before torch is imported); one run per method, no repetitions (the machine may
@@ -13,6 +16,7 @@ be shared: compare curves, not single digits).
 Usage::
 
     .venv/bin/python benchmarks/em_vs_adam.py --seconds 120 --subset 10000
+    .venv/bin/python benchmarks/em_vs_adam.py --from-csv benchmarks/results/em_vs_adam.csv   # reports only
 """
 
 from __future__ import annotations
@@ -23,15 +27,18 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import copy  # noqa: E402
-import csv  # noqa: E402
+import io  # noqa: E402
+import shlex  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import atomic_write, context, context_lines, csv_text, read_csv  # noqa: E402
 
 import spnkit  # noqa: E402
 from spnkit.datasets import bits_per_dim, dequantize, load_mnist  # noqa: E402
@@ -58,7 +65,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    p.add_argument("--from-csv", type=Path, metavar="FILE", help="train nothing: rewrite the CSV, table and figure from a CSV this script wrote")
     return p.parse_args(argv)
+
+
+FIELDS = ["method", "train_seconds", "step", "epoch", "valid_ll", "valid_bits_per_dim"]
+MARKS = (10, 20, 30, 40, 60, 90, 120, 180, 300, 600, 1200, 1800, 3600)
 
 
 def run_method(spn: spnkit.SPN, method: str, train: torch.Tensor, valid: torch.Tensor, args: argparse.Namespace) -> list[dict]:
@@ -108,14 +120,57 @@ def plot(points: list[dict], path: Path, args: argparse.Namespace) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())
+
+
+def summary(points: list[dict], ctx: dict, args: argparse.Namespace) -> str:
+    """The markdown report: the run's context and each method's validation bits/dim at fixed training times."""
+    end = max(p["train_seconds"] for p in points)
+    marks = [t for t in MARKS if t <= end]
+    lines = ["# Stochastic EM against Adam: validation bits/dim over training time", "",
+             *context_lines(ctx, prefix="- ").splitlines(), "",
+             "Validation bits/dim (lower is better) at the first evaluation at or after each training time "
+             f"(evaluations every {args.eval_every:g} s of training; evaluation time excluded):", "",
+             "| method | " + " | ".join(f"{t} s" for t in marks) + " | last |", "|---" * (len(marks) + 2) + "|"]
+    for method in dict.fromkeys(p["method"] for p in points):
+        pts = [p for p in points if p["method"] == method]
+        cells = [next((f"{p['valid_bits_per_dim']:.2f}" for p in pts if p["train_seconds"] >= t), "-") for t in marks]
+        last = pts[-1]
+        cells.append(f"{last['valid_bits_per_dim']:.2f} ({last['train_seconds']:.0f} s, {last['step']} steps)")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(points: list[dict], ctx: dict, args: argparse.Namespace) -> None:
+    """``em_vs_adam.csv``, ``.md`` and ``.png`` under ``--out``."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write(args.out / "em_vs_adam.csv", csv_text(FIELDS, points, ctx).encode())
+    atomic_write(args.out / "em_vs_adam.md", summary(points, ctx, args).encode())
+    plot(points, args.out / "em_vs_adam.png", args)
+
+
+def from_csv(args: argparse.Namespace) -> int:
+    """Rewrite the results from a CSV: the settings come from the command in its header."""
+    ctx, raw = read_csv(args.from_csv)
+    command = shlex.split(str(ctx.get("command", "")))
+    run_args = parse_args(command[2:] if len(command) >= 2 and command[1].endswith("em_vs_adam.py") else [])
+    run_args.out, run_args.from_csv = args.out, args.from_csv
+    points = [{"method": r["method"], "train_seconds": float(r["train_seconds"]), "step": int(r["step"]), "epoch": int(r["epoch"]),
+               "valid_ll": float(r["valid_ll"]), "valid_bits_per_dim": float(r["valid_bits_per_dim"])} for r in raw]
+    run_args.methods = list(dict.fromkeys(p["method"] for p in points))
+    write_results(points, ctx, run_args)
+    print(summary(points, ctx, run_args))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_csv is not None:
+        return from_csv(args)
+    ctx = context(args.threads, [sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     train_px, _ = load_mnist("train", args.subset)
@@ -129,18 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     points: list[dict] = []
     for method in args.methods:
         points += run_method(copy.deepcopy(base), method, train, valid, args)
-    csv_path = args.out / "em_vs_adam.csv"
-    fd, tmp = tempfile.mkstemp(suffix=".csv", dir=args.out)
-    with os.fdopen(fd, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(points[0]))
-        writer.writeheader()
-        writer.writerows(points)
-    os.replace(tmp, csv_path)
-    plot(points, args.out / "em_vs_adam.png", args)
+    write_results(points, ctx, args)
     for method in args.methods:
         last = [p for p in points if p["method"] == method][-1]
         print(f"{method}: {last['valid_bits_per_dim']:.4f} bits/dim after {last['train_seconds']:.0f} s ({last['step']} steps)")
-    print(f"wrote {csv_path} and {args.out / 'em_vs_adam.png'}")
+    print(f"wrote em_vs_adam.csv, .md and .png in {args.out}")
     return 0
 
 

@@ -13,13 +13,16 @@ spnkit.fit: a RAT-SPN with Normal leaves on synthetic data, ``em-batch`` and
 ``adam``, samples/s of the last epoch (``fit``'s own record), 1 process (2
 threads) vs 2 processes (``distributed=True``, 1 thread each).
 
-Writes ``benchmarks/results/scaling.csv`` and ``scaling.md`` (atomically) and
-prints the table. ``OMP_WAIT_POLICY=PASSIVE``; the machine may be shared: the
-load average at the start of each run is recorded, repeat with ``--repeats``.
+Writes ``benchmarks/results/scaling.csv`` and ``scaling.md`` (atomically), each
+starting with the run's context (command, date, CPU, cores, Python and torch
+versions), and prints the table. ``OMP_WAIT_POLICY=PASSIVE``; the machine may be
+shared: the load average at the start of each run is recorded, repeat with
+``--repeats``. ``--from-csv FILE`` rewrites both from a CSV this script wrote.
 
 Usage::
 
     .venv/bin/python benchmarks/scaling.py --steps 30 --warmup 5 --repeats 2
+    .venv/bin/python benchmarks/scaling.py --from-csv benchmarks/results/scaling.csv   # the table again, no runs
 """
 
 from __future__ import annotations
@@ -29,8 +32,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import csv  # noqa: E402
-import io  # noqa: E402
 import json  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
@@ -43,7 +44,7 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import atomic_write  # noqa: E402
+from benchlib import atomic_write, context, context_lines, csv_text, read_csv  # noqa: E402
 
 FIELDS = ["task", "setting", "processes", "threads_per_process", "repeat", "throughput", "unit", "load_avg",
           "max_param_diff_vs_1proc", "final_elbo", "seconds"]
@@ -58,6 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--fit-samples", type=int, default=20000, help="spnkit.fit: synthetic training samples (0 skips fit)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--from-csv", type=Path, metavar="FILE", help="run nothing: rewrite the CSV and the table from a CSV this script wrote")
     p.add_argument("--fit-worker", type=Path, help=argparse.SUPPRESS)  # internal: one fit run, results to this JSON
     args = p.parse_args(argv)
     if args.batch_size % 2 or args.warmup < 1 or args.steps <= args.warmup:
@@ -188,28 +190,25 @@ def _fmt(row: dict) -> str:
     return f"{row['task']:<20} {row['setting']:<36} repeat {row['repeat']}: {row['throughput']:>9} {row['unit']}  (load {row['load_avg']}, max |param diff| vs 1 process {row['max_param_diff_vs_1proc']})"
 
 
-def write_results(args: argparse.Namespace, rows: list[dict]) -> None:
+def write_results(args: argparse.Namespace, rows: list[dict], ctx: dict) -> None:
+    """``scaling.csv`` (``ctx`` as its header) and ``scaling.md`` under ``--out``."""
     args.out.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=FIELDS)
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write(args.out / "scaling.csv", buf.getvalue().encode())
+    atomic_write(args.out / "scaling.csv", csv_text(FIELDS, rows, ctx).encode())
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["task"], r["setting"]), []).append(r)
     lines = [
-        "# Data-parallel scaling on this machine (2 cores, CPU, gloo)",
+        "# Data-parallel scaling on one machine (CPU, gloo)",
         "",
-        f"Command: `.venv/bin/python benchmarks/scaling.py --steps {args.steps} --warmup {args.warmup} --batch-size {args.batch_size} "
-        f"--repeats {args.repeats} --fit-samples {args.fit_samples}`; {time.strftime('%Y-%m-%d %H:%M')}. "
-        "Median of the repeats; the machine was shared with other jobs (load average per run in scaling.csv).",
+        *context_lines(ctx, prefix="- ").splitlines(),
+        "",
+        "Median of the repeats; the load average at the start of each run is in scaling.csv.",
         "",
         "| task | setting | throughput (median) | runs | max abs param diff vs 1 process | final ELBO / train LL |",
         "|---|---|---|---|---|---|",
     ]
     for (task, setting), rs in groups.items():
-        med = statistics.median(r["throughput"] for r in rs)
+        med = statistics.median(float(r["throughput"]) for r in rs)
         runs = ", ".join(str(r["throughput"]) for r in rs)
         diffs = max(rs, key=lambda r: float(r["max_param_diff_vs_1proc"]))["max_param_diff_vs_1proc"]
         lines.append(f"| {task} | {setting} | {med:.1f} {rs[0]['unit']} | {runs} | {diffs} | {rs[-1]['final_elbo']} |")
@@ -222,11 +221,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.fit_worker is not None:
         fit_worker(args)
         return 0
+    if args.from_csv is not None:
+        ctx, rows = read_csv(args.from_csv)
+        write_results(args, rows, ctx)
+        return 0
+    ctx = context(argv=[sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
+    ctx["threads"] = "per row (threads_per_process)"
     rows: list[dict] = []
     bench_supair(args, rows)
     if args.fit_samples > 0:
         bench_fit(args, rows)
-    write_results(args, rows)
+    write_results(args, rows, ctx)
     return 0
 
 

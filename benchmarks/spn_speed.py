@@ -1,4 +1,4 @@
-"""spnkit speed benchmark (issue 8): spnkit against SPFlow 1.1 and against the machine's dense matmul.
+"""spnkit speed benchmark: spnkit against SPFlow 1.1 and against the machine's dense matmul.
 
 Times six queries on RAT-SPNs over Normal leaves (``spnkit.RegionGraph.random``,
 ``num_sums = num_leaves = K``):
@@ -35,10 +35,10 @@ throughput of a dense ``N x N`` matmul (``--gemm-size``, default 2048) timed in
 the same run with the same threads (the better of a measurement at the start
 and one at the end).
 
-Rows come in groups: ``vs_spflow`` (the issue's model, D=784 depth 4 R=10
+Rows come in groups: ``vs_spflow`` (the reference model, D=784 depth 4 R=10
 K=10 B=256, every query, alternating call by call with SPFlow), ``fom`` (D=2500,
 K=20: the figure-of-merit goal) and ``sweep`` (spnkit alone: batch 64/256/1024,
-D 784/2500/3072, K 10/20/40, depth 2-5 around the issue's model, one factor at a
+D 784/2500/3072, K 10/20/40, depth 2-5 around the reference model, one factor at a
 time; ``--full`` adds every query, the D x K cross, memory and SPFlow on every
 row, SPFlow skipped where its largest tensor would exceed ``--spflow-max-gb``).
 
@@ -48,10 +48,14 @@ Usage::
     .venv/bin/python benchmarks/spn_speed.py --full     # every query on every row, D x K cross, SPFlow everywhere
     .venv/bin/python benchmarks/spn_speed.py --smoke --no-readme --out-dir /tmp/x   # seconds
     .venv/bin/python benchmarks/spn_speed.py --omp-default-wait --no-readme --out-dir DIR   # OpenMP's own wait policy
+    .venv/bin/python benchmarks/spn_speed.py --from-json benchmarks/results/spn_speed.json   # the reports again, no timing
 
 Writes ``spn_speed.csv``, ``spn_speed.json`` and ``spn_speed.md`` into
 ``--out-dir`` (default ``benchmarks/results``) and the markdown table into
-``benchmarks/README.md`` between the ``spn_speed`` markers.
+``benchmarks/README.md`` between the ``spn_speed`` markers. Each starts with the
+run's context (command, date, CPU, cores, threads, Python and torch versions;
+``meta.context`` in the JSON). ``--from-json FILE`` rewrites the CSV, the markdown
+file and the README block from a JSON file this script wrote, without timing anything.
 """
 
 from __future__ import annotations
@@ -68,8 +72,6 @@ else:
 
 import argparse
 import copy
-import csv
-import io
 import json
 import math
 import platform
@@ -89,7 +91,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import spnkit  # noqa: E402
-from benchlib import atomic_write  # noqa: E402
+from benchlib import atomic_write, context, context_lines, csv_text  # noqa: E402
 from spnkit.region_graph import Partition, RegionGraph  # noqa: E402
 
 __all__ = ["Case", "Row", "QUERIES", "work", "build_spnkit", "build_spflow_pair", "run", "main"]
@@ -682,7 +684,7 @@ def _find(rows: list[Row], lib: str, case: Case, query: str, group: str | None =
 
 
 def goals(rows: list[Row]) -> list[dict]:
-    """The issue's measured goals, each with its numbers and a verdict (None when not measured)."""
+    """The measured goals, each with its numbers and a verdict (None when not measured)."""
     out = []
 
     def add(name: str, ok: bool | None, detail: str) -> None:
@@ -718,6 +720,8 @@ def goals(rows: list[Row]) -> list[dict]:
 def markdown(rows: list[Row], meta: dict) -> str:
     g = meta["gemm_gflops"]
     lines = [
+        *context_lines(meta.get("context", {}), prefix="- ").splitlines(),
+        "",
         f"torch {meta['torch']}, {meta['threads']} threads, {meta['dtype']}, OMP_WAIT_POLICY={meta['omp_wait_policy']}, "
         f"median of {meta['repeats']} runs after {meta['warmup']} warm-up; SPFlow: {meta['spflow'] or 'not installed'}; "
         f"dense {g['size']}x{g['size']} matmul {g['used']:.1f} GFLOP/s (start {g['start']:.1f}, end {g['end']:.1f}); "
@@ -753,14 +757,8 @@ def markdown(rows: list[Row], meta: dict) -> str:
 def write_results(rows: list[Row], meta: dict, out_dir: Path, readme: Path | None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     cols = [k for k in asdict(rows[0]) if k != "extra"]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols)
-    w.writeheader()
-    for r in rows:
-        d = asdict(r)
-        d.pop("extra")
-        w.writerow(d)
-    atomic_write(out_dir / "spn_speed.csv", buf.getvalue().encode())
+    table = [{k: v for k, v in asdict(r).items() if k != "extra"} for r in rows]
+    atomic_write(out_dir / "spn_speed.csv", csv_text(cols, table, meta.get("context")).encode())
     atomic_write(out_dir / "spn_speed.json", (json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1) + "\n").encode())
     md = markdown(rows, meta)
     atomic_write(out_dir / "spn_speed.md", md.encode())
@@ -791,10 +789,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-readme", action="store_true")
     p.add_argument("--omp-default-wait", action="store_true",
                    help="keep OpenMP's default wait policy instead of PASSIVE (a dedicated machine; write elsewhere with --out-dir --no-readme)")
+    p.add_argument("--from-json", type=Path, metavar="FILE",
+                   help="time nothing: rewrite the CSV, the markdown file and the README block from a JSON file this script wrote")
     p.add_argument("--_memory-probe", dest="memory_probe", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.memory_probe is not None:
         print(json.dumps(_memory_probe(json.loads(args.memory_probe))))
+        return 0
+    if args.from_json is not None:
+        data = json.loads(args.from_json.read_text())
+        rows = [Row(**r) for r in data["rows"]]
+        write_results(rows, data["meta"], args.out_dir, None if args.no_readme else args.readme)
+        print(markdown(rows, data["meta"]))
         return 0
     for name in ("threads", "repeats", "gemm_size"):
         if getattr(args, name) < 1:
@@ -802,6 +808,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.warmup < 0:
         raise ValueError("--warmup must be >= 0")
     rows, meta = run(args)
+    meta["context"] = context(args.threads, [sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
     write_results(rows, meta, args.out_dir, None if args.no_readme else args.readme)
     print("\n" + markdown(rows, meta))
     return 0

@@ -17,7 +17,7 @@ better boxes); otherwise the error is in the model itself.
 
 Usage::
 
-    .venv/bin/python benchmarks/supair_count_errors.py runs/wall30/checkpoint.pt [--scenes 2000]
+    .venv/bin/python benchmarks/supair_count_errors.py runs/<run>/checkpoint.pt [--scenes 2000]
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ per (checkpoint, setting) with the time the evaluation took.
 
 Usage::
 
-    .venv/bin/python benchmarks/supair_search.py runs/wall30/checkpoint.pt [more checkpoints] \\
+    .venv/bin/python benchmarks/supair_search.py runs/<run>/checkpoint.pt [more checkpoints] \\
         [--settings 6:7,6:5,6:3] [--test-images 2000] [--threads 2]
 """
 

@@ -300,7 +300,7 @@ def _from_dict(cls: type, d: dict[str, Any]) -> Any:
     if not isinstance(d, dict):
         raise ValueError(f"expected a JSON object for {cls.__name__}, got {type(d).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    d = {**_LEGACY.get(cls.__name__, {}), **d}  # fields added later keep the old behaviour for old runs
+    d = {**_LEGACY.get(cls.__name__, {}), **d}  # a config saved without a field gets the value its run used
     unknown = set(d) - set(fields)
     if unknown:
         raise ValueError(f"unknown fields for {cls.__name__}: {sorted(unknown)}")
@@ -340,7 +340,7 @@ def _preset_changes(dataset: str, model_type: str, user_data: bool) -> dict[str,
     if user_data or (model_type != "supair" and dataset == "multi-mnist"):
         return changes  # a user's own images start from the original configuration
     if dataset == "multi-mnist":
-        # Not in the original; each change measured on multi-MNIST (docs/supair.md, "Departures").
+        # Not in the original; each change measured on multi-MNIST (docs/supair.md, "Multi-MNIST training settings").
         # Batch 64 reaches 0.95 in about half the CPU time of batch 256. A position std of up to
         # 2 px (the shared bound 0.3 is in scale units) explores the corners. The background SPN's
         # variances start low, in [0.005, 0.05] (the fixed background of the ablation has 0.02):

@@ -170,7 +170,7 @@ class InferenceNet(nn.Module):
         return torch.stack(outs, 1), torch.stack(locs, 1), torch.stack(stds, 1), torch.stack(draws, 1)
 
     def upgrade_state(self, state: dict, prefix: str = "") -> None:
-        """Rewrite, in place, entries saved before the non-recurrent LSTM dropped its unused parts.
+        """Rewrite, in place, entries of a checkpoint that holds the full LSTM cell for a non-recurrent one.
 
         Such checkpoints hold all four gates' input rows and the hidden
         projection; only the i, g and o rows are kept (the function computed is

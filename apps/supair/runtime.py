@@ -5,10 +5,11 @@ blocks above a threshold (128 KiB at first, adapting up to 32 MiB) straight from
 the kernel with ``mmap`` and gives them back on ``free``, and returns freed
 memory at the top of its heap to the kernel beyond another threshold. A training
 step that builds the same multi-megabyte temporaries every time therefore maps
-fresh, zero-filled pages each time: a minor page fault per 4 KiB touched. For
-SuPAIR's training step (batch 64, one thread) that was about 2500 faults, and
-the step 0.95x as long once freed blocks were kept (the same arithmetic;
-``benchmarks/step_time.py``).
+fresh, zero-filled pages each time: a minor page fault per 4 KiB touched. A
+SuPAIR training step (batch 64, one thread) takes about 2500 such faults with
+glibc's defaults and about 30 with freed blocks kept, and 0.95x as long (AIR's
+step: 0.94x); the arithmetic is the same (benchmarks/README.md, "Training-step
+time and the allocator").
 """
 
 from __future__ import annotations

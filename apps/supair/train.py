@@ -117,7 +117,7 @@ class Trainer:
         if self.cfg.train.threads:
             torch.set_num_threads(self.cfg.train.threads)
         if torch.device(self.device).type == "cpu":
-            keep_freed_memory()  # a step's temporaries reuse mapped pages: 0.95x SuPAIR's step, 0.94x AIR's (benchmarks/step_time.py)
+            keep_freed_memory()  # a step's temporaries reuse mapped pages: 0.95x SuPAIR's step, 0.94x AIR's (supair.runtime)
         torch.manual_seed(self.cfg.train.seed)
 
     def _build_model_and_optimizer(self) -> None:

@@ -1,4 +1,4 @@
-"""Tests of the spnkit core (issue 2): exactness of every query, input validation, builders, the layer contract.
+"""Tests of the spnkit core: exactness of every query, input validation, builders, the layer contract.
 
 Float64 throughout; every random number comes from a seeded generator. The
 reference values come from :mod:`spnkit.testing.brute_force` (a node-by-node

@@ -1,4 +1,4 @@
-"""Property-based tests of the spnkit core (issue 4).
+"""Property-based tests of the spnkit core.
 
 Each property is a hypothesis ``@given`` test over circuits of every region-graph
 builder, every leaf family and random (including extreme) parameters. Budgets

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -21,8 +20,8 @@ def test_speed_script_writes_csv_json_and_markdown(tmp_path):
            "--threads", "1", "--out-dir", str(tmp_path / "results"), "--readme", str(readme)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-2000:]
-    with open(tmp_path / "results" / "spn_speed.csv") as f:
-        rows = list(csv.DictReader(f))
+    ctx, rows = _read_csv(tmp_path / "results" / "spn_speed.csv")
+    assert {"command", "date", "cpu", "threads", "torch"} <= set(ctx)  # the run's context heads the CSV
     queries = {r["query"] for r in rows if r["library"] == "spnkit"}
     assert queries == {"fwd", "fwd_masked", "fwd_bwd", "em", "sample", "mpe"}
     for r in rows:
@@ -36,6 +35,34 @@ def test_speed_script_writes_csv_json_and_markdown(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-2000:]
     assert readme.read_text().count("<!-- spn_speed:begin -->") == 1
+    # the reports again from the JSON, timing nothing: the same table
+    res = subprocess.run([sys.executable, str(SCRIPT), "--from-json", str(tmp_path / "results" / "spn_speed.json"),
+                          "--out-dir", str(tmp_path / "again"), "--no-readme"], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "again" / "spn_speed.md").read_text() == (tmp_path / "results" / "spn_speed.md").read_text()
+    assert _read_csv(tmp_path / "again" / "spn_speed.csv") == _read_csv(tmp_path / "results" / "spn_speed.csv")
+
+
+def test_committed_report_is_what_the_script_writes_from_its_json(tmp_path):
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    results = ROOT / "benchmarks" / "results"
+    res = subprocess.run([sys.executable, str(SCRIPT), "--from-json", str(results / "spn_speed.json"), "--out-dir", str(tmp_path),
+                          "--no-readme"], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    md = (tmp_path / "spn_speed.md").read_text()
+    assert md == (results / "spn_speed.md").read_text()
+    assert md.startswith("- command: python benchmarks/spn_speed.py")
+    readme = (ROOT / "benchmarks" / "README.md").read_text()
+    assert "<!-- spn_speed:begin -->\n" + md + "<!-- spn_speed:end -->" in readme
+
+
+def _read_csv(path):
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from benchlib import read_csv
+    finally:
+        sys.path.pop(0)
+    return read_csv(path)
 
 
 def test_work_counts_match_hand_count():

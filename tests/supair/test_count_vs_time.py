@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
 import pytest
-from benchmark_scripts import load_benchmark
-
-
+from benchmark_scripts import ROOT, load_benchmark
 
 bench = load_benchmark("count_vs_time")
+benchlib = load_benchmark("benchlib")
 
 
 def _rows(model: str, seed: int, points: list[tuple[float, float]]) -> list[dict]:
@@ -76,7 +74,9 @@ def test_end_to_end_tiny_budget(tmp_path: Path) -> None:
             "--parallel", "2", "--runs-dir", str(tmp_path / "runs"), "--out-dir", str(tmp_path / "out"), *tiny]
     assert bench.main(argv) == 0
     base = tmp_path / "out" / "count_vs_time_multi-mnist"
-    rows = list(csv.DictReader(open(base.with_suffix(".csv"))))
+    ctx, rows = benchlib.read_csv(base.with_suffix(".csv"))
+    assert ctx["dataset"] == "multi-mnist" and ctx["threads"] == "1" and "torch" in ctx and "cpu" in ctx
+    assert "count_vs_time.py --models supair-nobg,air" in str(ctx["call"])  # the training call heads the CSV
     assert {r["model"] for r in rows} == {"supair-nobg", "air"}
     for model in ("supair-nobg", "air"):
         mine = [r for r in rows if r["model"] == model]
@@ -88,11 +88,45 @@ def test_end_to_end_tiny_budget(tmp_path: Path) -> None:
     # a second call with the budget spent trains nothing and keeps the results
     n = len(rows)
     assert bench.main(argv) == 0
-    assert len(list(csv.DictReader(open(base.with_suffix(".csv"))))) == n
+    assert len(benchlib.read_csv(base.with_suffix(".csv"))[1]) == n
     # both training calls are listed in the report, oldest first
     md = base.with_suffix(".md").read_text()
     assert md.count("count_vs_time.py --models supair-nobg,air") >= 3  # two listed calls and "this call"
     assert "1. " in md and "2. " in md
+    # the same report from the CSV alone, without the runs folder
+    assert bench.main(["--from-csv", str(base.with_suffix(".csv")), "--eval-seconds", "0.2", "--out-dir", str(tmp_path / "again")]) == 0
+    again = tmp_path / "again" / "count_vs_time_multi-mnist"
+    assert _tables(again.with_suffix(".md").read_text()) == _tables(md)
+    assert benchlib.read_csv(again.with_suffix(".csv")) == benchlib.read_csv(base.with_suffix(".csv"))
+    assert "report rebuilt from the CSV" in again.with_suffix(".md").read_text()
+
+
+def _tables(md: str) -> str:
+    return md[md.index("\n## "):]
+
+
+@pytest.mark.parametrize("dataset,eval_seconds", [("multi-mnist", "5"), ("sprites", "30"), ("noisy-mnist", "15"), ("grid-mnist", "15")])
+def test_committed_results_are_what_the_script_writes_from_their_csv(tmp_path: Path, dataset: str, eval_seconds: str) -> None:
+    results = ROOT / "benchmarks" / "results" / f"count_vs_time_{dataset}"
+    assert bench.main(["--from-csv", str(results.with_suffix(".csv")), "--eval-seconds", eval_seconds, "--out-dir", str(tmp_path)]) == 0
+    committed = results.with_suffix(".md").read_text()
+    assert _tables((tmp_path / f"count_vs_time_{dataset}.md").read_text()) == _tables(committed)
+    assert f"--from-csv benchmarks/results/count_vs_time_{dataset}.csv --eval-seconds {eval_seconds}`" in committed
+    ctx, _ = benchlib.read_csv(results.with_suffix(".csv"))
+    assert {"command", "date", "cpu", "threads", "torch", "call"} <= set(ctx)
+
+
+def test_collected_accuracies_are_read_at_the_csv_precision(tmp_path: Path) -> None:
+    import json
+
+    folder = tmp_path / "multi-mnist" / "supair" / "seed0"
+    folder.mkdir(parents=True)
+    rows = [{"step": 0, "cpu_seconds": 0.0, "train_seconds": 0.0, "count_accuracy": 0.5},
+            {"step": 9, "cpu_seconds": 10.0, "train_seconds": 11.0, "count_accuracy": 0.949999988079071}]  # 1900/2000 in float32
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    collected = bench.collect(bench.parse_args(["--models", "supair", "--runs-dir", str(tmp_path)]))
+    assert collected[-1]["count_accuracy"] == 0.95
+    assert bench._time_to(bench._runs(collected, "supair")[0], 0.95) == 10.0
 
 
 def test_per_model_overrides_reach_only_that_model(tmp_path: Path) -> None:

@@ -394,7 +394,7 @@ def _lstm_config(recurrent: bool) -> ModelConfig:
 
 def test_non_recurrent_steps_are_an_lstm_cell_from_a_zero_state() -> None:
     torch.manual_seed(0)
-    four = Supair(_lstm_config(True)).double()  # every gate and the hidden projection, as checkpoints before the change
+    four = Supair(_lstm_config(True)).double()  # every gate and the hidden projection, as a full-cell checkpoint stores them
     model = Supair(_lstm_config(False)).double()
     assert model.inference.input_gates.out_features == 3 * 16 and model.inference.hidden_gates is None
     model.load_state_dict(four.state_dict())  # the forget gate's rows and the hidden projection are dropped
