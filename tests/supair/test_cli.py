@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from supair.cli import main
-from supair.checkpoint import load_checkpoint
+from supair.checkpoint import load_checkpoint, save_checkpoint
 
 TINY = [
     "--set", "model.scene_size=12", "--set", "model.glimpse_size=6", "--set", "model.max_steps=2",
@@ -135,8 +135,10 @@ def test_checkpoint_of_another_config_is_refused(tmp_path: Path, scenes: Path, c
     run = _train(tmp_path, scenes, "--steps", "2")
     ckpt = load_checkpoint(run)
     ckpt["config"]["model"]["object_spn"]["num_leaves"] = 5
-    torch.save(ckpt, tmp_path / "other.pt")
-    assert main(["detect", str(tmp_path / "other.pt"), str(scenes)]) == 2
+    save_checkpoint(tmp_path / "other.pt", ckpt)  # a consistent file whose config does not match its tensors
+    image = tmp_path / "scene.png"
+    Image.fromarray(np.zeros((12, 12), dtype=np.uint8)).save(image)
+    assert main(["detect", str(tmp_path / "other.pt"), str(image)]) == 2
     assert "does not fit" in capsys.readouterr().err
 
 
