@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from torch import nn
 
 from .config import SupairConfig
 from .files import atomic_write
+from .rundir import resolve_checkpoint
 
 __all__ = [
     "CHECKPOINT_FORMAT", "READABLE_FORMATS", "build_model", "save_checkpoint", "load_checkpoint", "load_model", "load_state",
@@ -128,14 +128,7 @@ def load_checkpoint(path: str | Path) -> dict:
             checkpoint of this harness, or holds non-finite values (naming
             the first such tensor).
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
-        if path.is_dir():
-            raise ValueError(f"{path} is a folder, not a checkpoint file")
-    if not path.exists():
-        raise ValueError(f"no checkpoint at {path}")
-    _check_archive(path)
+    path = resolve_checkpoint(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated or foreign files raise many types
@@ -162,19 +155,6 @@ def load_checkpoint(path: str | Path) -> dict:
         raise ValueError(f"{path} cannot be used: {bad} holds NaN or infinite values (the run diverged before this "
                          "checkpoint was written); resume from an earlier copy or start a new run")
     return ckpt
-
-
-def _check_archive(path: Path) -> None:
-    """The CRC-32 of every member of the checkpoint's zip archive (torch.load does not check them)."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            bad = zf.testzip()
-    except zipfile.BadZipFile:
-        return  # not a zip at all: torch.load gives the message
-    except (OSError, EOFError, zipfile.LargeZipFile, ValueError) as err:
-        raise ValueError(f"{path} is truncated or damaged ({type(err).__name__}: {err})") from None
-    if bad is not None:
-        raise ValueError(f"{path} is damaged: the data of {bad!r} in it fails its CRC check")
 
 
 def load_model(path: str | Path, device: str = "cpu") -> tuple[nn.Module, SupairConfig]:

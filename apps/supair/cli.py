@@ -162,18 +162,39 @@ def _check_train_flags(args: argparse.Namespace) -> None:
         raise ValueError("--overwrite starts a new run; it cannot be combined with --resume")
 
 
+def _check_config_json(run_dir: str) -> None:
+    """A resumed run's config.json: valid JSON with fields of the right types (its agreement with the checkpoint is checked later)."""
+    from .config import SupairConfig
+
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        return
+    try:
+        SupairConfig.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); restore it, or delete it and it is written anew from the checkpoint") from None
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
 def _train(args: argparse.Namespace) -> int:
+    from .images import check_image_source
     from .rundir import check_new_run, check_resumable, default_run_dir
     from .runtime import check_device
 
     _check_train_flags(args)
-    if args.resume:
-        check_resumable(args.resume)  # before the device and torch: a missing run is answered at once
+    if args.resume:  # what can be checked without torch first: a bad input is answered at once
+        check_resumable(args.resume)
+        _check_config_json(args.resume)
+        if args.data is not None:
+            check_image_source(args.data)
         device = check_device(args.device)
         cfg = config_from_args(args, _checkpoint_config(args.resume))
         run_dir = Path(args.resume)
     else:
         cfg = config_from_args(args)
+        if cfg.train.data_path is not None:
+            check_image_source(cfg.train.data_path)
         source = cfg.train.dataset if not cfg.train.data_path else "custom"
         run_dir = Path(args.out) if args.out else default_run_dir(source, cfg.model_type)
         check_new_run(run_dir, args.overwrite)
@@ -216,8 +237,10 @@ def _add_detect(sub) -> None:
 
 def _detect(args: argparse.Namespace) -> int:
     from .detect import check_detect_request, detect_files
+    from .rundir import resolve_checkpoint
     from .runtime import check_device
 
+    resolve_checkpoint(args.checkpoint)
     check_detect_request(args.images, args.out)
     device = check_device(args.device)
     results = detect_files(args.checkpoint, args.images, out_dir=args.out, device=device, log=_err)

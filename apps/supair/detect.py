@@ -9,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-from .data.images import decode_image, image_size
+from .images import decode_image, image_size
 from .files import atomic_write, check_writable
 
 __all__ = ["read_images", "detect_files", "draw_boxes", "drawing_name", "check_detect_request", "BOX_COLOURS", "DETECT_BATCH"]
@@ -37,7 +37,7 @@ def check_detect_request(paths: list[str | Path], out_dir: str | Path | None) ->
 def read_images(paths: list[str | Path], size: int, channels: int, log: Callable[[str], None] = print):
     """Read image files as ``(B, C, size, size)`` floats in [0, 1], and their original (width, height).
 
-    Each file is decoded by :func:`supair.data.images.decode_image` (16-bit
+    Each file is decoded by :func:`supair.images.decode_image` (16-bit
     images by their bit depth, transparency onto black), then resized bilinearly.
 
     Raises:

@@ -6,7 +6,8 @@ leaves that temporary behind; :func:`remove_stale_temporaries` deletes the
 ones whose writer is no longer running. Failures to write (a full disk, a
 read-only folder) surface as an :class:`OSError` naming the target file, also
 when the error happened inside a library that reports it otherwise (torch's
-zip writer says "unexpected pos").
+zip writer says "unexpected pos"). :func:`check_zip` verifies the CRC of every
+member of a zip archive (a checkpoint), which torch's reader does not.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import contextlib
 import errno
 import os
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-__all__ = ["atomic_write", "remove_stale_temporaries", "temporaries_of", "check_writable", "describe_os_error"]
+__all__ = ["atomic_write", "remove_stale_temporaries", "temporaries_of", "check_writable", "describe_os_error", "check_zip"]
 
 
 class _RecordingWriter:
@@ -182,3 +185,23 @@ def describe_os_error(err: OSError) -> str:
 
 def _is_write_error(err: OSError) -> bool:
     return err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO, errno.EISDIR)
+
+
+def check_zip(path: str | os.PathLike) -> None:
+    """Raise a ValueError if ``path`` is a truncated zip archive or one whose data fails a member's CRC-32.
+
+    A file that is not a zip archive at all passes (its reader says what it is).
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except zipfile.BadZipFile:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+        if head == b"PK\x03\x04":  # the start of a zip without its end: cut short
+            raise ValueError(f"{path} is truncated (a zip archive without its directory)") from None
+        return
+    except (OSError, EOFError, zlib.error, zipfile.LargeZipFile, ValueError) as err:
+        raise ValueError(f"{path} is truncated or damaged ({type(err).__name__}: {err})") from None
+    if bad is not None:
+        raise ValueError(f"{path} is damaged: the data of {bad!r} in it fails its CRC check")

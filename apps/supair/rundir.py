@@ -21,13 +21,13 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .files import check_writable, remove_stale_temporaries
+from .files import check_writable, check_zip, remove_stale_temporaries
 
 if TYPE_CHECKING:
     from .config import SupairConfig
 
 __all__ = [
-    "RUN_FILES", "RunLock", "default_run_dir", "check_new_run", "check_resumable", "check_config_json", "clear_run_files",
+    "RUN_FILES", "RunLock", "default_run_dir", "resolve_checkpoint", "check_new_run", "check_resumable", "check_config_json", "clear_run_files",
     "remove_run_temporaries",
 ]
 
@@ -39,6 +39,23 @@ RUN_FILES: tuple[str, ...] = (CHECKPOINT, CONFIG, METRICS, FIGURE)
 def default_run_dir(dataset: str, model: str, root: str | Path = "runs") -> Path:
     """``runs/<dataset>-<model>-<date>-<time>-<6 hex digits>``: the random suffix keeps runs started in the same second apart."""
     return Path(root) / f"{dataset}-{model}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint file named by ``path`` (the file, or a run folder holding it), its zip archive checked.
+
+    Raises:
+        ValueError: if there is none, it is a folder, or it is truncated or fails a CRC check.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder, not a checkpoint file")
+    if not path.exists():
+        raise ValueError(f"no checkpoint at {path}")
+    check_zip(path)
+    return path
 
 
 def _holder(fd: int) -> int | None:
@@ -141,7 +158,7 @@ def check_resumable(folder: str | Path) -> Path:
                              f"start it anew with --out {folder} --overwrite")
         raise ValueError(f"{folder} holds no run to resume (no {CHECKPOINT})")
     check_writable(folder, f"--resume {folder}")
-    return ckpt
+    return resolve_checkpoint(ckpt)
 
 
 def remove_run_temporaries(folder: str | Path) -> None:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 
-from .checkpoint import config_of, load_checkpoint, model_of
-from .detect import BOX_COLOURS, draw_boxes
 from .files import atomic_write, check_writable
 from .names import MAX_SHOW_IMAGES
-from .train import DATA_SEED
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["show_figure", "check_show_request", "figure_path"]
 
@@ -29,6 +28,9 @@ def check_show_request(checkpoint: str | Path, out: str | Path | None, num_image
     """Raise a ValueError for a number of images out of range or a figure path that cannot be written (nothing is written)."""
     if isinstance(num_images, bool) or not isinstance(num_images, int) or not 1 <= num_images <= MAX_SHOW_IMAGES:
         raise ValueError(f"--num-images must be between 1 and {MAX_SHOW_IMAGES}, got {num_images!r}")
+    from .rundir import resolve_checkpoint
+
+    resolve_checkpoint(checkpoint)
     target = figure_path(checkpoint, out)
     if target.is_dir():
         raise ValueError(f"--out {target} is a folder; give a .png file name such as {target / 'show.png'}")
@@ -62,8 +64,12 @@ def show_figure(checkpoint: str | Path, out: str | Path | None = None, num_image
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import torch
 
+    from .checkpoint import config_of, load_checkpoint, model_of
     from .data import load_dataset, load_user_images
+    from .detect import BOX_COLOURS, draw_boxes
+    from .train import DATA_SEED
 
     ckpt = load_checkpoint(checkpoint)
     model, cfg = model_of(ckpt, checkpoint), config_of(ckpt, checkpoint)

@@ -19,7 +19,8 @@ mode                       read as
 =========================  ==================================================
 
 The pixel count is bounded (:data:`MAX_IMAGE_PIXELS`) from the file's header,
-before anything is decoded.
+before anything is decoded. This module needs numpy and PIL only (no torch), so
+that a command checks its image files at once.
 """
 
 from __future__ import annotations
@@ -30,9 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .scenes import LUMA
+__all__ = ["LUMA", "MAX_IMAGE_PIXELS", "IMAGE_SUFFIXES", "decode_image", "image_to_array", "image_size", "check_image_folder", "check_image_source"]
 
-__all__ = ["MAX_IMAGE_PIXELS", "decode_image", "image_to_array", "image_size"]
+LUMA = np.array([0.299, 0.587, 0.114])
+"""ITU-R 601 luma weights of R, G, B."""
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+"""The files a folder of the user's images contributes."""
 
 MAX_IMAGE_PIXELS = 4096 * 4096
 """Largest image read (width times height); the scenes are at most 1024 x 1024."""
@@ -72,6 +77,33 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """``(width, height)`` of an image file from its header; a ValueError for what :func:`decode_image` would refuse early."""
     with _open(Path(path)) as im:
         return im.size
+
+
+def check_image_folder(folder: str | os.PathLike) -> list[Path]:
+    """The image files of a folder of the user's scenes, in name order, each header checked (nothing is decoded).
+
+    Raises:
+        ValueError: the folder holds no image file, or one that is not an image or too large (named).
+    """
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"{folder} contains no images; expected PNG or JPEG files (*.png, *.jpg, *.jpeg)")
+    for p in files:
+        image_size(p)
+    return files
+
+
+def check_image_source(path: str | os.PathLike) -> None:
+    """Raise a ValueError unless ``path`` is a folder of readable images or an ``.npz`` file (only headers are read)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ValueError(f"{path} does not exist; expected a folder of PNG/JPEG images or an .npz file with an 'images' array")
+    if path.is_dir():
+        check_image_folder(path)
+    elif path.suffix.lower() != ".npz":
+        raise ValueError(f"{path} is neither a folder nor an .npz file; expected a folder of PNG/JPEG images "
+                         "or an .npz file with an 'images' array")
 
 
 def _unit_float(im) -> tuple[np.ndarray, np.ndarray | None]:
