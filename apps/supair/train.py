@@ -122,16 +122,20 @@ class Trainer:
         elif self.is_main:
             check_new_run(self.run_dir, overwrite)
         self.cfg = self._reconcile_config(cfg, ckpt)
-        self._set_up_process()
-        self._build_model_and_optimizer()
         self.step = 0
         self.clock = _Clock()
         if ckpt is not None:
+            self.step = int(ckpt["step"])
+            self.clock = _Clock(float(ckpt["train_seconds"]), float(ckpt["cpu_seconds"]))
+        self.finished = ckpt is not None and self._finished()
+        if self.finished:
+            return  # nothing to train: no model, no data, nothing written
+        self._set_up_process()
+        self._build_model_and_optimizer()
+        if ckpt is not None:
             self._restore(ckpt)
         self._load_data()
-        self.finished = ckpt is not None and self._finished()
-        if not self.finished:
-            self._prepare_folder(ckpt, overwrite)
+        self._prepare_folder(ckpt, overwrite)
 
     def close(self) -> None:
         """Release the run folder's lock (the trainer writes nothing more)."""
@@ -206,12 +210,8 @@ class Trainer:
         self._loss = self.model.loss if self.dist is None else self.dist.wrap(self.model)
 
     def _finished(self) -> bool:
-        """Whether the resumed run has spent its budget and recorded its final evaluation."""
-        done = self._done()  # collective under torchrun
-        last = self._last_metrics_step() if self.is_main else None
-        if self.dist is not None:
-            last = self.dist.broadcast(last)
-        return done and last == self.step
+        """Whether the resumed run has spent its budget and recorded its final evaluation (the same answer in every process)."""
+        return self._spent() and self._last_metrics_step() == self.step
 
     def _prepare_folder(self, ckpt: dict[str, Any] | None, overwrite: bool) -> None:
         """Lock the folder (a new run's), remove what killed writers left, and write the run's first files."""
@@ -339,15 +339,21 @@ class Trainer:
         for g, base in zip(self.optimizer.param_groups, self._base_lrs):
             g["lr"] = base * factor
 
-    def _done(self) -> bool:
+    def _spent(self) -> bool:
+        """Whether this process's step counter or clocks have reached the budget."""
         t = self.cfg.train
         if t.steps is not None and self.step >= t.steps:
             return True
         out_of_time = t.minutes is not None and self.clock.wall >= 60 * t.minutes
-        out_of_time = out_of_time or (t.cpu_minutes is not None and self.clock.cpu >= 60 * t.cpu_minutes)
+        return out_of_time or (t.cpu_minutes is not None and self.clock.cpu >= 60 * t.cpu_minutes)
+
+    def _done(self) -> bool:
+        t = self.cfg.train
+        if t.steps is not None and self.step >= t.steps:
+            return True
         if self.dist is not None and (t.minutes is not None or t.cpu_minutes is not None):
-            return self.dist.agree(out_of_time)  # the processes' clocks differ: rank 0's decides for all
-        return out_of_time
+            return self.dist.agree(self._spent())  # the processes' clocks differ: rank 0's decides for all
+        return self._spent()
 
     def _eval_due(self) -> bool:
         """Every ``eval_every`` steps, or each time the CPU clock passes a multiple of ``eval_cpu_seconds``."""
