@@ -46,6 +46,8 @@ class _RecordingWriter:
             raise
 
     def __getattr__(self, name: str):
+        if name.startswith("__") or name in ("_fh", "error"):
+            raise AttributeError(name)
         return getattr(self._fh, name)
 
 
