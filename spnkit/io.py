@@ -43,14 +43,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.overrides import TorchFunctionMode
 
 from ._files import atomic_write
 from .circuit import SPN
 from .leaves import Bernoulli, Categorical, Leaf, Normal
 from .region_graph import Partition, RegionGraph
 
-__all__ = ["save", "load", "register_leaf", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["save", "load", "register_leaf", "allocation_budget", "BudgetExceeded", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "spnkit"
 FORMAT_VERSION = 1
@@ -198,7 +198,7 @@ def _build(meta: dict, path: Path, budget: int | None = None) -> SPN:
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["leaf"]["fields"].items()}
         leaf = _LEAVES[family](**fields)
         dtype = _DTYPES[meta["dtype"]]
-        guard = _AllocationBudget(budget) if budget is not None else None
+        guard = allocation_budget(budget) if budget is not None else None
         with torch.random.fork_rng(devices=[]):
             if guard is None:
                 spn = SPN(rg, leaf, num_sums=int(meta["num_sums"]), num_leaves=int(meta["num_leaves"]), num_classes=int(meta["num_classes"]))
@@ -206,7 +206,7 @@ def _build(meta: dict, path: Path, budget: int | None = None) -> SPN:
                 with guard:
                     spn = SPN(rg, leaf, num_sums=int(meta["num_sums"]), num_leaves=int(meta["num_leaves"]), num_classes=int(meta["num_classes"]))
         return spn.to(dtype)
-    except _OverBudget as err:
+    except BudgetExceeded as err:
         raise ValueError(f"{str(path)!r} describes a circuit far larger than the parameters it holds: building it would "
                          f"create more than {err.budget:,} tensor elements (num_sums {meta['num_sums']}, num_leaves "
                          f"{meta['num_leaves']}, num_classes {meta['num_classes']})") from None
@@ -359,9 +359,11 @@ def _type_name(annotation: Any) -> str:
 
 # ----------------------------------------------------- the allocation budget
 
-class _OverBudget(Exception):
+class BudgetExceeded(ValueError):
+    """Raised inside :func:`allocation_budget` by the operation that would pass the budget."""
+
     def __init__(self, budget: int) -> None:
-        super().__init__(budget)
+        super().__init__(f"more than {budget:,} tensor elements requested")
         self.budget = budget
 
 
@@ -371,13 +373,34 @@ def _numel(size: object) -> int | None:
     return None
 
 
-class _AllocationBudget(TorchDispatchMode):
-    """Counts the tensor elements created by torch operations and stops at ``budget``.
+def allocation_budget(max_elements: int) -> "_AllocationBudget":
+    """A context in which torch operations may create at most ``max_elements`` tensor elements in all.
 
-    An operation that creates a tensor from a size (``empty``, ``randn``,
-    ``full``, ``arange``, ...) is checked before it runs, so an oversized
-    request never reaches the allocator; the outputs of other operations are
-    counted after they run (views, which share their input's memory, are not).
+    For building something whose size a file describes (a circuit, a model) so
+    that a crafted description cannot ask for more memory than the file could
+    justify. Operations that create a tensor from a size are refused before
+    they allocate; :class:`BudgetExceeded` (a ValueError) is raised.
+
+    Example:
+        >>> import torch
+        >>> with allocation_budget(100):
+        ...     torch.zeros(10).shape
+        torch.Size([10])
+    """
+    return _AllocationBudget(max_elements)
+
+
+_FROM_DATA = (torch.tensor, torch.as_tensor, torch.asarray, torch.from_numpy)  # sized by data that already exists
+
+
+class _AllocationBudget(TorchFunctionMode):
+    """Counts the tensor elements created by torch calls and stops at ``budget``.
+
+    A call that creates a tensor from sizes alone (``torch.empty``,
+    ``torch.randn``, ``torch.full``, ``torch.arange``, ...) is checked before it
+    runs, so an oversized request never reaches the allocator; the results of
+    other calls are counted after they run, unless they share their inputs'
+    memory (views and in-place operations).
     """
 
     def __init__(self, budget: int) -> None:
@@ -387,23 +410,33 @@ class _AllocationBudget(TorchDispatchMode):
     def _charge(self, n: int) -> None:
         self.used += n
         if self.used > self.budget:
-            raise _OverBudget(self.budget)
+            raise BudgetExceeded(self.budget)
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    @staticmethod
+    def _requested(func, args: tuple, kwargs: dict) -> int:
+        """Elements a factory call asks for: the product of its size (an upper bound where it is ambiguous)."""
+        if func is torch.arange:
+            nums = [a for a in (*args, kwargs.get("start"), kwargs.get("end")) if isinstance(a, (int, float)) and not isinstance(a, bool)]
+            step = kwargs.get("step", args[2] if len(args) > 2 else 1) or 1
+            start, end = (0, nums[0]) if len(nums) == 1 else (nums[0], nums[1]) if nums else (0, 0)
+            return max(0, math.ceil((end - start) / step))
+        sizes = [a for a in (*args, kwargs.get("size")) if isinstance(a, (list, tuple, torch.Size))]
+        if sizes:
+            return max(_numel(sz) or 0 for sz in sizes)
+        ints = [a for a in args if isinstance(a, int) and not isinstance(a, bool)]
+        if func is torch.eye and ints:
+            return ints[0] * (ints[1] if len(ints) > 1 else ints[0])
+        return math.prod(ints) if ints else 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        flat = [*args, *kwargs.values()]
-        factory = not any(isinstance(a, torch.Tensor) for a in flat)
-        if factory:
-            if func.overloadpacket is torch.ops.aten.arange:
-                nums = [a for a in args if isinstance(a, (int, float)) and not isinstance(a, bool)]
-                start, end, step = (0, nums[0], 1) if len(nums) == 1 else (nums + [1])[:3] if nums else (0, 0, 1)
-                self._charge(max(0, math.ceil((end - start) / step)) if step else 0)
-            else:
-                self._charge(max([n for n in map(_numel, flat) if n is not None], default=0))
+        inputs = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        if not inputs and func not in _FROM_DATA:
+            self._charge(self._requested(func, args, kwargs))
+            return func(*args, **kwargs)
         out = func(*args, **kwargs)
-        if not factory:
-            views = any(r.alias_info is not None for r in func._schema.returns)
-            if not views:
-                outs = out if isinstance(out, (tuple, list)) else (out,)
-                self._charge(sum(t.numel() for t in outs if isinstance(t, torch.Tensor)))
+        shared = {t.untyped_storage().data_ptr() for t in inputs if t.device.type != "meta"}
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.device.type != "meta" and t.untyped_storage().data_ptr() not in shared:
+                self._charge(t.numel())
         return out

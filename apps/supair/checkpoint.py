@@ -29,7 +29,7 @@ from .rundir import resolve_checkpoint
 
 __all__ = [
     "CHECKPOINT_FORMAT", "READABLE_FORMATS", "build_model", "save_checkpoint", "load_checkpoint", "load_model", "load_state",
-    "upgrade_optimizer_state", "content_digest", "first_non_finite", "config_of", "model_of",
+    "upgrade_optimizer_state", "content_digest", "first_non_finite", "config_of", "model_of", "build_stored_model",
 ]
 
 CHECKPOINT_FORMAT = 2
@@ -67,7 +67,7 @@ def content_digest(payload: dict[str, Any]) -> str:
         if isinstance(value, torch.Tensor):
             t = value.detach().cpu().contiguous().reshape(-1)
             h.update(f"{where}:tensor:{value.dtype}:{tuple(value.shape)}\n".encode())
-            h.update(memoryview(t.view(torch.uint8).numpy()))
+            h.update(t.view(torch.uint8).numpy().tobytes())
         elif isinstance(value, dict):
             keys = sorted((k for k in value if not (where == "" and k == "sha256")), key=repr)
             h.update(f"{where}:dict:{len(keys)}\n".encode())
@@ -165,9 +165,30 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[nn.Module, Supair
 
 def model_of(ckpt: dict, path: str | Path, device: str = "cpu") -> nn.Module:
     """The trained model held by a checkpoint read by :func:`load_checkpoint` (in eval mode)."""
-    model = build_model(config_of(ckpt, path))
+    model = build_stored_model(config_of(ckpt, path), ckpt, path)
     load_state(model, ckpt["model"], path)
     return model.to(device).eval()
+
+
+def build_stored_model(cfg: SupairConfig, ckpt: dict, path: str | Path) -> nn.Module:
+    """:func:`build_model` for a checkpoint's config, within an allocation budget set by the tensors the checkpoint holds.
+
+    A config edited to describe a far larger model than the checkpoint's tensors
+    (its sizes are bounded, but not small) is refused before it is allocated.
+    """
+    from spnkit.io import BudgetExceeded, allocation_budget
+
+    stored = sum(t.numel() for t in ckpt["model"].values() if isinstance(t, torch.Tensor))
+    try:
+        with allocation_budget(_BUILD_FACTOR * stored + _BUILD_FLOOR):
+            return build_model(cfg)
+    except BudgetExceeded:
+        raise ValueError(f"checkpoint {path} does not fit the model built from its config: the config describes a model "
+                         f"far larger than the {stored:,} values the checkpoint holds") from None
+
+
+_BUILD_FACTOR = 16  # building a model creates a few times its parameters in all (initial values, indices, temporaries)
+_BUILD_FLOOR = 1 << 24
 
 
 def config_of(ckpt: dict, path: str | Path) -> SupairConfig:

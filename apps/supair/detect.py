@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -18,7 +18,7 @@ BOX_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145
 DETECT_BATCH = 256  # images per forward pass: memory stays bounded for any number of files
 
 
-def check_detect_request(paths: list[str | Path], out_dir: str | Path | None) -> None:
+def check_detect_request(paths: Sequence[str | Path], out_dir: str | Path | None) -> None:
     """Raise a ValueError for a missing, unreadable or too large image, or an ``--out`` that cannot hold drawings.
 
     Reads only the images' headers; nothing is written.
@@ -34,7 +34,7 @@ def check_detect_request(paths: list[str | Path], out_dir: str | Path | None) ->
         image_size(p)
 
 
-def read_images(paths: list[str | Path], size: int, channels: int, log: Callable[[str], None] = print):
+def read_images(paths: Sequence[str | Path], size: int, channels: int, log: Callable[[str], None] = print):
     """Read image files as ``(B, C, size, size)`` floats in [0, 1], and their original (width, height).
 
     Each file is decoded by :func:`supair.images.decode_image` (16-bit
@@ -52,7 +52,7 @@ def read_images(paths: list[str | Path], size: int, channels: int, log: Callable
         im = Image.fromarray(arr[..., 0] if channels == 1 else arr)
         sizes.append(im.size)
         if im.size != (size, size):
-            im = im.resize((size, size), Image.BILINEAR)
+            im = im.resize((size, size), Image.Resampling.BILINEAR)
         arrays.append(np.asarray(im, dtype=np.float32) / 255.0)
     resized = sum(1 for s in sizes if s != (size, size))
     if resized:
@@ -69,7 +69,7 @@ def draw_boxes(image: np.ndarray, boxes: list[list[float]], scale: int = 1):
     arr = (np.clip(image, 0, 1) * 255).astype(np.uint8)
     im = Image.fromarray(arr).convert("RGB")
     if scale != 1:
-        im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+        im = im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(im)
     for i, (x0, y0, x1, y1) in enumerate(boxes):
         draw.rectangle([x0 * scale, y0 * scale, x1 * scale - 1, y1 * scale - 1], outline=BOX_COLOURS[i % len(BOX_COLOURS)], width=max(1, scale // 2))
@@ -86,7 +86,7 @@ def drawing_name(path: str | Path) -> str:
     return f"{Path(path).stem}-{hashlib.sha256(key).hexdigest()[:8]}_boxes.png"
 
 
-def detect_files(checkpoint: str | Path, paths: list[str], out_dir: str | Path | None = None, device: str = "cpu",
+def detect_files(checkpoint: str | Path, paths: Sequence[str | Path], out_dir: str | Path | None = None, device: str = "cpu",
                  log: Callable[[str], None] = print) -> list[dict]:
     """Detect objects in image files.
 
@@ -107,7 +107,9 @@ def detect_files(checkpoint: str | Path, paths: list[str], out_dir: str | Path |
     check_detect_request(paths, out_dir)
     model, cfg = load_model(checkpoint, device)
     S, C = cfg.model.scene_size, cfg.model.channels
-    counts, boxes, presence, sizes, messages = [], [], [], [], []
+    counts, boxes, presence = [], [], []
+    sizes: list[tuple[int, int]] = []
+    messages: list[str] = []
     for start in range(0, len(paths), DETECT_BATCH):  # batches of images: read, then detect
         x, batch_sizes = read_images(paths[start : start + DETECT_BATCH], S, C, log=messages.append)
         inf = model.detect(x.to(device))
@@ -125,18 +127,19 @@ def detect_files(checkpoint: str | Path, paths: list[str], out_dir: str | Path |
     for i, (path, (w, h)) in enumerate(zip(paths, sizes)):  # per image, to report
         k = int(count[i])
         b = box[i, :k] * torch.tensor([w / S, h / S, w / S, h / S])
-        entry = {
+        drawn = [[round(float(v), 2) for v in row] for row in b]
+        entry: dict[str, Any] = {
             "path": str(path),
             "count": k,
-            "boxes": [[round(float(v), 2) for v in row] for row in b],
+            "boxes": drawn,
             "presence": [round(float(p), 4) for p in pres[i, :k]],
         }
         if out_dir is not None:
             arr = decode_image(path, C).astype(np.float32) / 255.0
             scale = max(1, 256 // max(w, h))
             target = Path(out_dir) / drawing_name(path)
-            drawing = draw_boxes(arr[..., 0] if C == 1 else arr, entry["boxes"], scale)
-            atomic_write(target, lambda fh, im=drawing: im.save(fh, format="PNG"))
+            drawing = draw_boxes(arr[..., 0] if C == 1 else arr, drawn, scale)
+            atomic_write(target, lambda fh: drawing.save(fh, format="PNG"))
             entry["drawing"] = str(target)
         results.append(entry)
     return results

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from .checkpoint import build_model, config_of, load_checkpoint, load_state, save_checkpoint, upgrade_optimizer_state
+from .checkpoint import build_model, build_stored_model, config_of, load_checkpoint, load_state, save_checkpoint, upgrade_optimizer_state
 from .config import SupairConfig
 from .data import SceneSet, load_dataset, load_user_images
 from .evaluation import evaluate
@@ -131,7 +131,7 @@ class Trainer:
         if self.finished:
             return  # nothing to train: no model, no data, nothing written
         self._set_up_process()
-        self._build_model_and_optimizer()
+        self._build_model_and_optimizer(ckpt)
         if ckpt is not None:
             self._restore(ckpt)
         self._load_data()
@@ -174,9 +174,11 @@ class Trainer:
             keep_freed_memory()  # a step's temporaries reuse mapped pages: 0.95x SuPAIR's step, 0.94x AIR's (benchmarks/step_time.py)
         torch.manual_seed(self.cfg.train.seed)
 
-    def _build_model_and_optimizer(self) -> None:
+    def _build_model_and_optimizer(self, ckpt: dict[str, Any] | None = None) -> None:
         cfg, device = self.cfg, self.device
-        self.model = build_model(cfg).to(device)
+        # a resumed run's model is built within a budget set by its checkpoint's tensors
+        model = build_model(cfg) if ckpt is None else build_stored_model(cfg, ckpt, self.run_dir / "checkpoint.pt")
+        self.model = model.to(device)
         groups = getattr(self.model, "param_groups", None)  # a model may set per-group rates (AIR's baseline)
         params = groups(cfg.train.learning_rate) if callable(groups) else self.model.parameters()
         # fused: one kernel over all parameters (2.3 against 6.0 ms a step for SuPAIR's 3.2M parameters, one thread)
