@@ -76,6 +76,7 @@ def _cases(w: Path) -> dict[str, tuple[list[str], tuple[str, ...]]]:
         "data-missing": (["train", "--data", str(w / "nothing"), *TINY], ("does not exist",)),
         "data-empty-folder": (["train", "--data", str(w / "empty"), "--out", str(w / "new"), *TINY], ("contains no images",)),
         "data-huge-png": (["train", "--data", str(w / "huge"), "--out", str(w / "new"), *TINY], ("too large", "pixels")),
+        "data-npz-without-images": (["train", "--data", str(w / "labels.npz"), "--out", str(w / "new"), *TINY], ("no array 'images'",)),
         "data-not-images": (["train", "--data", str(w / "broken"), "--out", str(w / "new"), *TINY], ("cannot read", "broken.png")),
         # detect
         "detect-folder-as-image": (["detect", run, str(w / "images")], ("is a folder",)),
@@ -115,6 +116,7 @@ def outcomes(tmp_path_factory) -> dict:
         (w / folder).mkdir(parents=True)
     Image.fromarray(np.zeros((12, 12), dtype=np.uint8)).save(w / "images" / "a.png")
     _png_header_only(w / "huge" / "huge.png", 20000, 20000)
+    np.savez(w / "labels.npz", counts=np.zeros(3))
     (w / "broken" / "broken.png").write_bytes(b"\x89PNG not really")
     cases = _cases(w)
     before = snapshot(w)
