@@ -155,7 +155,8 @@ def run_command(args: argparse.Namespace, model: str, seed: int) -> list[str]:
                 cmd += ["--set", rest]
         else:
             cmd += ["--set", item]
-    cmd += ["--resume", str(folder)] if (folder / "checkpoint.pt").exists() else ["--out", str(folder)]
+    # a folder without a checkpoint holds at most what a run stopped before its first checkpoint left: start it anew
+    cmd += ["--resume", str(folder)] if (folder / "checkpoint.pt").exists() else ["--out", str(folder), "--overwrite"]
     return cmd
 
 

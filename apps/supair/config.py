@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from .data.generate import DATASETS
+from .fieldtypes import check_field
+from .names import DATASETS, MAX_SCENE_SIZE, MODELS
 
 __all__ = [
     "SPNConfig",
@@ -26,9 +28,24 @@ __all__ = [
     "MODELS",
 ]
 
+# Upper bounds of what a configuration may ask for: each keeps one run's memory within reach
+# of a workstation (and far above any setting the measured configurations use).
+MAX_UNITS = 16384  # widths of networks and numbers of SPN nodes per region
+MAX_IMAGES = 1_000_000  # training or held-out scenes (50x50 uint8: 2.5 GB)
+MAX_BATCH = 65536
+MAX_OBJECTS = 64  # N_max
+MAX_SEED = 2**63 - 1
 
-MODELS: tuple[str, ...] = ("supair", "air")
-"""The models the harness trains."""
+
+def _check_range(prefix: str, obj: object, names: tuple[str, ...], low: float, high: float | None = None) -> None:
+    """Each of ``obj``'s fields ``names`` (skipping None) lies in ``[low, high]``; the error names the first that does not."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is None:
+            continue
+        if value < low or (high is not None and value > high):
+            bound = f">= {low}" if high is None else f"between {low} and {high}"
+            raise ValueError(f"{prefix}{name} must be {bound}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -51,9 +68,8 @@ class SPNConfig:
             raise ValueError(f"{name}.init_loc must be (low, high) with low <= high, got {self.init_loc}")
         if self.structure not in ("random", "poon-domingos"):
             raise ValueError(f"{name}.structure must be 'random' or 'poon-domingos', got {self.structure!r}")
-        for f in ("depth", "repetitions", "delta", "num_leaves", "num_sums"):
-            if getattr(self, f) < 1:
-                raise ValueError(f"{name}.{f} must be >= 1, got {getattr(self, f)}")
+        _check_range(f"{name}.", self, ("depth", "repetitions"), 1, 32)
+        _check_range(f"{name}.", self, ("delta", "num_leaves", "num_sums"), 1, MAX_UNITS)
         if not 0 < self.min_var < self.max_var:
             raise ValueError(f"{name}: need 0 < min_var < max_var, got {self.min_var}, {self.max_var}")
 
@@ -93,6 +109,8 @@ class InferenceConfig:
                 raise ValueError(f"inference.{name} must be (low, high) with low < high, got {(lo, hi)}")
         if self.search_radius < 0 or self.search_grid < 1:
             raise ValueError(f"inference.search_radius must be >= 0 and search_grid >= 1, got {self.search_radius} and {self.search_grid}")
+        _check_range("model.inference.", self, ("lstm_units", "head_units"), 1, MAX_UNITS)
+        _check_range("model.inference.", self, ("search_grid",), 1, 64)
         if self.scale_range[0] <= 0 or self.max_std <= 0 or (self.position_max_std is not None and self.position_max_std <= 0):
             raise ValueError("inference.scale_range, inference.max_std and inference.position_max_std must be positive")
 
@@ -148,9 +166,8 @@ class AirConfig:
     nvil_decay: float = 0.9
 
     def assert_valid(self) -> None:
-        for f in ("z_what_size", "encoder_units", "decoder_units", "predict_units", "baseline_units"):
-            if getattr(self, f) < 1:
-                raise ValueError(f"air.{f} must be >= 1, got {getattr(self, f)}")
+        _check_range("model.air.", self, ("z_what_size", "encoder_units", "decoder_units", "predict_units", "baseline_units"), 1, MAX_UNITS)
+        _check_range("model.air.", self, ("pres_prior_anneal_steps",), 0)
         if not 0 < self.pres_prior < 1 or (self.pres_prior_start is not None and not 0 < self.pres_prior_start < 1):
             raise ValueError(f"air.pres_prior and air.pres_prior_start must be in (0, 1), got {self.pres_prior}, {self.pres_prior_start}")
         if min(self.likelihood_sd, self.scale_prior_sd, self.pos_prior_sd, self.baseline_lr, self.pres_logit_clamp) <= 0:
@@ -179,16 +196,15 @@ class ModelConfig:
     air: AirConfig = field(default_factory=AirConfig)  # used when model_type is "air"
 
     def assert_valid(self) -> None:
-        if self.scene_size < 8 or self.glimpse_size < 4:
-            raise ValueError(f"scene_size >= 8 and glimpse_size >= 4 needed, got {self.scene_size}, {self.glimpse_size}")
+        _check_range("model.", self, ("scene_size",), 8, MAX_SCENE_SIZE)
+        _check_range("model.", self, ("glimpse_size",), 4, MAX_SCENE_SIZE)
         if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
-        if self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+            raise ValueError(f"model.channels must be 1 or 3, got {self.channels}")
+        _check_range("model.", self, ("max_steps",), 1, MAX_OBJECTS)
         if not self.fixed_background_var > 0:
             raise ValueError(f"fixed_background_var must be positive, got {self.fixed_background_var}")
-        self.object_spn.assert_valid("object_spn")
-        self.background_spn.assert_valid("background_spn")
+        self.object_spn.assert_valid("model.object_spn")
+        self.background_spn.assert_valid("model.background_spn")
         self.inference.assert_valid()
         self.prior.assert_valid()
         self.air.assert_valid()
@@ -223,16 +239,21 @@ class TrainConfig:
     threads: int | None = None
 
     def assert_valid(self) -> None:
-        if self.batch_size < 1 or self.eval_every < 1 or self.checkpoint_every < 1 or self.test_images < 1:
-            raise ValueError("batch_size, eval_every, checkpoint_every and test_images must be >= 1")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"train.dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        if self.data_path is not None and not self.data_path.strip():
+            raise ValueError("train.data_path must name a folder or an .npz file, got an empty string")
+        _check_range("train.", self, ("batch_size",), 1, MAX_BATCH)
+        _check_range("train.", self, ("train_images", "test_images"), 1, MAX_IMAGES)
+        _check_range("train.", self, ("eval_every", "checkpoint_every", "threads"), 1)
+        _check_range("train.", self, ("steps", "minutes", "cpu_minutes"), 0)
+        _check_range("train.", self, ("seed",), 0, MAX_SEED)
         if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+            raise ValueError(f"train.learning_rate must be positive, got {self.learning_rate}")
         if not 0 < self.lr_decay_to <= 1:
-            raise ValueError(f"lr_decay_to must lie in (0, 1], got {self.lr_decay_to}")
-        if self.steps is not None and self.steps < 0:
-            raise ValueError(f"steps must be >= 0, got {self.steps}")
+            raise ValueError(f"train.lr_decay_to must lie in (0, 1], got {self.lr_decay_to}")
         if self.eval_cpu_seconds is not None and self.eval_cpu_seconds <= 0:
-            raise ValueError(f"eval_cpu_seconds must be positive, got {self.eval_cpu_seconds}")
+            raise ValueError(f"train.eval_cpu_seconds must be positive, got {self.eval_cpu_seconds}")
 
 
 @dataclass(frozen=True)
@@ -258,7 +279,16 @@ class SupairConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SupairConfig":
-        return _from_dict(cls, d).assert_valid()
+        """The validated config of a dict as :meth:`to_dict` (or ``config.json``) gives it.
+
+        Every value must have its field's type (an integer for ``int``, a number
+        for ``float``, a list for a tuple, ...); fields that are missing take
+        their defaults.
+
+        Raises:
+            ValueError: naming the first field that is unknown, of the wrong type or out of range.
+        """
+        return _from_dict(cls, d, "").assert_valid()
 
     @classmethod
     def preset(cls, dataset: str = "multi-mnist", model: str = "supair", user_data: bool = False) -> "SupairConfig":
@@ -296,25 +326,23 @@ class SupairConfig:
         return SupairConfig.from_dict(d)
 
 
-def _from_dict(cls: type, d: dict[str, Any]) -> Any:
+def _from_dict(cls: type, d: Any, prefix: str) -> Any:
+    """``cls`` built from ``d``, every value checked against its field's type (``prefix``: the dotted path so far)."""
     if not isinstance(d, dict):
-        raise ValueError(f"expected a JSON object for {cls.__name__}, got {type(d).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+        where = prefix.rstrip(".") or "the configuration"
+        raise ValueError(f"{where} must be a JSON object, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
     d = {**_LEGACY.get(cls.__name__, {}), **d}  # a config saved without a field gets the value its run used
-    unknown = set(d) - set(fields)
+    unknown = sorted(set(d) - set(hints))
     if unknown:
-        raise ValueError(f"unknown fields for {cls.__name__}: {sorted(unknown)}")
+        raise ValueError(f"unknown config field{'s' if len(unknown) > 1 else ''} {', '.join(prefix + str(k) for k in unknown)}")
     kwargs = {}
     for name, value in d.items():
-        ftype = fields[name].type
         sub = _NESTED.get((cls.__name__, name))
         if sub is not None:
-            kwargs[name] = _from_dict(sub, value)
-        elif isinstance(value, list):
-            kwargs[name] = tuple(value)
+            kwargs[name] = _from_dict(sub, value, f"{prefix}{name}.")
         else:
-            kwargs[name] = value
-        del ftype
+            kwargs[name] = check_field(value, hints[name], prefix + name)
     return cls(**kwargs)
 
 

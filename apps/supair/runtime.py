@@ -1,4 +1,4 @@
-"""Process-level settings that make CPU training loops faster.
+"""Process-level settings: the torch device a command runs on, and the allocator setting that makes CPU training loops faster.
 
 PyTorch allocates each CPU tensor with the C library's ``malloc``. glibc hands
 blocks above a threshold (128 KiB at first, adapting up to 32 MiB) straight from
@@ -16,8 +16,39 @@ from __future__ import annotations
 
 import ctypes
 import platform
+import re
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["keep_freed_memory", "check_device"]
+
+_DEVICE = re.compile(r"(cpu|cuda|mps)(:(\d+))?")
+
+
+def check_device(name: str) -> str:
+    """``name`` if it is a torch device this machine has, else a ValueError saying why.
+
+    Accepted: ``cpu``, ``cuda``, ``cuda:N`` and ``mps``. torch is imported only
+    for a device other than the CPU.
+    """
+    match = _DEVICE.fullmatch(name.strip())
+    if match is None:
+        raise ValueError(f"--device {name}: not a device; expected cpu, cuda, cuda:N or mps")
+    kind, index = match.group(1), match.group(3)
+    if kind == "cpu":
+        if index not in (None, "0"):
+            raise ValueError(f"--device {name}: there is one CPU device, cpu")
+        return "cpu"
+    import torch
+
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch was built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"--device {name}: CUDA is not available ({why}); use --device cpu")
+        if index is not None and int(index) >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 to "
+                             f"cuda:{torch.cuda.device_count() - 1}")
+    elif not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: Apple's MPS is not available on this machine; use --device cpu")
+    return name.strip()
 
 _M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
 _M_MMAP_THRESHOLD = -3

@@ -3,16 +3,40 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 
-from .detect import BOX_COLOURS, draw_boxes
-from .checkpoint import load_checkpoint, load_model
-from .train import DATA_SEED
+from .files import atomic_write, check_writable
+from .names import MAX_SHOW_IMAGES
 
-__all__ = ["show_figure"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["show_figure", "check_show_request", "figure_path"]
+
+
+def figure_path(checkpoint: str | Path, out: str | Path | None) -> Path:
+    """Where the figure goes: ``out``, or ``show.png`` in the run folder of ``checkpoint``."""
+    if out is not None:
+        return Path(out)
+    ckpt = Path(checkpoint)
+    return (ckpt if ckpt.is_dir() else ckpt.parent) / "show.png"
+
+
+def check_show_request(checkpoint: str | Path, out: str | Path | None, num_images: int) -> None:
+    """Raise a ValueError for a number of images out of range or a figure path that cannot be written (nothing is written)."""
+    if isinstance(num_images, bool) or not isinstance(num_images, int) or not 1 <= num_images <= MAX_SHOW_IMAGES:
+        raise ValueError(f"--num-images must be between 1 and {MAX_SHOW_IMAGES}, got {num_images!r}")
+    from .rundir import resolve_checkpoint
+
+    resolve_checkpoint(checkpoint)
+    target = figure_path(checkpoint, out)
+    if target.is_dir():
+        raise ValueError(f"--out {target} is a folder; give a .png file name such as {target / 'show.png'}")
+    if target.suffix.lower() != ".png":
+        raise ValueError(f"--out {target}: the figure is a PNG; give a file name ending in .png")
+    check_writable(target.parent, f"--out {target}" if out is not None else f"the run folder {target.parent}")
 
 
 def _to_hwc(t: torch.Tensor) -> np.ndarray:
@@ -30,16 +54,25 @@ def show_figure(checkpoint: str | Path, out: str | Path | None = None, num_image
     model's amodal completion of it.
 
     Returns:
-        the path written.
+        the path written (atomically).
+
+    Raises:
+        ValueError: for a bad checkpoint, data, ``num_images`` or ``out`` (checked before anything is written).
     """
+    check_show_request(checkpoint, out, num_images)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import torch
 
+    from .checkpoint import config_of, load_checkpoint, model_of
     from .data import load_dataset, load_user_images
+    from .detect import BOX_COLOURS, draw_boxes
+    from .train import DATA_SEED
 
-    model, cfg = load_model(checkpoint)
+    ckpt = load_checkpoint(checkpoint)
+    model, cfg = model_of(ckpt, checkpoint), config_of(ckpt, checkpoint)
     m = cfg.model
     if data is not None:
         scenes, _ = load_user_images(data, scene_size=m.scene_size, channels=m.channels, log=log)
@@ -84,12 +117,11 @@ def show_figure(checkpoint: str | Path, out: str | Path | None = None, num_image
             axes[r, j].set_yticks([])
     for r, label in enumerate(labels):
         axes[r, 0].set_ylabel(label, fontsize=7)
-    fig.suptitle(f"{cfg.model_type} on {cfg.train.dataset if not cfg.train.data_path else 'custom data'}: step {load_checkpoint(checkpoint)['step']}", fontsize=9)
+    fig.suptitle(f"{cfg.model_type} on {cfg.train.dataset if not cfg.train.data_path else 'custom data'}: step {ckpt['step']}", fontsize=9)
     fig.tight_layout()
-    ckpt = Path(checkpoint)
-    target = Path(out) if out else (ckpt if ckpt.is_dir() else ckpt.parent) / "show.png"
-    tmp = target.with_name(target.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(target)
+    target = figure_path(checkpoint, out)
+    try:
+        atomic_write(target, lambda fh: fig.savefig(fh, dpi=110, format="png"), clean_stale=True)
+    finally:
+        plt.close(fig)
     return target

@@ -1,9 +1,16 @@
 """Training harness shared by SuPAIR and AIR: data, loop, evaluation, checkpoints, resume.
 
-A run folder holds ``config.json``, ``checkpoint.pt`` (written atomically) and
-``metrics.jsonl`` (one JSON object per evaluation). A run killed at any moment
+A run folder holds ``config.json``, ``checkpoint.pt`` and ``metrics.jsonl`` (one
+JSON object per evaluation), each written atomically. A run killed at any moment
 loses at most the steps since its last checkpoint; ``resume`` continues with
-optimizer state, step counter, clocks and metrics log intact.
+optimizer state, step counter, clocks and metrics log intact, and its
+configuration is the checkpoint's (``config.json`` must agree with it).
+
+Everything a run needs is checked before anything is written: the folder
+(:mod:`supair.rundir`), the configuration, the checkpoint, the data and the
+model. Then the trainer takes the folder's lock, which it holds until it ends,
+and writes: ``config.json``, and on resume ``metrics.jsonl`` cut back to the
+checkpoint's step. A resumed run that has already spent its budget does nothing.
 
 Under torchrun the Trainer gets a :class:`~supair.distributed.DataParallel`
 (``dist``): each process trains on its shard of every global batch through DDP,
@@ -22,11 +29,12 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from .checkpoint import CHECKPOINT_FORMAT, build_model, load_checkpoint, load_state, save_checkpoint, upgrade_optimizer_state
+from .checkpoint import build_model, build_stored_model, config_of, load_checkpoint, load_state, save_checkpoint, upgrade_optimizer_state
 from .config import SupairConfig
 from .data import SceneSet, load_dataset, load_user_images
 from .evaluation import evaluate
 from .files import atomic_write
+from .rundir import CONFIG, RunLock, check_config_json, check_new_run, check_resumable, clear_run_files, remove_run_temporaries
 from .runtime import keep_freed_memory
 
 if TYPE_CHECKING:
@@ -62,52 +70,98 @@ class _Clock:
 class Trainer:
     """Trains one run; evaluation time is excluded from the training clocks.
 
-    Construction runs five named steps: :meth:`_reconcile_config` (a resumed
-    run's saved config against the requested one), :meth:`_set_up_process`
-    (threads, allocator, seed), :meth:`_build_model_and_optimizer`,
-    :meth:`_restore` (checkpoint state on resume) and :meth:`_load_data`
-    (training and held-out scenes, and the loss, sharded under torchrun).
+    Construction checks, then writes. It runs six named steps:
+    :meth:`_reconcile_config` (a resumed run's checkpoint config against the
+    requested one and ``config.json``), :meth:`_set_up_process` (threads,
+    allocator, seed), :meth:`_build_model_and_optimizer`, :meth:`_restore`
+    (checkpoint state on resume), :meth:`_load_data` (training and held-out
+    scenes, and the loss, sharded under torchrun) and :meth:`_prepare_folder`
+    (the lock, then the first writes). Any error before the last step leaves
+    the disk as it was. The lock is released by :meth:`close`, at the end of
+    :meth:`run`, or when the process ends.
 
     Args:
-        cfg: the run's configuration.
+        cfg: the run's configuration (on resume: the checkpoint's with the requested changes).
         run_dir: the run folder (created if missing).
         device: torch device string.
         resume: continue the run in ``run_dir`` from its checkpoint.
         progress: show a tqdm progress bar.
         log: where one-line messages go.
         dist: the process group under torchrun (None: a single process).
+        overwrite: a new run may start in a folder that holds an earlier run or other files
+            (the earlier run's files are deleted; other files are left alone).
+
+    Raises:
+        ValueError: the folder is in use or holds something else, the checkpoint or
+            ``config.json`` does not fit, or the config or data are invalid.
     """
 
     def __init__(self, cfg: SupairConfig, run_dir: str | Path, device: str = "cpu", resume: bool = False,
-                 progress: bool = True, log: Callable[[str], None] = print, dist: DataParallel | None = None) -> None:
+                 progress: bool = True, log: Callable[[str], None] = print, dist: DataParallel | None = None,
+                 overwrite: bool = False) -> None:
         self.run_dir = Path(run_dir)
         self.device = device
         self.dist = dist
         self.is_main = dist is None or dist.is_main  # the process that writes files
         self.progress = progress and self.is_main
         self.log = log
-        ckpt = load_checkpoint(self.run_dir / "checkpoint.pt") if resume else None
+        self._lock: RunLock | None = None
+        try:
+            self._open(cfg, resume, overwrite)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, cfg: SupairConfig, resume: bool, overwrite: bool) -> None:
+        ckpt = None
+        if resume:
+            path = check_resumable(self.run_dir)
+            if self.is_main:
+                self._lock = RunLock(self.run_dir)  # before reading: no other process moves the checkpoint on meanwhile
+            ckpt = load_checkpoint(path)
+        elif self.is_main:
+            check_new_run(self.run_dir, overwrite)
         self.cfg = self._reconcile_config(cfg, ckpt)
-        self._set_up_process()
-        self._build_model_and_optimizer()
         self.step = 0
         self.clock = _Clock()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if ckpt is not None:
+            self.step = int(ckpt["step"])
+            self.clock = _Clock(float(ckpt["train_seconds"]), float(ckpt["cpu_seconds"]))
+        self.finished = ckpt is not None and self._finished()
+        if self.finished:
+            return  # nothing to train: no model, no data, nothing written
+        self._set_up_process()
+        self._build_model_and_optimizer(ckpt)
         if ckpt is not None:
             self._restore(ckpt)
-        if self.is_main:  # on resume too: a new budget or detection search is recorded
-            atomic_write(self.run_dir / "config.json", self.cfg.to_json().encode())
         self._load_data()
+        self._prepare_folder(ckpt, overwrite)
+
+    def close(self) -> None:
+        """Release the run folder's lock (the trainer writes nothing more)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _reconcile_config(self, cfg: SupairConfig, ckpt: dict[str, Any] | None) -> SupairConfig:
-        """The validated config of this run: on resume, the saved model with the requested training settings."""
+        """The validated config of this run: on resume, the checkpoint's model with the requested training settings."""
+        self._saved_cfg: SupairConfig | None = None
         if ckpt is not None:
-            saved = SupairConfig.from_dict(ckpt["config"])
+            saved = config_of(ckpt, self.run_dir / "checkpoint.pt")
             if saved.model.with_detection(cfg.model) != cfg.model or saved.model_type != cfg.model_type:
                 raise ValueError(f"{self.run_dir} was trained with another model config; resume without model options "
                                  "(the detection search's may change) or start a new run")
             cfg = SupairConfig(model=saved.model.with_detection(cfg.model), train=cfg.train, model_type=saved.model_type)
+            self._saved_cfg = saved
         cfg = cfg.assert_valid()
+        if ckpt is not None and self.is_main:
+            check_config_json(self.run_dir / CONFIG, ckpt["config"], cfg)
         if self.dist is not None:
             self.dist.per_process_batch(cfg.train.batch_size)  # ValueError unless it divides
         return cfg
@@ -120,9 +174,11 @@ class Trainer:
             keep_freed_memory()  # a step's temporaries reuse mapped pages: 0.95x SuPAIR's step, 0.94x AIR's (supair.runtime)
         torch.manual_seed(self.cfg.train.seed)
 
-    def _build_model_and_optimizer(self) -> None:
+    def _build_model_and_optimizer(self, ckpt: dict[str, Any] | None = None) -> None:
         cfg, device = self.cfg, self.device
-        self.model = build_model(cfg).to(device)
+        # a resumed run's model is built within a budget set by its checkpoint's tensors
+        model = build_model(cfg) if ckpt is None else build_stored_model(cfg, ckpt, self.run_dir / "checkpoint.pt")
+        self.model = model.to(device)
         groups = getattr(self.model, "param_groups", None)  # a model may set per-group rates (AIR's baseline)
         params = groups(cfg.train.learning_rate) if callable(groups) else self.model.parameters()
         # fused: one kernel over all parameters (2.3 against 6.0 ms a step for SuPAIR's 3.2M parameters, one thread)
@@ -138,11 +194,11 @@ class Trainer:
             g["lr"] = base  # the schedule sets each step's rate from the budget used
         self.step = int(ckpt["step"])
         self.clock = _Clock(float(ckpt["train_seconds"]), float(ckpt["cpu_seconds"]))
-        self.batch_gen.set_state(ckpt["batch_rng"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        if self.is_main:
-            self._truncate_metrics(self.step)
-        self.log(f"resumed {self.run_dir} at step {self.step}")
+        try:
+            self.batch_gen.set_state(ckpt["batch_rng"])
+            torch.set_rng_state(ckpt["torch_rng"])
+        except RuntimeError as err:
+            raise ValueError(f"{self.run_dir / 'checkpoint.pt'} is damaged: a random generator state does not fit ({err})") from None
 
     def _load_data(self) -> None:
         """Training and held-out scenes (rank 0 first under torchrun: it builds the cache), and the loss."""
@@ -155,6 +211,50 @@ class Trainer:
         # the loss: model.loss, or under torchrun this process's shard of it through DDP
         self._loss = self.model.loss if self.dist is None else self.dist.wrap(self.model)
 
+    def _finished(self) -> bool:
+        """Whether the resumed run has spent its budget and recorded its final evaluation (the same answer in every process)."""
+        return self._spent() and self._last_metrics_step() == self.step
+
+    def _prepare_folder(self, ckpt: dict[str, Any] | None, overwrite: bool) -> None:
+        """Lock the folder (a new run's), remove what killed writers left, and write the run's first files."""
+        if not self.is_main:
+            return
+        if ckpt is None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._lock = RunLock(self.run_dir)
+            check_new_run(self.run_dir, overwrite)  # again, holding the lock: nobody started a run here meanwhile
+            remove_run_temporaries(self.run_dir)
+            if overwrite:
+                clear_run_files(self.run_dir)
+        else:
+            remove_run_temporaries(self.run_dir)
+            self._truncate_metrics(self.step)
+            if self.cfg != self._saved_cfg:
+                self.checkpoint()  # the same state with the new settings: config.json and checkpoint agree
+            self.log(f"resumed {self.run_dir} at step {self.step}")
+        text = self.cfg.to_json()
+        path = self.run_dir / CONFIG
+        if not path.exists() or path.read_text() != text:
+            atomic_write(path, text.encode())
+
+    def _last_metrics_step(self) -> int | None:
+        rows = self._metrics_rows()
+        return rows[-1][0] if rows else None
+
+    def _metrics_rows(self) -> list[tuple[int, str]]:
+        """``(step, line)`` of each complete row of metrics.jsonl (a line cut by a kill is skipped)."""
+        if not self.metrics_path.exists():
+            return []
+        rows = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                step = json.loads(line)["step"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+            if isinstance(step, int):
+                rows.append((step, line))
+        return rows
+
     def _check_data(self, data: SceneSet) -> None:
         m = self.cfg.model
         shape = tuple(data.images.shape[1:])
@@ -166,24 +266,17 @@ class Trainer:
         return self.run_dir / "metrics.jsonl"
 
     def _truncate_metrics(self, step: int) -> None:
-        """Drop metric rows written after the checkpoint (a run killed between evaluation and checkpoint)."""
+        """Drop metric rows written after the checkpoint (a run killed between evaluation and checkpoint), and cut lines."""
         if not self.metrics_path.exists():
             return
-        rows = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
-        keep = []
-        for line in rows:
-            try:
-                if json.loads(line)["step"] <= step:
-                    keep.append(line)
-            except (json.JSONDecodeError, KeyError):
-                continue  # a line cut by a kill
-        atomic_write(self.metrics_path, "".join(r + "\n" for r in keep).encode())
+        text = "".join(line + "\n" for s, line in self._metrics_rows() if s <= step)
+        if text != self.metrics_path.read_text():
+            atomic_write(self.metrics_path, text.encode())
 
     def checkpoint(self) -> None:
         if not self.is_main:
             return
         save_checkpoint(self.run_dir / "checkpoint.pt", {
-            "format": CHECKPOINT_FORMAT,
             "config": self.cfg.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -248,15 +341,21 @@ class Trainer:
         for g, base in zip(self.optimizer.param_groups, self._base_lrs):
             g["lr"] = base * factor
 
-    def _done(self) -> bool:
+    def _spent(self) -> bool:
+        """Whether this process's step counter or clocks have reached the budget."""
         t = self.cfg.train
         if t.steps is not None and self.step >= t.steps:
             return True
         out_of_time = t.minutes is not None and self.clock.wall >= 60 * t.minutes
-        out_of_time = out_of_time or (t.cpu_minutes is not None and self.clock.cpu >= 60 * t.cpu_minutes)
+        return out_of_time or (t.cpu_minutes is not None and self.clock.cpu >= 60 * t.cpu_minutes)
+
+    def _done(self) -> bool:
+        t = self.cfg.train
+        if t.steps is not None and self.step >= t.steps:
+            return True
         if self.dist is not None and (t.minutes is not None or t.cpu_minutes is not None):
-            return self.dist.agree(out_of_time)  # the processes' clocks differ: rank 0's decides for all
-        return out_of_time
+            return self.dist.agree(self._spent())  # the processes' clocks differ: rank 0's decides for all
+        return self._spent()
 
     def _eval_due(self) -> bool:
         """Every ``eval_every`` steps, or each time the CPU clock passes a multiple of ``eval_cpu_seconds``."""
@@ -269,7 +368,25 @@ class Trainer:
         return due if self.dist is None else self.dist.agree(due)  # evaluation is collective: rank 0's clock decides
 
     def run(self) -> list[dict]:
-        """Train until the step or time budget; returns the evaluations of this call."""
+        """Train until the step or time budget; returns the evaluations of this call (none for a finished run).
+
+        The run folder's lock is released when it returns or raises.
+        """
+        try:
+            if self.finished:
+                self.log(f"{self.run_dir} has already finished: step {self.step}, {self._budget_text()}; nothing to do "
+                         "(give a larger --steps, --minutes or --cpu-minutes to continue)")
+                return []
+            return self._train()
+        finally:
+            self.close()
+
+    def _budget_text(self) -> str:
+        t = self.cfg.train
+        parts = [f"{v} {unit}" for v, unit in ((t.steps, "steps"), (t.minutes, "minutes"), (t.cpu_minutes, "CPU minutes")) if v is not None]
+        return "budget " + (" or ".join(parts) if parts else "none")
+
+    def _train(self) -> list[dict]:
         from tqdm.auto import tqdm
 
         t = self.cfg.train

@@ -234,3 +234,55 @@ def test_atomic_write_replaces_whole_files_only(tmp_path):
         atomic_write(path, half)
     assert path.read_bytes() == b"second"
     assert [p.name for p in path.parent.iterdir()] == ["f.txt"]
+
+
+def test_folders_are_refused_by_save_and_load(tmp_path):
+    with pytest.raises(ValueError, match="is a folder; give a file path"):
+        _spn().save(tmp_path)
+    with pytest.raises(ValueError, match="is a folder, not a spnkit file"):
+        spnkit.load(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("key", ["num_sums", "num_leaves", "num_classes"])
+def test_a_small_file_cannot_ask_for_a_huge_circuit(saved, tmp_path, key):
+    """A file of a few kB whose spn.json asks for 10 million sums per region is refused before anything large is allocated."""
+    _, path = saved
+    _rewrite(path, tmp_path / "huge.spn", {key: 10_000_000})
+    assert (tmp_path / "huge.spn").stat().st_size < 10_000  # a few kB
+    with pytest.raises(ValueError, match="far larger than the parameters it holds"):  # not the allocator's RuntimeError
+        spnkit.load(tmp_path / "huge.spn")
+
+
+def test_num_vars_is_bounded_by_the_regions(saved, tmp_path):
+    _, path = saved
+    with zipfile.ZipFile(path) as zf:
+        graph = json.loads(zf.read("spn.json"))["region_graph"]
+    _rewrite(path, tmp_path / "vars.spn", {"region_graph": dict(graph, num_vars=10**12)})
+    with pytest.raises(ValueError, match="num_vars is 1000000000000 but no region has more than 6"):
+        spnkit.load(tmp_path / "vars.spn")
+
+
+@pytest.mark.parametrize(
+    "update, match",
+    [
+        ({"num_sums": 3.7}, "num_sums must be an integer, got 3.7"),
+        ({"num_leaves": "2"}, "num_leaves must be an integer"),
+        ({"num_classes": True}, "num_classes must be an integer"),
+        ({"dtype": 32}, "dtype must be one of"),
+        ({"leaf": {"family": "Normal", "fields": {"min_var": "0.1"}}}, "leaf.fields.min_var must be a finite number"),
+        ({"leaf": {"family": "Normal", "fields": {"loc_range": [0.0]}}}, "leaf.fields.loc_range must be a list of 2 values"),
+        ({"leaf": {"family": "Normal", "fields": {"scale": 1.0}}}, "leaf Normal has no field scale"),
+        ({"leaf": {"family": 3, "fields": {}}}, "leaf.family must be a string"),
+        ({"leaf": "Normal"}, "leaf must be an object"),
+        ({"region_graph": {"num_vars": 6, "regions": [[0.5]], "partitions": [], "image_shape": None}}, r"regions\[0\] must be a list of integers"),
+        ({"region_graph": {"num_vars": "6", "regions": [], "partitions": [], "image_shape": None}}, "num_vars must be an integer"),
+        ({"region_graph": {"num_vars": 6, "regions": [[0]], "partitions": [[0, 1]], "image_shape": None}}, "partitions.0. children"),
+        ({"region_graph": {"num_vars": 6, "regions": [[0]], "partitions": [], "image_shape": "2x3"}}, "image_shape must be a list"),
+    ],
+)
+def test_wrongly_typed_fields_are_named(saved, tmp_path, update, match):
+    _, path = saved
+    _rewrite(path, tmp_path / "typed.spn", update)
+    with pytest.raises(ValueError, match=match):
+        spnkit.load(tmp_path / "typed.spn")

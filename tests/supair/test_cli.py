@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from supair.cli import main
-from supair.checkpoint import load_checkpoint
+from supair.checkpoint import load_checkpoint, save_checkpoint
 
 TINY = [
     "--set", "model.scene_size=12", "--set", "model.glimpse_size=6", "--set", "model.max_steps=2",
@@ -65,11 +65,16 @@ def test_learning_rate_decays_over_the_budget_and_resumes_on_schedule(tmp_path: 
     ckpt = load_checkpoint(run)
     assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 1 / 2))))
     cfg = SupairConfig.from_dict(ckpt["config"])
-    trainer = Trainer(cfg, run, resume=True, progress=False, log=lambda m: None)  # the budget of the first call: 2 steps
-    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)  # reset to the base, then set by the schedule
-    assert trainer.budget_used() == 1.0
-    trainer._set_learning_rate()
-    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+    with Trainer(cfg, run, resume=True, progress=False, log=lambda m: None) as trainer:  # the budget of the first call: 2 steps
+        assert trainer.finished and trainer.run() == []
+    with Trainer(cfg.replace(**{"train.steps": 4}), run, resume=True, progress=False, log=lambda m: None) as trainer:
+        assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)  # reset to the base, then set by the schedule
+        assert trainer.budget_used() == 0.5
+        trainer._set_learning_rate()
+        assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2))))
+        trainer.step = 4
+        trainer._set_learning_rate()
+        assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
     assert main(["train", "--data", str(scenes), "--out", str(tmp_path / "bad"), *TINY, "--set", "train.lr_decay_to=0"]) != 0
 
 
@@ -135,8 +140,10 @@ def test_checkpoint_of_another_config_is_refused(tmp_path: Path, scenes: Path, c
     run = _train(tmp_path, scenes, "--steps", "2")
     ckpt = load_checkpoint(run)
     ckpt["config"]["model"]["object_spn"]["num_leaves"] = 5
-    torch.save(ckpt, tmp_path / "other.pt")
-    assert main(["detect", str(tmp_path / "other.pt"), str(scenes)]) == 2
+    save_checkpoint(tmp_path / "other.pt", ckpt)  # a consistent file whose config does not match its tensors
+    image = tmp_path / "scene.png"
+    Image.fromarray(np.zeros((12, 12), dtype=np.uint8)).save(image)
+    assert main(["detect", str(tmp_path / "other.pt"), str(image)]) == 2
     assert "does not fit" in capsys.readouterr().err
 
 
@@ -181,3 +188,61 @@ def test_multi_mnist_defaults_apply_and_flags_override_them() -> None:
     own = config_from_args(build_parser().parse_args(["train", "--data", "scenes.npz"]))  # a user's images: the original's settings
     assert own.train.batch_size == 256 and own.model.prior.count_rate_start is None
     assert own.model.prior.overlap_rate == 120.0 and own.train.lr_decay_to == 1.0
+
+
+def test_detect_names_drawings_of_same_named_images_apart(tmp_path: Path, scenes: Path, capsys) -> None:
+    run = _train(tmp_path, scenes, "--steps", "2")
+    img = np.zeros((24, 24), dtype=np.uint8)
+    img[4:14, 4:14] = 230
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(img if folder == "a" else img[::-1]).save(tmp_path / folder / "x.png")
+    capsys.readouterr()
+    args = ["detect", str(run), str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.png"), "--out", str(tmp_path / "boxes")]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    drawings = [Path(entry["drawing"]) for entry in out]
+    assert drawings[0] != drawings[1] and all(d.is_file() and d.name.startswith("x-") for d in drawings)
+    assert sorted(p.name for p in (tmp_path / "boxes").iterdir()) == sorted(d.name for d in drawings)
+    assert main(args) == 0  # the same images: the same drawings, replaced
+    assert [Path(e["drawing"]) for e in json.loads(capsys.readouterr().out)] == drawings
+    assert len(list((tmp_path / "boxes").iterdir())) == 2
+
+
+def test_detect_reads_16_bit_images_by_their_depth(tmp_path: Path, scenes: Path, capsys) -> None:
+    run = _train(tmp_path, scenes, "--steps", "2")
+    img = np.zeros((12, 12), dtype=np.uint8)
+    img[3:8, 2:7] = 230
+    Image.fromarray(img).save(tmp_path / "eight.png")
+    Image.fromarray(img.astype(np.uint16) * 257).save(tmp_path / "sixteen.png")
+    capsys.readouterr()
+    assert main(["detect", str(run), str(tmp_path / "eight.png"), str(tmp_path / "sixteen.png")]) == 0
+    eight, sixteen = json.loads(capsys.readouterr().out)
+    assert (eight["count"], eight["boxes"], eight["presence"]) == (sixteen["count"], sixteen["boxes"], sixteen["presence"])
+
+
+def test_a_diverged_model_is_not_written_over_the_last_checkpoint(tmp_path: Path, scenes: Path) -> None:
+    from supair.config import SupairConfig
+    from supair.train import Trainer
+
+    run = _train(tmp_path, scenes, "--steps", "2")
+    cfg = SupairConfig.from_dict(load_checkpoint(run)["config"]).replace(**{"train.steps": 4})
+    with Trainer(cfg, run, resume=True, progress=False, log=lambda m: None) as trainer:
+        before = (run / "checkpoint.pt").read_bytes()  # the new budget is recorded at the start
+        with torch.no_grad():
+            next(trainer.model.parameters()).fill_(float("nan"))
+        with pytest.raises(ValueError, match="NaN or infinite.*the previous checkpoint is kept"):
+            trainer.checkpoint()
+    assert (run / "checkpoint.pt").read_bytes() == before
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_show_writes_its_figure_atomically_where_asked(tmp_path: Path, scenes: Path, capsys) -> None:
+    run = _train(tmp_path, scenes, "--steps", "2")
+    target = tmp_path / "figures" / "fig.png"
+    capsys.readouterr()
+    assert main(["show", str(run / "checkpoint.pt"), "--num-images", "2", "--out", str(target)]) == 0
+    assert capsys.readouterr().out.strip() == str(target)
+    with Image.open(target) as im:
+        assert im.format == "PNG"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["fig.png"]

@@ -37,12 +37,10 @@ import torch
 import torch.nn.functional as F
 from spnkit.datasets import load_mnist
 
+from ..names import DATASETS
 from .scenes import LUMA, MAX_SCENE_SIZE, SceneSet
 
 __all__ = ["DATASETS", "SPLITS", "CHUNK_SIZE", "FORMAT_VERSION", "GRID_LEVEL", "generate_dataset", "validate_request", "mnist_digits"]
-
-DATASETS: tuple[str, ...] = ("multi-mnist", "sprites", "noisy-mnist", "grid-mnist")
-"""Names accepted by :func:`generate_dataset`."""
 
 SPLITS: tuple[str, ...] = ("train", "test", "valid")
 """Splits accepted by :func:`generate_dataset` (``"valid"`` uses MNIST's validation digits)."""

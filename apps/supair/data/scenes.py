@@ -17,13 +17,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from ..images import LUMA
+from ..names import MAX_SCENE_SIZE
+
 __all__ = ["SceneSet", "Index", "Log", "LUMA", "MAX_SCENE_SIZE"]
 
-LUMA = np.array([0.299, 0.587, 0.114])
-"""ITU-R 601 luma weights of R, G, B."""
-
-MAX_SCENE_SIZE = 1024
-"""Largest side length of a scene."""
 
 Index = torch.Tensor | slice | int | Sequence[int] | np.ndarray
 Log = Callable[[str], Any]

@@ -9,11 +9,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .scenes import LUMA, MAX_SCENE_SIZE, Log, SceneSet
+from ..images import IMAGE_SUFFIXES, LUMA, check_image_folder, decode_image
+from .scenes import MAX_SCENE_SIZE, Log, SceneSet
 
 __all__ = ["load_user_images", "IMAGE_SUFFIXES"]
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def _convert_channels(images: np.ndarray, channels: int, source: str) -> np.ndarray:
@@ -37,28 +36,8 @@ def _convert_channels(images: np.ndarray, channels: int, source: str) -> np.ndar
 
 
 def _read_folder(folder: Path, channels: int) -> list[np.ndarray]:
-    from PIL import Image, UnidentifiedImageError
-
-    files = sorted(
-        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    )
-    if not files:
-        raise ValueError(
-            f"{folder} contains no images; expected PNG or JPEG files (*.png, *.jpg, *.jpeg)"
-        )
-    mode = "L" if channels == 1 else "RGB"
-    out = []
-    for p in files:
-        try:
-            with Image.open(p) as img:
-                img.load()
-                arr = np.asarray(img.convert(mode), dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise ValueError(
-                f"cannot read image file {p}: it is unreadable or corrupt ({e})"
-            ) from e
-        out.append(arr.reshape(arr.shape[0], arr.shape[1], channels))
-    return out
+    """Every image of ``folder`` (headers first: a file too large or not an image is named before any decoding)."""
+    return [decode_image(p, channels) for p in check_image_folder(folder)]
 
 
 def _images_from_array(raw: np.ndarray, source: str) -> np.ndarray:
@@ -240,7 +219,8 @@ def load_user_images(
     """Load the user's own scenes from a folder of images or an ``.npz`` file.
 
     A folder is read in file-name order (``*.png``, ``*.jpg``, ``*.jpeg``; other files are
-    ignored). An ``.npz`` must hold ``images`` ``(N, H, W)`` or ``(N, H, W, C)`` (uint8, or float
+    ignored), each image scaled by its bit depth and composited onto black where it is
+    transparent (:func:`supair.images.decode_image`). An ``.npz`` must hold ``images`` ``(N, H, W)`` or ``(N, H, W, C)`` (uint8, or float
     in [0, 1]) and may hold ``counts`` ``(N,)`` and ``boxes`` ``(N, M, 4)`` (pixel coordinates
     ``x0, y0, x1, y1``; rows at or beyond a scene's count are set to zero). Images that are not
     ``scene_size x scene_size`` are resized (bilinear; boxes are scaled along), with one message
