@@ -253,10 +253,10 @@ def build_spflow_pair(case: Case, seed: int = 0):
             vars_ = idx[row, :n]
             sp_leaf.loc[vars_, :, q] = params["loc"][row, :n]
             sp_leaf.log_scale[vars_, :, q] = 0.5 * torch.log(var[row, :n])
-        for lv in spn._levels:
+        for lv in spn.levels:
             for pos, pj in enumerate(lv.partitions):
                 h, i, q = part_of[pj]
-                sp_sums[h - 1].logits[i, :, :, q] = lv.sums.logits[pos]
+                sp_sums[h - 1].logits[i, :, :, q] = lv.product.logits[pos]
             if lv.mixing is not None:
                 for slot, pos in enumerate(lv.mixing.table[0].tolist()):
                     _, _, q = part_of[lv.partitions[pos]]
@@ -340,9 +340,9 @@ def work(spn: spnkit.SPN, query: str, batch: int) -> float:
     leaf_masked = 2.0 * B * S * scope_total * K
     leaf = 2.0 * B * observed_stats * scope_total * K
     layers = 0.0
-    for lv in spn._levels:
-        P, kin, kout = lv.sums.num_partitions, lv.sums.k_in, lv.sums.k_out
-        ij = P * kin * kin if lv.sums.valid is None else int(lv.sums.valid.sum())
+    for lv in spn.levels:
+        P, kin, kout = lv.product.num_partitions, lv.product.k_in, lv.product.k_out
+        ij = P * kin * kin if lv.product.valid is None else int(lv.product.valid.sum())
         layers += 2.0 * B * ij * kout + B * ij
         if lv.mixing is not None:
             layers += 2.0 * B * int(lv.mixing.valid.sum()) * kout
@@ -402,26 +402,10 @@ def _inputs(case: Case, dtype: torch.dtype, seed: int = 1) -> tuple[torch.Tensor
 
 
 def _spnkit_em_step() -> tuple[Callable, str]:
-    """The EM step to time: ``spnkit.learn`` when present, else the E-step's forward + backward."""
-    try:
-        from spnkit.learn import expected_counts, m_step
+    """The EM step to time: ``spnkit.learn``'s E-step (one forward and backward pass) and M-step."""
+    from spnkit.learn import expected_counts, m_step
 
-        return (lambda spn, x: m_step(spn, expected_counts(spn, x))), "spnkit.learn expected_counts + m_step"
-    except Exception:  # spnkit.learn not available: the same gradient computation by hand
-
-        def e_step(spn, x):
-            xp, m = spn._prepare(x, None)
-            with torch.no_grad():
-                params = {"eta": spn.leaf_layer.natural()}
-                for i, lv in enumerate(spn._levels):
-                    params[f"sums.{i}"] = lv.sums.log_weights()
-                    if lv.mixing is not None:
-                        params[f"mix.{i}"] = lv.mixing.log_weights()
-            params = {k: v.detach().requires_grad_() for k, v in params.items()}
-            root = spn._upward(*spn._to_leaf_input(xp, m), "sum", params).root
-            torch.autograd.grad(root.sum(), list(params.values()))
-
-        return e_step, "forward + backward w.r.t. normalized parameters (spnkit.learn not found)"
+    return (lambda spn, x: m_step(spn, expected_counts(spn, x))), "spnkit.learn expected_counts + m_step"
 
 
 def spnkit_query(spn: spnkit.SPN, query: str, x: torch.Tensor, mask: torch.Tensor) -> Callable[[], object]:

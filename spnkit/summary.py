@@ -204,7 +204,7 @@ def summary(spn: "SPN", batch_size: int = 1) -> Summary:
     top = spn.levels[-1].height
     if spn.root_sum is not None:
         r = spn.root_sum
-        rows.append(SummaryRow("RootSum", top, 1, 0, f"{r.k_in} -> {r.k_out}", (1, B, r.k_out),
+        rows.append(SummaryRow("CPLayer[root sums]", top, 1, 0, f"{r.k_in} -> {r.k_out}", (1, B, r.k_out),
                                int(effective_parameter_counts(r).sum()), r.logits.numel()))
     covered = {id(p) for layer in spn.layers for p in layer.parameters()}
     other = [p for p in spn.parameters() if id(p) not in covered]

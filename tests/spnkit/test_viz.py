@@ -345,18 +345,21 @@ def test_summary_padding_is_excluded(make):
     assert "padding" in str(s)
 
 
+@pytest.mark.parametrize("layer", ["tucker", "cp"])
 @pytest.mark.parametrize("batch", [1, 5])
-def test_summary_output_shapes_match_layers(batch):
-    spn = spnkit.SPN(spnkit.RegionGraph.poon_domingos(4, 4, delta=2), spnkit.Normal(), num_sums=3, num_leaves=2, num_classes=2)
+def test_summary_output_shapes_match_layers(batch, layer):
+    spn = spnkit.SPN(spnkit.RegionGraph.poon_domingos(4, 4, delta=2), spnkit.Normal(), num_sums=3, num_leaves=2, num_classes=2, layer=layer)
     s = spn.summary(batch_size=batch)
     x = torch.rand(batch, 16)
-    x_t, w_t = spn._to_leaf_input(x, torch.zeros_like(x))
-    shapes = [tuple(spn.leaf_layer(x_t, w_t).shape)]
-    trace = spn._upward(x_t, w_t)
-    for lv, part in zip(spn._levels, trace.parts):
+    ev = spn.prepare(x)
+    shapes = [tuple(spn.leaf_layer(*ev.leaf_input()).shape)]
+    trace = spn.upward(ev)
+    for lv, part in zip(spn.levels, trace.parts):
         shapes.append(tuple(part.shape))
         if lv.mixing is not None:
             shapes.append(tuple(lv.mixing(part).shape))
+    if spn.root_sum is not None:
+        shapes.append((1, batch, spn.num_classes))
     assert [r.output_shape for r in s.rows] == shapes
     assert [r.name.split("[")[0] for r in s.rows] == [type(m).__name__ for m in spn.layers]
 
