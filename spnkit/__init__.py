@@ -10,6 +10,7 @@ Mask polarity, everywhere in spnkit: True (or 1.0) = unobserved, integrated out.
 from .circuit import SPN
 from .io import load
 from .learn import fit
+from .models import hclt, learn_spn
 from .leaves import Bernoulli, Categorical, Leaf, Normal
 from .region_graph import InvalidStructureError, Partition, RegionGraph
 from .viz import draw
@@ -26,6 +27,8 @@ __all__ = [
     "draw",
     "fit",
     "load",
+    "hclt",
+    "learn_spn",
 ]
 
 __version__ = "0.1.0"

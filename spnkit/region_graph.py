@@ -336,13 +336,39 @@ class RegionGraph:
         return builder.build()
 
     @classmethod
-    def quad_tree(cls, height: int, width: int, channels: int = 1, depth: int | None = None) -> "RegionGraph":
-        """Quad-tree structure over an image, with binary products.
+    def quad_tree(cls, height: int, width: int, channels: int = 1, depth: int | None = None, arity: int = 2) -> "RegionGraph":
+        """Quad-tree structure over an image.
 
-        Each rectangle is cut into four quadrants. A quad split is expressed as
-        two binary partitions (top/bottom halves, then left/right of each half),
-        so every product has two children. Splitting stops at single pixels or
-        after ``depth`` quad levels.
+        Each rectangle is cut into four quadrants (two halves where one side is
+        a single pixel), recursively, down to single pixels or for ``depth``
+        quad levels. ``arity=4``: one partition into the (up to) four
+        quadrants, for layers with n-ary products (``layer="cp"``).
+        ``arity=2``: the quad split is expressed as two binary partitions (top
+        and bottom halves, then left and right of each half), so every product
+        has two children (any layer kind).
+        """
+        _check_int("height", height, 1)
+        _check_int("width", width, 1)
+        _check_int("channels", channels, 1)
+        if depth is not None:
+            _check_int("depth", depth, 1)
+        if arity not in (2, 4):
+            raise ValueError(f"arity must be 2 or 4, got {arity!r}")
+        if height * width < 2:
+            raise ValueError("a quad tree needs an image of at least 2 pixels")
+        builder = _RectBuilder(height, width, channels)
+        _quad_split(builder, (0, height, 0, width), 0, depth, "binary" if arity == 2 else "quad")
+        return builder.build()
+
+    @classmethod
+    def quad_graph(cls, height: int, width: int, channels: int = 1, depth: int | None = None) -> "RegionGraph":
+        """Quad-graph structure over an image (as cirkit's QuadGraph): a DAG of rectangles.
+
+        Each rectangle has two partitions: into its top and bottom halves, and
+        into its left and right halves; each half is a region with one
+        partition into its two quadrants, which are shared by both splits and
+        recurse. Rectangles one pixel high or wide are halved once. Splitting
+        stops at single pixels or after ``depth`` quad levels.
         """
         _check_int("height", height, 1)
         _check_int("width", width, 1)
@@ -350,35 +376,25 @@ class RegionGraph:
         if depth is not None:
             _check_int("depth", depth, 1)
         if height * width < 2:
-            raise ValueError("a quad tree needs an image of at least 2 pixels")
+            raise ValueError("a quad graph needs an image of at least 2 pixels")
         builder = _RectBuilder(height, width, channels)
-
-        def halve(rect, level):
-            r0, r1, c0, c1 = rect
-            if depth is not None and level >= depth:
-                return
-            if r1 - r0 < 2 and c1 - c0 < 2:
-                return
-            idx = builder.region(*rect)
-            if r1 - r0 >= 2:
-                rm = (r0 + r1) // 2
-                halves = [(r0, rm, c0, c1), (rm, r1, c0, c1)]
-                builder.split(idx, halves)
-            else:
-                halves = [rect]
-            for half in halves:
-                h0, h1, g0, g1 = half
-                if g1 - g0 >= 2:
-                    cm = (g0 + g1) // 2
-                    quads = [(h0, h1, g0, cm), (h0, h1, cm, g1)]
-                    builder.split(builder.region(*half), quads)
-                else:
-                    quads = [half] if half != rect else []
-                for q in quads:
-                    halve(q, level + 1)
-
-        halve((0, height, 0, width), 0)
+        _quad_split(builder, (0, height, 0, width), 0, depth, "graph")
         return builder.build()
+
+    @classmethod
+    def chow_liu(cls, data: object, marginalized: object = None, **kwargs: object) -> "RegionGraph":
+        """The hidden Chow-Liu tree structure of ``data``: see :func:`spnkit.structure.chow_liu_region_graph`.
+
+        One leaf region per variable and, for each variable with children in the
+        Chow-Liu tree (the maximum spanning tree of the pairwise mutual
+        information), a region over its subtree partitioned into the variable's
+        leaf region and its children's subtrees. ``tree_edges`` holds the tree.
+        Compile it with ``layer="cp"`` (partitions of any arity); with
+        ``project_leaves=False`` it is an HCLT (:func:`spnkit.hclt`).
+        """
+        from .structure import chow_liu_region_graph  # noqa: PLC0415 (spnkit.structure builds on this module)
+
+        return chow_liu_region_graph(data, marginalized, **kwargs)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         return (
@@ -416,6 +432,41 @@ class _RectBuilder:
         pix = np.arange(h * w * c).reshape(h, w, c)
         scopes = tuple(tuple(int(v) for v in np.sort(pix[r0:r1, c0:c1].ravel())) for r0, r1, c0, c1 in self.rects)
         return RegionGraph(h * w * c, scopes, tuple(self.partitions), (h, w, c))
+
+
+Rect = tuple[int, int, int, int]  # (row0, row1, col0, col1), half-open
+
+
+def _quad_split(builder: "_RectBuilder", rect: Rect, level: int, depth: int | None, mode: str) -> None:
+    """Split ``rect`` into quadrants, recursively, depth first (modes "binary", "quad", "graph"; see the builders)."""
+    r0, r1, c0, c1 = rect
+    if (depth is not None and level >= depth) or (r1 - r0 < 2 and c1 - c0 < 2):
+        return
+    idx = builder.region(r0, r1, c0, c1)
+    rows = [(r0, (r0 + r1) // 2), ((r0 + r1) // 2, r1)] if r1 - r0 >= 2 else [(r0, r1)]
+    cols = [(c0, (c0 + c1) // 2), ((c0 + c1) // 2, c1)] if c1 - c0 >= 2 else [(c0, c1)]
+    quads = [(a, b, c, d) for a, b in rows for c, d in cols]  # row-major: top-left, top-right, bottom-left, bottom-right
+    if mode == "binary" and len(rows) == 2:  # top and bottom halves, then left and right of each, each half in turn
+        halves = [(a, b, c0, c1) for a, b in rows]
+        builder.split(idx, halves)
+        for i, half in enumerate(halves):
+            pair = quads[len(cols) * i : len(cols) * (i + 1)]
+            if len(pair) == 2:
+                builder.split(builder.region(*half), pair)
+            for q in pair:
+                _quad_split(builder, q, level + 1, depth, mode)
+        return
+    if len(quads) == 2 or mode != "graph":
+        builder.split(idx, quads)
+    else:  # graph: both halvings, each half split into its two quadrants
+        top, bottom = (r0, rows[0][1], c0, c1), (rows[1][0], r1, c0, c1)
+        left, right = (r0, r1, c0, cols[0][1]), (r0, r1, cols[1][0], c1)
+        builder.split(idx, [top, bottom])
+        builder.split(idx, [left, right])
+        for half, pair in ((top, quads[0:2]), (bottom, quads[2:4]), (left, quads[0::2]), (right, quads[1::2])):
+            builder.split(builder.region(*half), pair)
+    for q in quads:
+        _quad_split(builder, q, level + 1, depth, mode)
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:

@@ -149,8 +149,10 @@ def e_step(spn: SPN, evidence: Evidence, labels: Tensor | None) -> tuple[Counts,
         if not bool(torch.isfinite(ll).all()):
             raise ValueError("a sample has zero likelihood (log-likelihood -inf or NaN); EM needs every sample to have positive density")
         total = ll.sum()
-        grads = torch.autograd.grad(total, [eta, *log_w])
-    return Counts(list(grads[1:]), grads[0], total.detach(), evidence.num_samples), root.detach()
+        inputs = [eta, *log_w]
+        grads = torch.autograd.grad(total, inputs, allow_unused=True)  # a layer without weights (empty) is unused
+    counts = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads)]
+    return Counts(counts[1:], counts[0], total.detach(), evidence.num_samples), root.detach()
 
 
 @torch.no_grad()

@@ -31,8 +31,9 @@ __all__ = ["GraphSpec", "CircuitSpec", "randomize_parameters", "make_determinist
 class GraphSpec:
     """How to build one region graph: a builder name and its keyword arguments.
 
-    ``builder`` is "random", "poon_domingos", "quad_tree" (the
-    :class:`~spnkit.RegionGraph` classmethods) or "networkx": an explicit graph
+    ``builder`` is "random", "poon_domingos", "quad_tree", "quad_graph" (the
+    :class:`~spnkit.RegionGraph` classmethods), "hclt" (the hidden Chow-Liu
+    tree structure of given tree edges) or "networkx": an explicit graph
     given as ``regions`` (scopes) and ``partitions`` (``(parent, children)``
     index pairs), assembled as a :class:`networkx.DiGraph` with string node
     names and read by :meth:`RegionGraph.from_networkx`.
@@ -52,6 +53,16 @@ class GraphSpec:
     @classmethod
     def quad_tree(cls, **kwargs) -> "GraphSpec":
         return cls("quad_tree", tuple(sorted(kwargs.items())))
+
+    @classmethod
+    def quad_graph(cls, **kwargs) -> "GraphSpec":
+        return cls("quad_graph", tuple(sorted(kwargs.items())))
+
+    @classmethod
+    def hclt(cls, num_vars: int, tree_edges) -> "GraphSpec":
+        """The hidden Chow-Liu tree structure of a given tree (:func:`spnkit.structure.hclt_region_graph`)."""
+        edges = tuple((int(a), int(b)) for a, b in tree_edges)
+        return cls("hclt", (("num_vars", num_vars), ("tree_edges", edges)))
 
     @classmethod
     def explicit(cls, num_vars: int, regions, partitions) -> "GraphSpec":
@@ -78,7 +89,11 @@ class GraphSpec:
         kw = dict(self.kwargs)
         if self.builder == "networkx":
             return RegionGraph.from_networkx(self.to_networkx())
-        if self.builder not in ("random", "poon_domingos", "quad_tree"):
+        if self.builder == "hclt":
+            from ..structure import hclt_region_graph  # noqa: PLC0415 (the structure package is optional here)
+
+            return hclt_region_graph(kw["num_vars"], kw["tree_edges"])
+        if self.builder not in ("random", "poon_domingos", "quad_tree", "quad_graph"):
             raise ValueError(f"unknown builder {self.builder!r}")
         return getattr(RegionGraph, self.builder)(**kw)
 

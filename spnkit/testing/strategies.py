@@ -32,6 +32,8 @@ __all__ = [
     "random_graph_specs",
     "poon_domingos_specs",
     "quad_tree_specs",
+    "quad_graph_specs",
+    "tree_graph_specs",
     "networkx_graph_specs",
     "graph_specs",
     "leaves",
@@ -87,11 +89,31 @@ def poon_domingos_specs(draw, max_vars: int = 8) -> GraphSpec:
 
 
 @st.composite
-def quad_tree_specs(draw, max_vars: int = 8) -> GraphSpec:
-    """Quad trees over small images (channels 1-2), full or limited depth."""
+def quad_tree_specs(draw, max_vars: int = 8, binary: bool = True) -> GraphSpec:
+    """Quad trees over small images (channels 1-2), full or limited depth; 4-ary products too unless ``binary``."""
     h, w, c = _image_size(draw, max_vars)
     depth = draw(st.one_of(st.none(), st.integers(1, 2)))
+    arity = 2 if binary else draw(st.sampled_from([2, 4]))
+    if arity == 4:
+        return GraphSpec.quad_tree(height=h, width=w, channels=c, depth=depth, arity=4)
     return GraphSpec.quad_tree(height=h, width=w, channels=c, depth=depth)
+
+
+@st.composite
+def quad_graph_specs(draw, max_vars: int = 8) -> GraphSpec:
+    """Quad graphs (DAGs of rectangles with two halvings each) over small images, full or limited depth."""
+    h, w, c = _image_size(draw, max_vars)
+    depth = draw(st.one_of(st.none(), st.integers(1, 2)))
+    return GraphSpec.quad_graph(height=h, width=w, channels=c, depth=depth)
+
+
+@st.composite
+def tree_graph_specs(draw, min_vars: int = 2, max_vars: int = 8) -> GraphSpec:
+    """Hidden Chow-Liu tree structures of random trees (Pruefer-like: each variable attaches to an earlier one)."""
+    d = draw(st.integers(max(2, min_vars), max(2, max_vars)))
+    order = draw(st.permutations(range(d)))
+    edges = [(order[draw(st.integers(0, i - 1))], order[i]) for i in range(1, d)]  # directed away from order[0]
+    return GraphSpec.hclt(num_vars=d, tree_edges=edges)
 
 
 @st.composite
@@ -136,7 +158,9 @@ def graph_specs(max_vars: int = 8, binary: bool = True) -> st.SearchStrategy[Gra
     """A graph of any builder with at most ``max_vars`` variables (binary partitions by default; up to 3 children otherwise)."""
     options = [random_graph_specs(max_vars=max_vars), networkx_graph_specs(max_vars=max_vars, max_children=2 if binary else 3)]
     if max_vars >= 2:
-        options += [poon_domingos_specs(max_vars=max_vars), quad_tree_specs(max_vars=max_vars)]
+        options += [poon_domingos_specs(max_vars=max_vars), quad_tree_specs(max_vars=max_vars, binary=binary), quad_graph_specs(max_vars=max_vars)]
+    if not binary:
+        options.append(tree_graph_specs(max_vars=max_vars))
     return st.one_of(options)
 
 

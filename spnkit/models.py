@@ -1,0 +1,153 @@
+"""Circuits with learned structure: hidden Chow-Liu trees (HCLT) and LearnSPN.
+
+Both build a region graph from data (:mod:`spnkit.structure`) and compile it
+into the same layers as every other circuit.
+
+Example:
+    >>> import torch, spnkit
+    >>> x = (torch.rand(500, 8) < 0.3).long()
+    >>> spn = spnkit.hclt(x, num_latents=4, leaf=spnkit.Categorical(num_categories=2), seed=0)
+    >>> spn.layer, spn.num_sums, spn.log_prob(x[:3].double()).shape
+    ('cp', 4, torch.Size([3]))
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .circuit import SPN
+from .leaves import Leaf
+from .structure import chow_liu_region_graph, learn_spn_structure
+
+__all__ = ["hclt", "learn_spn"]
+
+
+def hclt(
+    data: Tensor | np.ndarray,
+    num_latents: int,
+    leaf: Leaf,
+    marginalized: Tensor | np.ndarray | None = None,
+    *,
+    image_shape: tuple[int, int, int] | None = None,
+    root: str | int = "center",
+    num_bins: int = 8,
+    max_rows: int | None = None,
+    discrete: bool | None = None,
+    seed: int = 0,
+) -> SPN:
+    """A hidden Chow-Liu tree (Liu & Van den Broeck, NeurIPS 2021) learned from ``data``.
+
+    The Chow-Liu tree of the data (the maximum spanning tree of the pairwise
+    mutual information, rooted at a center) gets one latent variable with
+    ``num_latents`` states per variable: a variable's ``K`` leaf distributions
+    are its latent's states, and each tree edge is a ``K x K`` sum, the
+    conditional of the child's latent given the parent's. Compiled as a CP
+    circuit whose leaves enter the products unprojected (``layer="cp"``,
+    ``project_leaves=False``); train it with :func:`spnkit.fit`.
+
+    Args:
+        data: ``(N, D)`` training data (for the tree only).
+        num_latents: ``K``, states of each latent variable.
+        leaf: the leaf family, e.g. ``spnkit.Categorical(num_categories=256)``.
+        marginalized: optional ``(N, D)`` bool mask of missing entries.
+        image_shape: ``(height, width, channels)`` of image data, for drawings.
+        root, num_bins, max_rows, discrete: see :func:`spnkit.structure.chow_liu_tree`.
+        seed: seeds the tree's data subsample (``max_rows``) and the circuit's initial parameters.
+
+    Returns:
+        the circuit, in float32.
+    """
+    if not isinstance(num_latents, int) or isinstance(num_latents, bool) or num_latents < 1:
+        raise ValueError(f"num_latents must be a positive int, got {num_latents!r}")
+    rg = chow_liu_region_graph(data, marginalized, image_shape=image_shape, root=root, discrete=discrete,
+                               num_bins=num_bins, max_rows=max_rows, seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return SPN(rg, leaf, num_sums=num_latents, num_leaves=num_latents, layer="cp", project_leaves=False)
+
+
+def learn_spn(
+    data: Tensor | np.ndarray,
+    leaf: Leaf,
+    marginalized: Tensor | np.ndarray | None = None,
+    *,
+    min_rows: int = 100,
+    threshold: float | None = None,
+    num_clusters: int = 2,
+    clustering: str = "kmeans",
+    max_depth: int | None = None,
+    discrete: bool | None = None,
+    num_bins: int = 8,
+    seed: int = 0,
+) -> SPN:
+    """A sum-product network learned by LearnSPN (Gens & Domingos, ICML 2013).
+
+    Sums come from clustering the rows, products from independence tests
+    between the variables (see :func:`spnkit.structure.learn_spn_structure`
+    for the tests, thresholds and clustering). The structure is compiled with
+    one node per region (``num_sums = num_leaves = 1``, CP layers: a
+    product's children in one product of any arity); each sum's weights are
+    its clusters' proportions and each leaf is fitted (the family's M-step) to
+    the rows of its cluster.
+
+    Args:
+        data: ``(N, D)`` data.
+        leaf: the leaf family; its parameters are fitted to the data.
+        marginalized: optional ``(N, D)`` bool mask of missing entries (ignored when fitting).
+        min_rows, threshold, num_clusters, clustering, max_depth, discrete, num_bins:
+            see :func:`spnkit.structure.learn_spn_structure`.
+        seed: seeds the structure learning (the same seed gives the same circuit).
+
+    Returns:
+        the circuit, in float64.
+    """
+    learned = learn_spn_structure(data, marginalized, discrete=discrete, min_rows=min_rows, threshold=threshold,
+                                  num_clusters=num_clusters, clustering=clustering, max_depth=max_depth,
+                                  num_bins=num_bins, seed=seed)
+    rg = learned.region_graph
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        spn = SPN(rg, leaf, num_sums=1, num_leaves=1, layer="cp").double()
+    x = torch.as_tensor(np.asarray(data)).to(torch.float64)
+    observed = torch.ones_like(x, dtype=torch.bool) if marginalized is None else ~torch.as_tensor(np.asarray(marginalized), dtype=torch.bool)
+    with torch.no_grad():
+        _set_mixing_weights(spn, learned.partition_weights)
+        _fit_leaves(spn, x, observed, learned.leaf_rows)
+    return spn
+
+
+def _set_mixing_weights(spn: SPN, weights: dict[int, np.ndarray]) -> None:
+    """Each sum's weights over its region's partitions (in ``partitions_of`` order, as the mixing tables hold them)."""
+    for lv in spn.levels:
+        if lv.mixing is None:
+            continue
+        for i, r in enumerate(lv.regions):
+            w = weights.get(r)
+            if w is not None:
+                logw = torch.log(torch.as_tensor(w, dtype=lv.mixing.logits.dtype).clamp_min(1e-12))
+                lv.mixing.logits[i, : len(w), :] = logw.unsqueeze(-1)
+
+
+def _fit_leaves(spn: SPN, x: Tensor, observed: Tensor, leaf_rows: dict[int, np.ndarray]) -> None:
+    """Fit every (univariate) leaf region's distribution to its rows: one M-step on their statistics."""
+    rg, layer = spn.region_graph, spn.leaf_layer
+    regions, rows, cols = [], [], []
+    for row, r in enumerate(rg.leaf_regions):  # construction, not a forward pass
+        v = rg.regions[r][0]
+        idx = torch.as_tensor(leaf_rows.get(r, np.zeros(0, dtype=np.int64)), dtype=torch.long)
+        if idx.numel() == 0:  # no observed row in its cluster: fit to every observed row
+            idx = torch.nonzero(observed[:, v]).squeeze(1)
+        regions.append(torch.full((idx.numel(),), row, dtype=torch.long))
+        rows.append(idx)
+        cols.append(torch.full((idx.numel(),), v, dtype=torch.long))
+    reg, rws, cls = torch.cat(regions), torch.cat(rows), torch.cat(cols)
+    keep = observed[rws, cls]
+    reg, vals = reg[keep], x[rws[keep], cls[keep]]
+    stats = spn.leaf.statistics(vals)  # (S, M)
+    total = stats.new_zeros(layer.num_regions, stats.shape[0]).index_add_(0, reg, stats.t())  # (R, S)
+    params = layer.param_dict()
+    new = spn.leaf.m_step(total.view(layer.num_regions, 1, 1, -1).to(next(iter(params.values())).dtype), params)
+    for name, value in new.items():
+        layer.params[name].copy_(value)
