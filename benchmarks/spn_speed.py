@@ -247,7 +247,7 @@ def build_spflow_pair(case: Case, seed: int = 0):
         params = spn.leaf_layer.param_dict()
         var = spn.leaf.variance(params)  # (R0, n, K)
         idx = spn.leaf_layer.var_index
-        for row, r in enumerate(rg.leaf_regions):  # setup only, not a forward pass
+        for row, r in enumerate(spn.leaf_regions):  # setup only, not a forward pass
             _, _, q = leaf_key[r]
             n = len(rg.regions[r])
             vars_ = idx[row, :n]

@@ -132,6 +132,8 @@ class SPN(nn.Module):
         self.mixing_layers = nn.ModuleList([lv.mixing for lv in compiled.levels if lv.mixing is not None])
         self.root_sum = compiled.root_sum
         self._levels = tuple(compiled.levels)
+        self._leaf_regions = compiled.leaf_regions
+        self._chunks = compiled.chunks
         self._row = compiled.row
         self.num_rows = compiled.num_rows
         self.k_max = compiled.k_max
@@ -141,6 +143,11 @@ class SPN(nn.Module):
     def levels(self) -> tuple[Level, ...]:
         """The compiled heights bottom-up: regions, partitions and layers of each (read-only)."""
         return self._levels
+
+    @property
+    def leaf_regions(self) -> tuple[int, ...]:
+        """The region of each row of the leaf layer (its parameters ``(R0, n, K)`` and ``var_index`` follow this order)."""
+        return self._leaf_regions
 
     def row_of(self, region: int) -> int:
         """The buffer row of a region's vector (see :mod:`spnkit.layers`)."""
@@ -214,7 +221,8 @@ class SPN(nn.Module):
             leaf = self.leaf_layer(x, w, None if params is None else params.leaf_natural, finite=evidence.finite)  # (R0, B, K_leaf)
         else:
             leaf = self.leaf_layer.forward_max(x, w)
-        blocks = [self._pad_t(leaf)]  # batch-fastest (rows, K_max, B) each
+        blocks: list[Tensor] = []  # batch-fastest (rows, K_max, B) chunks of the blocks
+        self._add_block(blocks, self._pad_t(leaf), 0)
         parts: list[Tensor] = []
         out = leaf
         keep_top = self.root_sum is not None
@@ -231,13 +239,21 @@ class SPN(nn.Module):
             else:
                 out = lv.mixing.forward_max(part)
             if i + 1 < len(self._levels) or keep_top:
-                blocks.append(self._pad_t(out))
+                self._add_block(blocks, self._pad_t(out), i + 1)
         if self.root_sum is not None:
             if mode == "sum":
                 out = self.root_sum(blocks, None if weights is None else next(weights))  # (1, B, C)
             else:
                 out = self.root_sum.forward_max(blocks)
         return Trace(blocks=tuple(blocks), parts=tuple(parts), root=out[0])
+
+    def _add_block(self, blocks: list[Tensor], block: Tensor, index: int) -> None:
+        """Append block ``index`` (``(rows, K_max, B)``) to ``blocks`` as its chunks (views; one per reading layer)."""
+        sizes = self._chunks[index]
+        if len(sizes) == 1:
+            blocks.append(block)
+        else:
+            blocks.extend(torch.split(block, sizes))
 
     def _pad_t(self, v: Tensor) -> Tensor:
         """Region vectors ``(R, B, K)`` to batch-fastest block rows ``(R, K_max, B)``, padded with ``-inf``."""

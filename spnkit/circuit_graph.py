@@ -83,7 +83,7 @@ def node_graph(spn: "SPN") -> nx.DiGraph:
     g.graph["num_vars"] = spn.num_vars
     g.graph["layer"] = spn.layer
     unit: dict[int, list[tuple]] = {}  # buffer row -> the node of each entry
-    for row, r in enumerate(rg.leaf_regions):
+    for row, r in enumerate(spn.leaf_regions):
         unit[row] = []
         for k in range(spn.num_leaves):
             g.add_node(("leaf", r, k), kind="leaf", scope=rg.regions[r], region=r)

@@ -9,9 +9,14 @@ partitions get a mixing layer after their product layer. The root gives
 ``num_classes`` outputs: directly from a Tucker layer, or, for CP circuits,
 through one more sum layer over the root region's ``num_sums`` products.
 
-Buffer rows: the leaf regions (in ``region_graph.leaf_regions`` order), then
-the regions of each height in turn; the root region is the last row.
-Compilation reads the region graph and never changes it.
+Buffer rows: the leaf regions, then the regions of each height in turn; the
+root region is the last row. Within each height, regions are ordered by the
+first layer that reads them (stable otherwise: leaf regions in
+``region_graph.leaf_regions`` order, inner ones by index), and each height's
+block is split into one *chunk* per reading layer: a layer's gradient flows
+back into the chunk it reads, never into a whole block (a hidden Chow-Liu
+tree reads one leaf per variable at every height). A RAT-SPN has one chunk per
+height. Compilation reads the region graph and never changes it.
 """
 
 from __future__ import annotations
@@ -56,11 +61,13 @@ class Compiled:
     """What :func:`compile_circuit` builds."""
 
     leaf_layer: LeafLayer
+    leaf_regions: tuple[int, ...]  # the leaf layer's rows
     levels: list[Level]
     root_sum: CPLayer | None
     row: dict[int, int]
     num_rows: int
     k_max: int
+    chunks: list[list[int]]  # per block (leaf rows, then each level's regions), the sizes of its chunks
 
 
 def _sources(blocks_of_rows: list[tuple[int, int]], block_sizes: list[int]) -> list[RowSource]:
@@ -86,12 +93,31 @@ def compile_circuit(rg: RegionGraph, leaf: Leaf, num_sums: int, num_leaves: int,
     """Build the layers of a circuit over ``rg`` (validated by the caller; see :class:`spnkit.SPN`)."""
     heights = rg.heights
     top = heights[rg.root]
-    leaves = list(rg.leaf_regions)
+    consumer = {rg.root: top}  # region -> the first height that reads it (the root: its root sums, if any)
+    for p in rg.partitions:
+        for c in p.children:
+            consumer[c] = min(consumer.get(c, top), heights[p.parent])
+    position = {r: i for i, r in enumerate(rg.leaf_regions)}
+    leaves = sorted(rg.leaf_regions, key=lambda r: (consumer[r], position[r]))
     leaf_layer = LeafLayer(leaf, [rg.regions[i] for i in leaves], rg.num_vars, num_leaves)
     row = {r: i for i, r in enumerate(leaves)}
-    where = {r: (0, i) for i, r in enumerate(leaves)}  # region -> (block, row in block)
     row_k = [num_leaves] * len(leaves)  # entries of each buffer row
-    block_sizes = [len(leaves)]
+    chunks: list[list[int]] = []
+    where: dict[int, tuple[int, int]] = {}  # region -> (chunk, row in chunk)
+    block_sizes: list[int] = []  # rows of every chunk
+
+    def add_block(regions: list[int]) -> None:
+        sizes: list[int] = []
+        for i, r in enumerate(regions):
+            if i == 0 or consumer[r] != consumer[regions[i - 1]]:
+                sizes.append(0)
+                block_sizes.append(0)
+            where[r] = (len(block_sizes) - 1, sizes[-1])
+            sizes[-1] += 1
+            block_sizes[-1] += 1
+        chunks.append(sizes)
+
+    add_block(leaves)
     is_leaf = set(leaves)
     k_max = max(num_leaves, num_sums)
     by_height: list[list[int]] = [[] for _ in range(top + 1)]
@@ -99,7 +125,7 @@ def compile_circuit(rg: RegionGraph, leaf: Leaf, num_sums: int, num_leaves: int,
         by_height[h].append(r)
     levels: list[Level] = []
     for h in range(1, top + 1):
-        regions = by_height[h]
+        regions = sorted(by_height[h], key=lambda r: (consumer[r], r))
         if not regions:
             continue
         parts_per_region = [list(rg.partitions_of[r]) for r in regions]
@@ -149,16 +175,15 @@ def compile_circuit(rg: RegionGraph, leaf: Leaf, num_sums: int, num_leaves: int,
         start = len(row_k)
         for i, r in enumerate(regions):
             row[r] = start + i
-            where[r] = (len(block_sizes), i)
             row_k.append(k_out)
-        block_sizes.append(len(regions))
+        add_block(regions)
         levels.append(Level(h, regions, start, partitions, product, mixing))
     root_sum = None
     if layer == "cp":  # the root region's num_sums products, mixed by num_classes sums
-        gather = ChildRows([RowSource(len(block_sizes) - 1, torch.zeros(1, dtype=torch.long), slice(0, 1))], 1, num_sums, block_sizes)
+        gather = ChildRows([RowSource(where[rg.root][0], torch.zeros(1, dtype=torch.long), slice(0, 1))], 1, num_sums, block_sizes)
         none = torch.zeros(0, dtype=torch.long)
         root_sum = CPLayer(gather, 1, torch.zeros(1, dtype=torch.long), torch.tensor([row[rg.root]]), none, none, num_sums, num_classes)
-    return Compiled(leaf_layer, levels, root_sum, row, len(row_k), k_max)
+    return Compiled(leaf_layer, tuple(leaves), levels, root_sum, row, len(row_k), k_max, chunks)
 
 
 def register(owner: nn.Module, compiled: Compiled) -> tuple[nn.ModuleList, nn.ModuleList]:

@@ -148,6 +148,16 @@ class Leaf(ABC):
     #: False when every real value is in the support (then :meth:`support_error` is not called)
     restricted_support: bool = True
 
+    #: True when the statistics are the one-hot indicators of an integer value
+    #: (:meth:`index`): the leaf layer then gathers log-probabilities from
+    #: :meth:`natural` ``(*P, C)``, the log-probability of every value, instead
+    #: of multiplying ``C``-fold statistics.
+    indexed: bool = False
+
+    def index(self, x: Tensor) -> Tensor:
+        """The value index of each entry (families with :attr:`indexed`): ``(*X)`` int64 in ``[0, num_stats)``."""
+        return x.long()
+
     #: True when the last statistic is the constant 1. Then, with every entry
     #: observed, a leaf layer adds that statistic's coefficients as one bias per
     #: region and component instead of gathering and multiplying a row of ones
@@ -486,6 +496,7 @@ class Categorical(Leaf):
     """Discrete factors over ``{0, ..., num_categories - 1}``, parameterized by logits."""
 
     num_categories: int = 2
+    indexed = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_categories, int) or isinstance(self.num_categories, bool) or self.num_categories < 2:

@@ -134,7 +134,7 @@ def _fit_leaves(spn: SPN, x: Tensor, observed: Tensor, leaf_rows: dict[int, np.n
     """Fit every (univariate) leaf region's distribution to its rows: one M-step on their statistics."""
     rg, layer = spn.region_graph, spn.leaf_layer
     regions, rows, cols = [], [], []
-    for row, r in enumerate(rg.leaf_regions):  # construction, not a forward pass
+    for row, r in enumerate(spn.leaf_regions):  # construction, not a forward pass
         v = rg.regions[r][0]
         idx = torch.as_tensor(leaf_rows.get(r, np.zeros(0, dtype=np.int64)), dtype=torch.long)
         if idx.numel() == 0:  # no observed row in its cluster: fit to every observed row

@@ -7,7 +7,7 @@ factor from its textbook formula (not from the exponential-family statistics the
 leaf layer uses). Only the leaf *parameters* are read from the compiled module:
 ``spn.leaf_layer.params`` of shape ``(leaf regions, slots, K)``, whose slot ``j``
 of row ``r`` holds the variable ``spn.leaf_layer.var_index[r, j]``; rows follow
-``spn.region_graph.leaf_regions``.
+``spn.leaf_regions``.
 
 It is slow (a Python loop over nodes) and meant for circuits of a few hundred
 nodes. Mask polarity as everywhere in spnkit: True or 1.0 = unobserved,
@@ -139,7 +139,7 @@ def _leaf_params(spn: "SPN") -> dict[int, tuple[list[int], list[dict[str, np.nda
     params = {k: v.detach().to(torch.float64).cpu().numpy() for k, v in layer.params.items()}  # (R0, n, K, ...)
     index = layer.var_index.cpu().numpy()
     out = {}
-    for row, region in enumerate(spn.region_graph.leaf_regions):
+    for row, region in enumerate(spn.leaf_regions):
         slots = [(j, int(v)) for j, v in enumerate(index[row]) if int(v) < spn.num_vars]
         out[region] = ([v for _, v in slots], [{k: p[row, j] for k, p in params.items()} for j, _ in slots])
     return out

@@ -92,7 +92,7 @@ def circuit_violations(spn: "SPN", atol: float = 1e-9) -> list[Violation]:
     if not nx.is_directed_acyclic_graph(g):
         return [Violation("cycle", None, "the circuit graph has a cycle")]
     index = spn.leaf_layer.var_index.tolist()
-    row_of = {r: i for i, r in enumerate(spn.region_graph.leaf_regions)}
+    row_of = {r: i for i, r in enumerate(spn.leaf_regions)}
     scope: dict = {}
     for node in reversed(list(nx.topological_sort(g))):
         data = g.nodes[node]

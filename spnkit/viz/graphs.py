@@ -65,7 +65,7 @@ def region_level_graph(spn: "SPN") -> nx.DiGraph:
         g.graph["image_shape"] = rg.image_shape
     params = np.zeros(len(rg.regions), dtype=np.int64)
     leaf_counts = effective_parameter_counts(spn.leaf_layer).numpy()
-    params[list(rg.leaf_regions)] = leaf_counts  # leaf layer rows follow rg.leaf_regions
+    params[list(spn.leaf_regions)] = leaf_counts  # leaf layer rows follow spn.leaf_regions
     weights: dict[int, int] = {}
     for lv in spn.levels:
         part_counts = lv.product.partition_weight_counts().tolist()
