@@ -78,6 +78,8 @@ class CPLayer(SumWeights):
         self.register_buffer("slot_rows", slot_rows.long(), persistent=False)
         self.register_buffer("direct_partition", direct_partition.long(), persistent=False)
         self.register_buffer("direct_rows", direct_rows.long(), persistent=False)
+        # a hidden Chow-Liu tree: each product has its variable's leaves as its one unprojected child
+        self.one_direct_each = bool(torch.equal(self.direct_partition, torch.arange(num_partitions)))
         for name, part in (("slot", self.slot_partition), ("direct", self.direct_partition)):
             order, ptr = _by_partition(part, num_partitions)
             self.register_buffer(f"{name}_order", order, persistent=False)
@@ -98,6 +100,11 @@ class CPLayer(SumWeights):
 
     def _combine(self, proj: Tensor, direct: Tensor) -> Tensor:
         """Sum the slots' log-values ``(S, K, B)`` and ``(S_direct, K, B)`` into their partitions: ``(P, B, K)``."""
+        if self.one_direct_each:  # every partition has one unprojected child, in partition order: start from those
+            out = direct
+            if proj.shape[0]:
+                out = out.index_add(0, self.slot_partition, proj)
+            return out.transpose(1, 2)
         out = proj.new_zeros(self.P, self.k_out, proj.shape[2])  # (P, K, B): log 1 for the empty product
         if proj.shape[0]:
             out = out.index_add(0, self.slot_partition, proj)

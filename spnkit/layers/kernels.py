@@ -52,7 +52,10 @@ class GatherMatmul(torch.autograd.Function):
         for blk in blocks:
             rows = index[blk].reshape(-1)
             g = torch.index_select(feats, 0, rows, out=ws[: rows.numel()]).view(-1, m, B)  # (c, m, B): whole rows, 4x faster than feats[index]
-            torch.bmm(coef[blk].transpose(1, 2), g, out=out[blk])  # (c, K, B); the transpose is BLAS's, not a copy
+            if m == 1:  # an outer product: a broadcast multiply (a bmm with inner size 1 is several times slower)
+                torch.mul(coef[blk].transpose(1, 2), g, out=out[blk])
+            else:
+                torch.bmm(coef[blk].transpose(1, 2), g, out=out[blk])  # (c, K, B); the transpose is BLAS's, not a copy
         if bias is not None:
             out.add_(bias.unsqueeze(-1))  # one pass (baddbmm per block copies the bias into each block first)
         ctx.save_for_backward(feats, coef, index)
