@@ -158,6 +158,13 @@ class Leaf(ABC):
         """The value index of each entry (families with :attr:`indexed`): ``(*X)`` int64 in ``[0, num_stats)``."""
         return x.long()
 
+    def softmax_logits(self, params: dict[str, Tensor]) -> Tensor | None:
+        """Logits whose ``log_softmax`` over the last dimension is :meth:`natural`, or None (families with :attr:`indexed`).
+
+        The leaf layer then normalizes while it gathers instead of building the normalized table.
+        """
+        return None
+
     #: True when the last statistic is the constant 1. Then, with every entry
     #: observed, a leaf layer adds that statistic's coefficients as one bias per
     #: region and component instead of gathering and multiplying a row of ones
@@ -515,6 +522,9 @@ class Categorical(Leaf):
 
     def natural(self, params):
         return torch.log_softmax(params["logits"], dim=-1)
+
+    def softmax_logits(self, params):
+        return params["logits"]
 
     def log_max(self, params):
         return torch.log_softmax(params["logits"], dim=-1).amax(-1)

@@ -11,7 +11,47 @@ from torch.autograd.function import once_differentiable
 from ..leaves import Leaf, natural_to_layer
 from .kernels import GatherMatmul, blocks_of
 
-__all__ = ["LeafLayer", "GatherLeaf"]
+__all__ = ["LeafLayer", "GatherLeaf", "GatherSoftmaxLeaf"]
+
+
+class GatherSoftmaxLeaf(torch.autograd.Function):
+    """:class:`GatherLeaf` of the table ``log_softmax(logits)``, normalized on the fly: ``(R, K, B)``.
+
+    ``out[r, k, b] = sum_j w[r, j, b] (logits[r, j, k, idx[r, j, b]] - lse[r, j, k])``
+    with ``lse`` the log-normalizer over the last dimension. The backward pass
+    writes the gradient ``scatter(g w) - softmax(logits) * sum_b(g w)`` in
+    place from the kept ``log_softmax`` table: no zero-filled gradient of the
+    table and no ``log_softmax`` backward over its ``C`` times as many entries
+    as the gathers touch.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, idx: Tensor, w: Tensor) -> Tensor:
+        table = torch.log_softmax(logits, dim=-1)  # (R, n, K, C); its fused kernel beats a logsumexp
+        R, n, K, C = logits.shape
+        B = idx.shape[2]
+        out = logits.new_empty(R, K, B)
+        for blk in blocks_of(R, n * K * B * logits.element_size()):
+            c = blk.stop - blk.start
+            g = torch.gather(table[blk], 3, idx[blk].unsqueeze(2).expand(c, n, K, B))  # (c, n, K, B)
+            g.mul_(w[blk].unsqueeze(2))
+            torch.sum(g, dim=1, out=out[blk])
+        ctx.save_for_backward(table, idx, w)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None]:
+        table, idx, w = ctx.saved_tensors
+        R, n, K, C = table.shape
+        B = idx.shape[2]
+        total = torch.bmm(w, grad.transpose(1, 2))  # (R, n, K): sum_b w g, each factor's total weight
+        g_logits = torch.exp(table).mul_(total.neg_().unsqueeze(-1))  # -softmax * total
+        for blk in blocks_of(R, n * K * B * grad.element_size()):
+            c = blk.stop - blk.start
+            contrib = grad[blk].unsqueeze(1) * w[blk].unsqueeze(2)  # (c, n, K, B)
+            g_logits[blk].scatter_add_(3, idx[blk].unsqueeze(2).expand(c, n, K, B), contrib)
+        return g_logits, None, None
 
 
 class GatherLeaf(torch.autograd.Function):
@@ -218,7 +258,7 @@ class LeafLayer(nn.Module):
             ``(R, B, K)``.
         """
         if self.leaf.indexed:  # one-hot statistics: gather the log-probabilities instead
-            return self._indexed(x, w, self.natural() if eta is None else eta, False)
+            return self._indexed(x, w, eta, False)
         hard = w is not None and w.dtype == torch.bool
         if hard and x.requires_grad and torch.is_grad_enabled():  # differentiable in x: the weighted path
             x, w, hard = torch.where(w, x, 0.0), w.to(x.dtype), False
@@ -247,7 +287,7 @@ class LeafLayer(nn.Module):
             ``(R, B, K)``.
         """
         if self.leaf.indexed:
-            return self._indexed(x, w, self.natural(), True)
+            return self._indexed(x, w, None, True)
         if w is not None and w.dtype == torch.bool:  # hard evidence: the weighted form
             x, w = torch.where(w, x, 0.0), w.to(x.dtype)
         peak = self.leaf.log_max(self.param_dict()).unsqueeze(-1)  # (R, n, K, 1)
@@ -258,19 +298,25 @@ class LeafLayer(nn.Module):
         feats = torch.cat([self.leaf.statistics(self._columns(x)) * wt, unobserved.unsqueeze(0)])  # (S + 1, D + 1, B)
         return self._linear(feats, natural_to_layer(torch.cat([self.natural(), peak], dim=-1), False)[0])  # (R, B, K)
 
-    def _indexed(self, x: Tensor, w: Tensor | None, table: Tensor, peak: bool) -> Tensor:
+    def _indexed(self, x: Tensor, w: Tensor | None, table: Tensor | None, peak: bool) -> Tensor:
         """Leaf log-densities of a family with one-hot statistics, by gathering: ``(R, B, K)``, batch-fastest.
 
         ``table`` ``(R, n, K, C)`` holds each factor's log-probability of every
-        value (its natural parameters); the value of each entry selects a
-        column (:meth:`Leaf.index`), weighted by the evidence ``w``. With
-        ``peak``, unobserved weight goes to each factor's largest log-probability.
+        value (its natural parameters; None: the layer's own, normalized on the
+        fly where the family gives softmax logits); the value of each entry
+        selects a column (:meth:`Leaf.index`), weighted by the evidence ``w``.
+        With ``peak``, unobserved weight goes to each factor's largest log-probability.
         """
+        dtype = self.slot_valid.dtype
         if w is not None and w.dtype == torch.bool:
-            x, w = torch.where(w, x, 0.0), w.to(table.dtype)  # unobserved entries index value 0, weighted 0
-        ones = torch.ones_like(x, dtype=table.dtype) if w is None else w.to(table.dtype)
+            x, w = torch.where(w, x, 0.0), w.to(dtype)  # unobserved entries index value 0, weighted 0
+        ones = torch.ones_like(x, dtype=dtype) if w is None else w.to(dtype)
         idx = self._columns(self.leaf.index(x))[self.var_index]  # (R, n, B); padding slots read row D (value 0)
         wv = self._columns(ones)[self.var_index]  # (R, n, B); 0 on padding slots
+        logits = self.leaf.softmax_logits(self.param_dict()) if table is None and not peak else None
+        if logits is not None:
+            return GatherSoftmaxLeaf.apply(logits, idx, wv).transpose(1, 2)  # (R, K, B) -> (R, B, K)
+        table = self.natural() if table is None else table
         top = table.detach().amax(-1) * self.slot_valid if peak else None  # (R, n, K); padding slots have no peak
         return GatherLeaf.apply(table, idx, wv, top).transpose(1, 2)  # (R, K, B) -> (R, B, K)
 
