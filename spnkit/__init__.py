@@ -11,7 +11,7 @@ from .circuit import SPN
 from .io import load
 from .learn import fit
 from .models import hclt, learn_spn
-from .leaves import Bernoulli, Categorical, Leaf, Normal
+from .leaves import Bernoulli, Binomial, Categorical, Leaf, Normal
 from .region_graph import InvalidStructureError, Partition, RegionGraph
 from .viz import draw
 
@@ -24,6 +24,7 @@ __all__ = [
     "Normal",
     "Bernoulli",
     "Categorical",
+    "Binomial",
     "draw",
     "fit",
     "load",

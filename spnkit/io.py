@@ -49,7 +49,7 @@ from torch.overrides import TorchFunctionMode
 from ._files import atomic_write
 from .circuit import SPN
 from .compile import LAYER_KINDS
-from .leaves import Bernoulli, Categorical, Leaf, Normal
+from .leaves import Bernoulli, Binomial, Categorical, Leaf, Normal
 from .region_graph import Partition, RegionGraph
 
 __all__ = ["save", "load", "register_leaf", "allocation_budget", "BudgetExceeded", "FORMAT", "FORMAT_VERSION"]
@@ -60,7 +60,7 @@ _JSON, _WEIGHTS = "spn.json", "weights.pt"
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
 
 #: leaf families a file may name; extend with :func:`register_leaf`
-_LEAVES: dict[str, type[Leaf]] = {cls.__name__: cls for cls in (Normal, Bernoulli, Categorical)}
+_LEAVES: dict[str, type[Leaf]] = {cls.__name__: cls for cls in (Normal, Bernoulli, Categorical, Binomial)}
 
 
 def register_leaf(cls: type[Leaf]) -> type[Leaf]:

@@ -240,6 +240,22 @@ class LeafLayer(nn.Module):
         return GatherMatmul.apply(feats.reshape(-1, B)[: S * D1], coef, index, bias).transpose(1, 2)  # (R, K, B) -> (R, B, K)
 
     def forward(self, x: Tensor, w: Tensor | None, eta: Tensor | None = None, finite: bool = False) -> Tensor:
+        """Leaf log-densities ``(R, B, K)``; see :meth:`_forward` (the family's base measure added, where it has one)."""
+        out = self._forward(x, w, eta, finite)
+        return out if not self.leaf.has_base_measure else out + self._base_measure(x, w).unsqueeze(-1)
+
+    def _base_measure(self, x: Tensor, w: Tensor | None) -> Tensor:
+        """Each leaf region's summed, evidence-weighted ``log h(x)``: ``(R, B)``."""
+        leaf = self.leaf
+        if w is None:
+            h = leaf.log_base_measure(x)
+        elif w.dtype == torch.bool:
+            h = torch.where(w, leaf.log_base_measure(torch.where(w, x, 0.0)), 0.0)
+        else:
+            h = leaf.log_base_measure(x) * w
+        return self._columns(h)[self.var_index].sum(1)  # (R, n, B) -> (R, B); padding slots read the zero row
+
+    def _forward(self, x: Tensor, w: Tensor | None, eta: Tensor | None = None, finite: bool = False) -> Tensor:
         """Leaf log-densities.
 
         Args:
@@ -286,6 +302,10 @@ class LeafLayer(nn.Module):
         Returns:
             ``(R, B, K)``.
         """
+        out = self._forward_max(x, w)
+        return out if not self.leaf.has_base_measure else out + self._base_measure(x, w).unsqueeze(-1)
+
+    def _forward_max(self, x: Tensor, w: Tensor | None) -> Tensor:
         if self.leaf.indexed:
             return self._indexed(x, w, None, True)
         if w is not None and w.dtype == torch.bool:  # hard evidence: the weighted form

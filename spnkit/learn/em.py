@@ -156,7 +156,8 @@ def e_step(spn: SPN, evidence: Evidence, labels: Tensor | None) -> tuple[Counts,
 
 
 @torch.no_grad()
-def m_step(spn: SPN, counts: Counts, step_size: float = 1.0) -> None:
+def m_step(spn: SPN, counts: Counts, step_size: float = 1.0, *, weight_pseudocount: float = 0.0,
+           leaf_pseudocount: float = 0.0) -> None:
     """M-step: set the parameters of ``spn`` from expected counts, in place.
 
     Args:
@@ -164,28 +165,41 @@ def m_step(spn: SPN, counts: Counts, step_size: float = 1.0) -> None:
         counts: from :func:`expected_counts` (summed over batches for full-batch EM).
         step_size: 1 for the exact M-step; ``0 < s < 1`` mixes old and new
             estimates in mean-parameter space (stochastic EM).
+        weight_pseudocount: a symmetric Dirichlet prior on every sum's weights:
+            this many pseudo-counts in total, spread evenly over its inputs
+            (0: maximum likelihood).
+        leaf_pseudocount: the leaf family's prior strength per factor (see
+            :meth:`spnkit.Leaf.m_step`: Dirichlet/Beta pseudo-counts for
+            discrete families, pseudo-observations of the prior variance for Normal ones).
 
-    Sum weights or leaf factors that received no count keep their values.
+    Sum weights or leaf factors that received no count (and have no prior) keep their values.
     """
     if not 0 < step_size <= 1:
         raise ValueError(f"step_size must lie in (0, 1], got {step_size!r}")
+    for name, value in (("weight_pseudocount", weight_pseudocount), ("leaf_pseudocount", leaf_pseudocount)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
     layers = spn.weighted_layers
     if len(counts.weights) != len(layers) or any(c.shape != m.logits.shape for c, m in zip(counts.weights, layers)) \
             or counts.leaves.shape[:3] != spn.leaf_layer.var_index.shape + (spn.num_leaves,):
         raise ValueError("these counts belong to a circuit of another structure")
     for layer, n in zip(layers, counts.weights):
-        _update_weights(layer.logits, layer.log_weights(), n, step_size)
-    _update_leaves(spn, counts.leaves, step_size)
+        _update_weights(layer.logits, layer.log_weights(), n, step_size, float(weight_pseudocount))
+    _update_leaves(spn, counts.leaves, step_size, float(leaf_pseudocount))
 
 
-def _update_weights(logits: Tensor, log_w: Tensor, n: Tensor, step: float) -> None:
-    """Normalized counts (mixed with the old weights) into ``logits``; normalization runs over dim 1.
+def _update_weights(logits: Tensor, log_w: Tensor, n: Tensor, step: float, pseudocount: float = 0.0) -> None:
+    """Normalized counts (plus the prior's, mixed with the old weights) into ``logits``; normalization runs over dim 1.
 
     Args:
         logits: the layer's parameter ``(A, I, K)``, written in place.
         log_w: its current normalized log-weights ``(A, I, K)`` (``-inf`` on padding).
         n: expected counts ``(A, I, K)`` (zero on padding).
+        pseudocount: the Dirichlet prior's total pseudo-counts per sum, spread over its valid inputs.
     """
+    if pseudocount > 0:
+        valid = torch.isfinite(log_w).to(n.dtype)  # (A, I, K)
+        n = n + pseudocount * valid / valid.sum(1, keepdim=True).clamp_min(1.0)
     total = n.sum(1, keepdim=True)  # (A, 1, K)
     seen = total > 0
     new = n / torch.where(seen, total, torch.ones_like(total))
@@ -194,11 +208,11 @@ def _update_weights(logits: Tensor, log_w: Tensor, n: Tensor, step: float) -> No
     logits.copy_(torch.where(seen, new.clamp_min(WEIGHT_FLOOR).log(), logits))
 
 
-def _update_leaves(spn: SPN, stats: Tensor, step: float) -> None:
+def _update_leaves(spn: SPN, stats: Tensor, step: float, pseudocount: float = 0.0) -> None:
     """Leaf M-step from expected statistics ``(R, n, K, S)``, in place."""
     layer, leaf = spn.leaf_layer, spn.leaf
     old = layer.param_dict()
-    new = leaf.m_step(stats, old)
+    new = leaf.m_step(stats, old, pseudocount) if pseudocount else leaf.m_step(stats, old)
     if step < 1:
         # EinsumNetworks' online EM: mix E[T] of the old and the new parameters
         # (the new ones match the batch's normalized statistics, projected into

@@ -49,7 +49,9 @@ def fit(
     epochs: int = 5,
     batch_size: int = 128,
     lr: float = 1e-2,
-    step_size: float = 0.1,
+    step_size: float | tuple[float, float] = 0.1,
+    weight_pseudocount: float = 0.1,
+    leaf_pseudocount: float = 1.0,
     patience: int | None = None,
     valid_fraction: float = 0.1,
     max_seconds: float | None = None,
@@ -64,8 +66,11 @@ def fit(
 
     Methods:
         * ``"adam"``: mini-batch gradient ascent on the objective with Adam (``lr``).
-        * ``"em"``: stochastic EM (EinsumNetworks): after each mini-batch, new
-          and old estimates are mixed with weight ``step_size``.
+        * ``"em"``: mini-batch (stochastic) EM, as EinsumNetworks and PyJuice
+          train: after each mini-batch, new and old estimates are mixed with
+          weight ``step_size``; a pair ``(start, end)`` decays it linearly over
+          training (by the larger of the epochs done and the time budget used),
+          e.g. ``(0.5, 0.05)``.
         * ``"em-batch"``: full-batch EM: counts are summed over all mini-batches
           of an epoch, then one exact M-step (none for an epoch cut short by
           ``max_seconds`` or a hook). It never decreases the training log-likelihood.
@@ -101,7 +106,14 @@ def fit(
         epochs: passes over the training data.
         batch_size: mini-batch size.
         lr: Adam's learning rate.
-        step_size: stochastic EM's step size in ``(0, 1]``.
+        step_size: mini-batch EM's step size in ``(0, 1]``, or ``(start, end)`` for a linear decay.
+        weight_pseudocount: EM's symmetric Dirichlet prior on each sum's weights:
+            pseudo-counts per sum, spread over its inputs (0: maximum likelihood).
+        leaf_pseudocount: EM's prior on the leaves, per factor (see
+            :meth:`spnkit.Leaf.m_step`: Dirichlet/Beta pseudo-counts for discrete
+            families, pseudo-observations of the prior variance for Normal ones).
+            The defaults keep rare values and sparsely used components from
+            collapsing, which is what overfits on small data.
         patience: early-stopping patience in epochs (None: train all epochs).
         valid_fraction: share of ``data`` held out when ``valid`` is None.
         max_seconds: wall-clock budget; training stops after the step that exceeds it.
@@ -143,8 +155,12 @@ def fit(
         _check_int("patience", patience, 1)
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if not (isinstance(step_size, (int, float)) and 0 < step_size <= 1):
-        raise ValueError(f"step_size must lie in (0, 1], got {step_size!r}")
+    steps = step_size if isinstance(step_size, tuple) else (step_size, step_size)
+    if len(steps) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1 for v in steps):
+        raise ValueError(f"step_size must lie in (0, 1], or be a pair (start, end) of such, got {step_size!r}")
+    for name, value in (("weight_pseudocount", weight_pseudocount), ("leaf_pseudocount", leaf_pseudocount)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
     if not (isinstance(valid_fraction, (int, float)) and 0 <= valid_fraction < 1):
         raise ValueError(f"valid_fraction must lie in [0, 1), got {valid_fraction!r}")
     if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
@@ -177,9 +193,10 @@ def fit(
         _dist.check_same("data, validation data, generator state and settings", [
             *_fingerprint(ev.values), *_fingerprint(ev.marginalized), *_fingerprint(None if vev is None else vev.values),
             *_fingerprint(None if vev is None else vev.marginalized), *_fingerprint(generator.get_state()),
-            METHODS.index(method), OBJECTIVES.index(objective), epochs, batch_size, lr, step_size, -1 if patience is None else patience,
+            METHODS.index(method), OBJECTIVES.index(objective), epochs, batch_size, lr, *steps, weight_pseudocount, leaf_pseudocount,
+            -1 if patience is None else patience,
         ], spn.device)
-    trainer = _Trainer(spn, method, objective, lr, step_size, info)
+    trainer = _Trainer(spn, method, objective, lr, steps, (float(weight_pseudocount), float(leaf_pseudocount)), info)
     history: list[dict] = []
     best_ll, best_state, bad_epochs = -math.inf, None, 0
     start = time.perf_counter()
@@ -194,6 +211,12 @@ def fit(
         for s in range(0, n, batch_size):
             idx = order[s : s + batch_size]
             mine = idx if info is None else idx[_dist.rank_slice(len(idx), info.rank, info.world_size)]  # this process's shard
+            done = (epoch - 1 + s / n) / epochs
+            if max_seconds is not None:
+                done = max(done, (time.perf_counter() - start) / max_seconds)
+                if info is not None and steps[0] != steps[1]:
+                    done = float(_dist.broadcast_object(done))  # the processes' clocks differ: rank 0's decides
+            trainer.progress = min(done, 1.0)
             batch_ll, batch_correct = trainer.step(ev[mine], None if y is None else y[mine], len(idx))
             step += 1
             ll_sum += batch_ll
@@ -314,11 +337,20 @@ def _objective(root: Tensor, labels: Tensor | None, objective: str) -> Tensor:
 class _Trainer:
     """One optimization step per mini-batch, for each method (data-parallel with ``info``)."""
 
-    def __init__(self, spn: SPN, method: str, objective: str, lr: float, step_size: float, info: _dist.DistInfo | None = None) -> None:
-        self.spn, self.method, self.objective, self.step_size = spn, method, objective, step_size
+    def __init__(self, spn: SPN, method: str, objective: str, lr: float, steps: tuple[float, float],
+                 pseudocounts: tuple[float, float], info: _dist.DistInfo | None = None) -> None:
+        self.spn, self.method, self.objective, self.steps = spn, method, objective, steps
+        self.prior = {"weight_pseudocount": pseudocounts[0], "leaf_pseudocount": pseudocounts[1]}
+        self.progress = 0.0  # fraction of training done, set by fit before each step
         self.optimizer = torch.optim.Adam(spn.parameters(), lr=lr) if method == "adam" else None
         self.counts: Counts | None = None
         self.info = info
+
+    @property
+    def step_size(self) -> float:
+        """Mini-batch EM's step size now: linear from the first to the second of ``steps`` over training."""
+        start, end = self.steps
+        return start + (end - start) * self.progress
 
     def step(self, ev: Evidence, y: Tensor | None, total: int | None = None) -> tuple[float, int]:
         """Update on one batch; return its summed objective (before the update) and correct predictions.
@@ -341,7 +373,7 @@ class _Trainer:
         else:
             counts, root = e_step(spn, ev, y)
             if self.method == "em":
-                m_step(spn, counts, self.step_size)
+                m_step(spn, counts, self.step_size, **self.prior)
             else:
                 self.counts = counts if self.counts is None else self.counts + counts
             total = float(counts.log_likelihood)
@@ -388,7 +420,7 @@ class _Trainer:
             raise ValueError("a sample has zero likelihood (log-likelihood -inf or NaN); EM needs every sample to have positive density")
         counts = Counts.zeros(spn) if counts is None else counts
         if self.method == "em":
-            m_step(spn, _dist.all_reduce_counts(counts), self.step_size)
+            m_step(spn, _dist.all_reduce_counts(counts), self.step_size, **self.prior)
         else:
             self.counts = counts if self.counts is None else self.counts + counts
         return float(stats[0]), int(stats[1])
@@ -401,10 +433,10 @@ class _Trainer:
         elif self.method == "em-batch" and self.info is not None:
             counts = _dist.all_reduce_counts(Counts.zeros(self.spn) if self.counts is None else self.counts)
             if counts.num_samples > 0:
-                m_step(self.spn, counts, 1.0)
+                m_step(self.spn, counts, 1.0, **self.prior)
             self.counts = None
         elif self.method == "em-batch" and self.counts is not None:
-            m_step(self.spn, self.counts, 1.0)
+            m_step(self.spn, self.counts, 1.0, **self.prior)
             self.counts = None
 
 

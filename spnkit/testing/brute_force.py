@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..leaves import Bernoulli, Categorical, Leaf, Normal
+from ..leaves import Bernoulli, Binomial, Categorical, Leaf, Normal
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..circuit import SPN
@@ -81,7 +81,13 @@ def _factor_log_density(leaf: Leaf, params: dict[str, np.ndarray], x: np.ndarray
         logits = params["logits"]  # (K, E)
         log_p = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
         return log_p[:, x.astype(np.int64)].T  # (B, K)
-    raise ValueError(f"the brute-force evaluator knows Normal, Bernoulli and Categorical leaves, got {leaf!r}")
+    if isinstance(leaf, Binomial):
+        n, logit = leaf.total_count, params["logits"][None, :]  # (1, K)
+        log_p1, log_p0 = -np.logaddexp(0.0, -logit), -np.logaddexp(0.0, logit)
+        xs = x[:, None]
+        log_choose = math.lgamma(n + 1) - np.vectorize(math.lgamma)(xs + 1) - np.vectorize(math.lgamma)(n - xs + 1)
+        return log_choose + xs * log_p1 + (n - xs) * log_p0
+    raise ValueError(f"the brute-force evaluator knows Normal, Bernoulli, Categorical and Binomial leaves, got {leaf!r}")
 
 
 def _factor_log_max(leaf: Leaf, params: dict[str, np.ndarray]) -> np.ndarray:
@@ -95,7 +101,10 @@ def _factor_log_max(leaf: Leaf, params: dict[str, np.ndarray]) -> np.ndarray:
     if isinstance(leaf, Categorical):
         logits = params["logits"]
         return (logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)).max(-1)
-    raise ValueError(f"the brute-force evaluator knows Normal, Bernoulli and Categorical leaves, got {leaf!r}")
+    if isinstance(leaf, Binomial):
+        values = np.arange(leaf.total_count + 1, dtype=np.float64)
+        return _factor_log_density(leaf, params, values).max(0)  # (K,): the largest mass over the support
+    raise ValueError(f"the brute-force evaluator knows Normal, Bernoulli, Categorical and Binomial leaves, got {leaf!r}")
 
 
 def support(leaf: Leaf) -> list[float]:
@@ -108,6 +117,8 @@ def support(leaf: Leaf) -> list[float]:
         return [0.0, 1.0]
     if isinstance(leaf, Categorical):
         return [float(v) for v in range(leaf.num_categories)]
+    if isinstance(leaf, Binomial):
+        return [float(v) for v in range(leaf.total_count + 1)]
     raise ValueError(f"{type(leaf).__name__} leaves have no finite support to enumerate")
 
 

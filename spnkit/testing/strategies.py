@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from hypothesis import strategies as st
 
-from ..leaves import Bernoulli, Categorical, Leaf, Normal
+from ..leaves import Bernoulli, Binomial, Categorical, Leaf, Normal
 from ..region_graph import Partition, RegionGraph
 from .circuits import CircuitSpec, GraphSpec
 from .validity import region_graph_violations
@@ -171,8 +171,9 @@ def normal_leaves() -> st.SearchStrategy[Leaf]:
 
 
 def discrete_leaves(max_categories: int = 4) -> st.SearchStrategy[Leaf]:
-    """Bernoulli and Categorical families (2 .. max_categories categories)."""
-    return st.one_of(st.just(Bernoulli()), st.builds(Categorical, st.integers(2, max_categories)))
+    """Bernoulli, Categorical and Binomial families (2 .. max_categories values)."""
+    return st.one_of(st.just(Bernoulli()), st.builds(Categorical, st.integers(2, max_categories)),
+                     st.builds(Binomial, st.integers(1, max_categories - 1)))
 
 
 def leaves() -> st.SearchStrategy[Leaf]:
@@ -181,7 +182,9 @@ def leaves() -> st.SearchStrategy[Leaf]:
 
 
 def _cardinality(leaf: Leaf) -> int:
-    return leaf.num_categories if isinstance(leaf, Categorical) else 2
+    if isinstance(leaf, Categorical):
+        return leaf.num_categories
+    return leaf.total_count + 1 if isinstance(leaf, Binomial) else 2
 
 
 # ---------------------------------------------------------------- circuits
@@ -248,6 +251,8 @@ def leaf_values(leaf: Leaf, extreme: bool = True) -> st.SearchStrategy[float]:
         return st.sampled_from([0.0, 1.0])
     if isinstance(leaf, Categorical):
         return st.integers(0, leaf.num_categories - 1).map(float)
+    if isinstance(leaf, Binomial):
+        return st.integers(0, leaf.total_count).map(float)
     core = st.floats(-3.0, 3.0, allow_nan=False)
     if not extreme:
         return core

@@ -59,31 +59,31 @@ MUTANTS: dict[str, Mutant] = {
         "the log-space products lose their max-shift (underflow)",
     ),
     "leaf_ignores_mask": Mutant(
-        "spnkit.layers.leaf:LeafLayer.forward",
+        "spnkit.layers.leaf:LeafLayer._forward",
         "_WeightedStatistics.apply(cols, self._columns(w), self.leaf)",
         "_WeightedStatistics.apply(cols, self._columns(torch.ones_like(w)), self.leaf)",
         "the leaf layer ignores the marginalization mask",
     ),
     "soft_evidence_constant_unweighted": Mutant(
-        "spnkit.leaves:Normal.weighted_statistics",
+        "spnkit.leaves.normal:Normal.weighted_statistics",
         "out[2].copy_(w)",
         "out[2].fill_(1.0)",
         "a float mask integrates an unobserved Normal factor out of its normalizer but not its constant",
     ),
     "hard_evidence_ignores_mask": Mutant(
-        "spnkit.leaves:Normal.observed_statistics",
+        "spnkit.leaves.normal:Normal.observed_statistics",
         "out[2].copy_(observed)",
         "out[2].fill_(1.0)",
         "a bool mask integrates an unobserved Normal factor out of its normalizer but not its constant",
     ),
     "hard_evidence_keeps_unobserved_values": Mutant(
-        "spnkit.leaves:_zero_unobserved",
+        "spnkit.leaves.base:zero_unobserved",
         "return torch.where(observed, x, x.new_zeros(()), out=out)",
         "return x if out is None else out.copy_(x)",
         "a bool mask lets the values at unobserved entries into the statistics",
     ),
     "hard_evidence_finite_keeps_values": Mutant(
-        "spnkit.leaves:_zero_unobserved",
+        "spnkit.leaves.base:zero_unobserved",
         "return torch.mul(x, weight, out=out)",
         "return x if out is None else out.copy_(x)",
         "with validated finite values, a bool mask lets the unobserved values into the statistics",
@@ -107,7 +107,7 @@ MUTANTS: dict[str, Mutant] = {
         "reshape instead of transpose: samples of a batch get mixed",
     ),
     "mpe_no_peak": Mutant(
-        "spnkit.layers.leaf:LeafLayer.forward_max",
+        "spnkit.layers.leaf:LeafLayer._forward_max",
         "unobserved.unsqueeze(0)])",
         "torch.zeros_like(unobserved).unsqueeze(0)])",
         "max-product treats unobserved factors as 1 instead of their maximum",
@@ -149,7 +149,7 @@ MUTANTS: dict[str, Mutant] = {
         "no gradient reaches the Tucker sum weights",
     ),
     "detach_leaf_input": Mutant(
-        "spnkit.layers.leaf:LeafLayer.forward",
+        "spnkit.layers.leaf:LeafLayer._forward",
         "cols = self._columns(x)",
         "cols = self._columns(x.detach())",
         "no gradient reaches the inputs",
@@ -167,7 +167,7 @@ MUTANTS: dict[str, Mutant] = {
         "the compiled Tucker products read their left child twice",
     ),
     "normal_sample_scale": Mutant(
-        "spnkit.leaves:Normal.sample",
+        "spnkit.leaves.normal:Normal.sample",
         "self.variance(params).sqrt() * noise",
         "self.variance(params) * noise",
         "Normal leaves sample with the variance as the standard deviation",

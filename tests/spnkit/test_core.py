@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import spnkit
+from spnkit.testing.brute_force import support
 import spnkit_mutants  # tests/spnkit/spnkit_mutants.py, the mutation harness
 from spnkit import Bernoulli, Categorical, InvalidStructureError, Normal, Partition, RegionGraph, SPN
 from spnkit.layers import CPLayer, LeafLayer, MixingLayer, TuckerLayer
@@ -55,7 +56,7 @@ def _values(leaf, shape, gen) -> torch.Tensor:
     """Random values in the support of ``leaf``."""
     if isinstance(leaf, Normal):
         return torch.randn(shape, generator=gen, dtype=torch.float64) * 2
-    card = leaf.num_categories if isinstance(leaf, Categorical) else 2
+    card = len(support(leaf))
     return torch.randint(0, card, shape, generator=gen).double()
 
 
@@ -711,7 +712,7 @@ def test_normal_init_var_sets_the_starting_variances() -> None:
 
 def test_normal_natural_parameters_and_their_hand_written_gradient() -> None:
     """The fused natural-parameter map equals the closed form, and its backward passes gradcheck."""
-    from spnkit.leaves import _NormalNatural
+    from spnkit.leaves.normal import _NormalNatural
 
     leaf = spnkit.Normal(min_var=0.05, max_var=0.7)
     torch.manual_seed(0)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import spnkit
+from spnkit.testing.brute_force import support
 from spnkit import io as spnio
 from spnkit.testing.circuits import randomize_parameters
 
@@ -31,7 +32,7 @@ def _x(spn: spnkit.SPN, n: int = 7) -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
     if isinstance(spn.leaf, spnkit.Normal):
         return torch.randn(n, spn.num_vars, generator=g, dtype=spn.dtype)
-    k = spn.leaf.num_categories if isinstance(spn.leaf, spnkit.Categorical) else 2
+    k = len(support(spn.leaf))
     return torch.randint(0, k, (n, spn.num_vars), generator=g).to(spn.dtype)
 
 

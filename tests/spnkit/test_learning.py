@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import spnkit
+from spnkit.testing.brute_force import support
 from spnkit.learn import evaluate, expected_counts, fit, m_step
 from spnkit.testing.strategies import circuit_specs
 
@@ -35,7 +36,7 @@ def _data_for(leaf: spnkit.Leaf, n: int, d: int, seed: int) -> torch.Tensor:
     if isinstance(leaf, spnkit.Bernoulli):
         p = torch.where(z, 0.8, 0.15).expand(n, d)
         return (torch.rand(n, d, generator=g, dtype=F64) < p).to(F64)
-    k = leaf.num_categories
+    k = len(support(leaf))
     return torch.where(z, torch.randint(0, k, (n, d), generator=g), torch.zeros(n, d, dtype=torch.long)).to(F64)
 
 
@@ -55,7 +56,7 @@ def _weighted_data(leaf: spnkit.Leaf, shape=(2, 3), n=50, seed=0):
     elif isinstance(leaf, spnkit.Bernoulli):
         x = (torch.rand(n, *shape, generator=g) < 0.3).to(F64)
     else:
-        x = torch.randint(0, leaf.num_categories, (n, *shape), generator=g).to(F64)
+        x = torch.randint(0, len(support(leaf)), (n, *shape), generator=g).to(F64)
     stats = (leaf.statistics(x) * r).sum(1).movedim(0, -1)  # (S, n, *shape) -> (*shape, S)
     return r, x, stats
 

@@ -274,7 +274,7 @@ def test_completions_never_change_observed_entries(case, seed):
 # --------------------------------------------------------------------- MPE
 @st.composite
 def _deterministic_specs(draw):
-    leaf = draw(sts.discrete_leaves(max_categories=3))
+    leaf = draw(sts.discrete_leaves(max_categories=3).filter(lambda f: not isinstance(f, spnkit.Binomial)))  # point masses need Bernoulli or Categorical
     card = 2 if isinstance(leaf, spnkit.Bernoulli) else leaf.num_categories
     k = draw(st.integers(1, card))
     max_vars = int(math.log(256) / math.log(card) + 1e-9)
@@ -298,12 +298,15 @@ def test_mpe_equals_brute_force_on_deterministic_circuits(spec: CircuitSpec, dat
     m = data.draw(sts.masks(tuple(x.shape), kinds=("bool", "marginalized")), label="mask")
     with torch.no_grad():
         lp = spn.log_prob(x)
-        inside = lp > -1e3  # a CP circuit without leaf projections has no mass off its products' diagonals
+        # a CP circuit has mass only on the value combinations its products share (e.g. diagonals); outside
+        # its support every term is ~exp(-1e4), where sums and maxima differ: compare inside
+        inside = lp > -1e3
         torch.testing.assert_close(lp[inside], bf.max_product(spn, x)[inside], atol=1e-8, rtol=1e-9)  # sum == max
         completion, value = spn.mpe(x, m, return_value=True)
         _, best = bf.mpe(spn, x, m)
-        torch.testing.assert_close(value, best, atol=1e-8, rtol=1e-9)
-        torch.testing.assert_close(_max_classes(spn.log_prob(completion)), best, atol=1e-8, rtol=1e-9)
+        ok = best > -1e3
+        torch.testing.assert_close(value[ok], best[ok], atol=1e-8, rtol=1e-9)
+        torch.testing.assert_close(_max_classes(spn.log_prob(completion))[ok], best[ok], atol=1e-8, rtol=1e-9)
 
 
 @examples(80)
