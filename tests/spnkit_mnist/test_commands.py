@@ -18,13 +18,19 @@ def _gen(seed: int) -> torch.Generator:
 
 
 SMALL = ["--minutes", "0.02", "--subset", "300", "--depth", "2", "--repetitions", "2", "--sums", "4", "--leaves", "4", "--no-progress"]
+NORMAL_RAT = ["--structure", "random", "--layer", "tucker", "--leaf", "normal"]
 
 
 @pytest.mark.slow
 def test_cli_fit_inpaint_and_classify_mnist_end_to_end(tmp_path, capsys):
     from PIL import Image
 
-    assert main(["fit", "mnist", *SMALL, "--out", str(tmp_path / "fit")]) == 0
+    assert main(["fit", "mnist", *SMALL, "--out", str(tmp_path / "hclt")]) == 0  # the default: an HCLT, exact discrete
+    metrics = json.loads((tmp_path / "hclt" / "metrics.json").read_text())
+    assert metrics["model"]["structure"] == "hclt" and metrics["likelihood"].startswith("discrete")
+    assert metrics["test_bits_per_dim"] == pytest.approx(-metrics["test_log_likelihood_nats"] / (784 * math.log(2)))
+    assert 0 < metrics["test_bits_per_dim"] < 8
+    assert main(["fit", "mnist", *SMALL, *NORMAL_RAT, "--out", str(tmp_path / "fit")]) == 0
     metrics = json.loads((tmp_path / "fit" / "metrics.json").read_text())
     assert math.isfinite(metrics["test_bits_per_dim"]) and metrics["test_bits_per_dim"] > 0
     assert metrics["test_bits_per_dim"] == pytest.approx(8 - metrics["test_log_likelihood_nats"] / (784 * math.log(2)))
