@@ -19,6 +19,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import os
 import subprocess
@@ -86,7 +87,9 @@ def _run_one(name: str, minutes: float, out: Path, extra: list[str]) -> dict:
         raise RuntimeError(f"{name} failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
     m = json.loads((folder / "metrics.json").read_text())
     model = m["model"]
-    return {
+    curve = [{"epoch": h["epoch"], "seconds": round(h["elapsed"], 1), "valid_bits_per_dim": round(_bpd(h["valid_ll"], model["leaf"]), 4)}
+             for h in m["history"] if h.get("valid_ll") is not None] if "test_bits_per_dim" in m else []
+    return {"curve": curve,
         "dataset": "MNIST",
         "structure": model["structure"] + (f" ({model['arity']}-ary)" if model["structure"] == "quad-tree" else ""),
         "layer": model["layer"],
@@ -104,6 +107,11 @@ def _run_one(name: str, minutes: float, out: Path, extra: list[str]) -> dict:
         "objective": "discriminative" if command == "classify" else "generative",
         "config": name,
     }
+
+
+def _bpd(ll: float, leaf: str) -> float:
+    """Bits/dim of a mean log-likelihood: exact for discrete leaves, the dequantization bound for Normal ones."""
+    return -ll / (784 * math.log(2)) + (8.0 if leaf == "normal" else 0.0)
 
 
 def markdown(ctx: dict, rows: list[dict]) -> str:
@@ -151,8 +159,12 @@ def main() -> int:
     for name in names:
         minutes = 0.05 if args.smoke else (args.flagship_minutes or args.minutes) if name == FLAGSHIP else args.minutes
         row = _run_one(name, minutes, args.runs_dir, extra)
+        curve = row.pop("curve")
         old[name] = row
         print(json.dumps(row), flush=True)
+        if name == FLAGSHIP and curve:  # bits/dim against training time
+            curve_path = args.out_dir / f"density_curve_{name}.csv"
+            atomic_write(curve_path, csv_text(["epoch", "seconds", "valid_bits_per_dim"], curve, context(threads=args.threads)).encode())
         rows = [old[n] for n in [*CONFIGS, *CLASSIFY] if n in old]
         ctx = context(threads=args.threads)
         atomic_write(csv_path, csv_text(FIELDS, rows, ctx).encode())

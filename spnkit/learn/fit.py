@@ -25,6 +25,7 @@ from .. import distributed as _dist
 from ..circuit import SPN
 from ..evidence import Evidence
 from .em import Counts, check_labels, e_step, m_step, root_log_likelihood
+from .init import init_leaves
 
 __all__ = ["fit", "METHODS", "OBJECTIVES"]
 
@@ -52,6 +53,7 @@ def fit(
     step_size: float | tuple[float, float] = 0.1,
     weight_pseudocount: float = 0.1,
     leaf_pseudocount: float = 1.0,
+    init: str = "keep",
     patience: int | None = None,
     valid_fraction: float = 0.1,
     max_seconds: float | None = None,
@@ -114,6 +116,10 @@ def fit(
             families, pseudo-observations of the prior variance for Normal ones).
             The defaults keep rare values and sparsely used components from
             collapsing, which is what overfits on small data.
+        init: ``"keep"`` trains from the circuit's current parameters;
+            ``"data"`` first sets every leaf component from the training data
+            (:func:`spnkit.learn.init_leaves`: the family's fit to a randomly
+            weighted subsample, e.g. means and variances near the data's).
         patience: early-stopping patience in epochs (None: train all epochs).
         valid_fraction: share of ``data`` held out when ``valid`` is None.
         max_seconds: wall-clock budget; training stops after the step that exceeds it.
@@ -170,6 +176,8 @@ def fit(
         if not callable(cb):
             raise ValueError(f"callbacks must be callables taking a dict, got {cb!r}")
 
+    if init not in ("keep", "data"):
+        raise ValueError(f"init must be 'keep' or 'data', got {init!r}")
     ev = spn.prepare(data, marginalized, "data")
     y = check_labels(spn, labels, ev.num_samples)
     if generator is None:
@@ -186,6 +194,9 @@ def fit(
             raise ValueError("give labels for both data and valid, or for neither")
     if ev.num_samples < 1:
         raise ValueError("no training samples left after the validation split")
+    if init == "data":
+        x_train, m_train = ev.float_input()
+        init_leaves(spn, x_train, m_train, seed=0 if seed is None else seed, pseudocount=max(leaf_pseudocount, 1e-3))
 
     info = _dist.current(spn.device) if distributed else None
     if info is not None:  # lock-step training needs identical inputs everywhere; say so rather than hang
