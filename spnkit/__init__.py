@@ -8,7 +8,7 @@ Mask polarity, everywhere in spnkit: True (or 1.0) = unobserved, integrated out.
 """
 
 from .circuit import SPN
-from .io import load
+from .io import load, save
 from .learn import fit
 from .models import hclt, learn_spn
 from .leaves import Bernoulli, Binomial, Categorical, Leaf, Normal
@@ -28,6 +28,7 @@ __all__ = [
     "draw",
     "fit",
     "load",
+    "save",
     "hclt",
     "learn_spn",
 ]
