@@ -276,10 +276,9 @@ class LeafLayer(LeafLayerBase):
     def moments(self, x: Tensor, hidden: Tensor, posterior: Tensor) -> tuple[Tensor, Tensor]:
         dt = posterior.dtype
         try:
-            mean, second = self.leaf.moments({k: v.detach().to(dt) for k, v in self.params.items()})  # (R, n, K) each
+            mean, var = self.leaf.mean_variance({k: v.detach().to(dt) for k, v in self.params.items()})  # (R, n, K) each
         except NotImplementedError as err:
             raise ValueError(str(err)) from None
-        var = (second - mean * mean).clamp_min(0)
         R, n = self.var_index.shape
         B, D = posterior.shape[1], self.num_vars
         idx = self.var_index.reshape(-1)

@@ -156,6 +156,8 @@ class MVNLeafLayer(LeafLayerBase):
             hg = None if hidden is None else hidden[:, idx].permute(1, 0, 2)
             if hg is None or not bool(hg.any()):
                 lp = self._observed(xg, prec, lin, const)
+            elif not peak and bool(hg.all()):  # nothing observed: every density integrates to 1
+                lp = (const * 0).unsqueeze(1).expand(-1, B, -1)  # zeros, still a function of the parameters
             else:
                 ps = _symmetric(prec)  # the density reads P only through x' P x: any P gives its symmetric part's gradient
                 step = _sample_blocks(B, 3 * prec.shape[0] * K * d * d * x.element_size())

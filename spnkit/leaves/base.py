@@ -236,6 +236,16 @@ class Leaf(LeafFamily):
         """
         raise NotImplementedError(f"{type(self).__name__} does not define moments, which conditional expectations need")
 
+    def mean_variance(self, params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The mean and variance of each factor: each ``(*P)``.
+
+        The default subtracts the squared mean from :meth:`moments`'s second
+        moment; the built-in families give the variance in closed form, which
+        does not cancel for factors far from zero.
+        """
+        mean, second = self.moments(params)
+        return mean, (second - mean * mean).clamp_min(0)
+
     def make_layer(self, scopes, num_vars, num_leaves):
         from ..layers.leaf import LeafLayer  # noqa: PLC0415 (the layers import the leaves)
 

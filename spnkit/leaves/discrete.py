@@ -63,6 +63,10 @@ class Bernoulli(Leaf):
         p = torch.sigmoid(params["logits"])
         return p, p
 
+    def mean_variance(self, params):
+        p = torch.sigmoid(params["logits"])
+        return p, p * (1 - p)
+
     def mean_statistics(self, params):
         p = torch.sigmoid(params["logits"])
         return torch.stack([p, torch.ones_like(p)], dim=-1)
@@ -128,6 +132,12 @@ class Categorical(Leaf):
         probs = torch.softmax(params["logits"], dim=-1)
         values = torch.arange(self.num_categories, dtype=probs.dtype, device=probs.device)
         return probs @ values, probs @ (values * values)
+
+    def mean_variance(self, params):
+        probs = torch.softmax(params["logits"], dim=-1)
+        values = torch.arange(self.num_categories, dtype=probs.dtype, device=probs.device)
+        mean = probs @ values
+        return mean, (probs * (values - mean.unsqueeze(-1)) ** 2).sum(-1)
 
     def mean_statistics(self, params):
         return torch.softmax(params["logits"], dim=-1)
@@ -224,6 +234,11 @@ class Binomial(Leaf):
         p = torch.sigmoid(params["logits"])
         mean = self.total_count * p
         return mean, mean * (1 - p) + mean * mean
+
+    def mean_variance(self, params):
+        p = torch.sigmoid(params["logits"])
+        mean = self.total_count * p
+        return mean, mean * (1 - p)
 
     def mean_statistics(self, params):
         p = torch.sigmoid(params["logits"])

@@ -298,6 +298,9 @@ class Normal(Leaf):
         loc = params["loc"]
         return loc, self.variance(params) + loc * loc
 
+    def mean_variance(self, params):
+        return params["loc"], self.variance(params)
+
     def mean_statistics(self, params):
         loc = params["loc"]
         return torch.stack([self.variance(params) + loc * loc, loc, torch.ones_like(loc)], dim=-1)

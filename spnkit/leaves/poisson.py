@@ -97,6 +97,10 @@ class Poisson(Leaf):
         rate = self.rate(params)
         return rate, rate + rate * rate
 
+    def mean_variance(self, params):
+        rate = self.rate(params)
+        return rate, rate
+
     def mean_statistics(self, params):
         rate = self.rate(params)
         return torch.stack([rate, torch.ones_like(rate)], dim=-1)

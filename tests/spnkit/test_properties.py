@@ -49,8 +49,12 @@ def _circuit_inputs_masks(draw, specs=None, mask_kinds=("observed", "marginalize
     spec = draw(specs if specs is not None else sts.circuit_specs(max_vars=6))
     spn = spec.build()
     x = draw(sts.inputs(spn.leaf, spn.num_vars, max_batch=max_batch, extreme=extreme))
-    if not spn.leaf.soft_evidence:  # multivariate leaves take hard evidence only: bool masks in place of soft ones
-        mask_kinds = tuple(k for k in mask_kinds if k != "soft") or ("bool",)
+    if not spn.leaf.soft_evidence and "soft" in mask_kinds:  # multivariate leaves take hard evidence only
+        hard = tuple(k for k in mask_kinds if k != "soft") or ("bool",)
+        m = draw(sts.masks(tuple(x.shape), kinds=hard))
+        if hard == ("bool",) or draw(st.booleans()):
+            m = m.double()  # in place of a soft mask: a float mask of 0s and 1s
+        return spec, spn, x, m
     m = draw(sts.masks(tuple(x.shape), kinds=mask_kinds))
     return spec, spn, x, m
 
