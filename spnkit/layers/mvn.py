@@ -271,9 +271,10 @@ class MVNLeafLayer(LeafLayerBase):
             count = wk.sum(1).t()  # (R_d, K)
             s1 = torch.einsum("knr,nri->rki", wk, xg)
             s2 = torch.einsum("knr,nri,nrj->rkij", wk, xg, xg)
-            self._set(d, self.leaf.m_step((-0.5 * s2, s1, count), self.group_params(d), pseudocount))
+            self.set_group_params(d, self.leaf.m_step((-0.5 * s2, s1, count), self.group_params(d), pseudocount))
 
-    def _set(self, d: int, new: dict[str, Tensor]) -> None:
+    def set_group_params(self, d: int, new: dict[str, Tensor]) -> None:
+        """Write ``loc`` and ``factor`` of the regions with ``d`` variables (in place)."""
         self.params[f"d{d}_loc"].copy_(new["loc"])
         self.params[f"d{d}_factor"].copy_(new["factor"])
 
@@ -290,4 +291,4 @@ class MVNLeafLayer(LeafLayerBase):
                 seen = stats[2] > 1e-12  # components without data keep their parameters exactly
                 new = {"loc": torch.where(seen.unsqueeze(-1), back["loc"], old["loc"]),
                        "factor": torch.where(seen.unsqueeze(-1).unsqueeze(-1), back["factor"], old["factor"])}
-            self._set(d, new)
+            self.set_group_params(d, new)
