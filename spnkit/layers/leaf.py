@@ -265,6 +265,9 @@ class LeafLayer(LeafLayerBase):
         per_slot = sum(math.prod(p.shape[2:]) for p in self.params.values())  # K * extra dims, all tensors
         return slots.long().cpu() * per_slot
 
+    def counts_match(self, counts: object) -> bool:
+        return isinstance(counts, Tensor) and counts.shape[:3] == self.var_index.shape + (self.num_leaves,)
+
     def fill(self, region: Tensor, choice: Tensor, sample: Tensor, x: Tensor, m: Tensor, greedy: bool,
              generator: torch.Generator | None, out: Tensor) -> None:
         """Draws (or modes) of the chosen components, written at their samples' variables (factors ignore the evidence)."""

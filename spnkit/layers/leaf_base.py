@@ -80,7 +80,7 @@ class LeafLayerBase(nn.Module):
         """
 
     def counts_match(self, counts: object) -> bool:
-        """Whether ``counts`` have the structure of this layer's natural parameters."""
+        """Whether ``counts`` have the structure of this layer's natural parameters (the default computes them to compare)."""
         with torch.no_grad():
             ours = flat(self.natural())
         theirs = counts if isinstance(counts, tuple) else (counts,)

@@ -64,6 +64,11 @@ class MixedLeafLayer(LeafLayerBase):
             start += n
         return out
 
+    def counts_match(self, counts: object) -> bool:
+        if not isinstance(counts, tuple) or len(counts) != sum(self._sizes):
+            return False
+        return all(layer.counts_match(c) for layer, c in zip(self.layers, self._split(counts)))
+
     def natural(self) -> tuple[Tensor, ...]:
         return tuple(t for layer in self.layers for t in flat(layer.natural()))
 

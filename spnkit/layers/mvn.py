@@ -128,6 +128,17 @@ class MVNLeafLayer(LeafLayerBase):
             raise ValueError(f"natural parameters of a multivariate Normal layer are {3 * len(self.sizes)} tensors")
         return [(flat[3 * g], flat[3 * g + 1], flat[3 * g + 2]) for g in range(len(self.sizes))]
 
+    def counts_match(self, counts: object) -> bool:
+        if not isinstance(counts, tuple) or len(counts) != 3 * len(self.sizes):
+            return False
+        K = self.num_leaves
+        for g, d in enumerate(self.sizes):
+            r = self.group_index(d)[0].numel()
+            shapes = [(r, K, d, d), (r, K, d), (r, K)]
+            if any(not isinstance(c, Tensor) or tuple(c.shape) != s for c, s in zip(counts[3 * g : 3 * g + 3], shapes)):
+                return False
+        return True
+
     def effective_parameter_counts(self) -> Tensor:
         d = (self.var_index < self.num_vars).sum(1).long().cpu()
         return self.num_leaves * (d + d * (d + 1) // 2)

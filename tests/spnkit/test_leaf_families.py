@@ -365,3 +365,32 @@ def test_all_reduce_counts_keeps_tuple_counts(tmp_path):
         torch.testing.assert_close(a, b)
     assert reduced.num_samples == 20
     m_step(spn, reduced + counts)
+
+
+def test_mvn_expected_statistics_with_missing_entries_are_the_conditional_moments():
+    """One Gaussian: EM's statistics of a half-observed sample are E[x] and E[x x'] under the conditional of its hidden entries."""
+    rg = spnkit.RegionGraph(4, ((0, 1, 2, 3), (0, 1, 2), (3,)), (spnkit.Partition(0, (1, 2)),))
+    spn = spnkit.SPN(rg, spnkit.MultivariateNormal(0.1, 3.0), num_sums=1, num_leaves=1).double()
+    randomize_parameters(spn, seed=4, scale=1.0)
+    x = torch.tensor([[0.3, 0.0, -1.0, 0.5], [0.0, 0.0, 0.0, 0.0], [1.0, 2.0, 0.5, 0.0]], dtype=F64)
+    m = torch.tensor([[False, True, False, False], [True, True, True, True], [False, False, False, False]])
+    counts = expected_counts(spn, x, m)
+    layer = spn.leaf_layer
+    g = layer.sizes.index(3)
+    big, lin, count = counts.leaves[3 * g : 3 * g + 3]
+    params = layer.group_params(3)
+    mu, cov = params["loc"][0, 0].detach(), spn.leaf.covariance(params)[0, 0].detach()
+    first, second = torch.zeros(3, dtype=F64), torch.zeros(3, 3, dtype=F64)
+    for b in range(3):
+        h = [i for i in range(3) if m[b, i]]
+        o = [i for i in range(3) if not m[b, i]]
+        mean, c = x[b, :3].clone(), torch.zeros(3, 3, dtype=F64)
+        if h:
+            gain = cov[h][:, o] @ torch.linalg.inv(cov[o][:, o]) if o else torch.zeros(len(h), 0, dtype=F64)
+            mean[h] = mu[h] + gain @ (x[b, o] - mu[o])
+            c[torch.tensor(h).unsqueeze(1), torch.tensor(h)] = cov[h][:, h] - gain @ cov[o][:, h]
+        first += mean
+        second += torch.outer(mean, mean) + c
+    torch.testing.assert_close(count[0, 0], torch.tensor(3.0, dtype=F64))
+    torch.testing.assert_close(lin[0, 0], first)
+    torch.testing.assert_close(-2 * big[0, 0], second)
