@@ -11,7 +11,8 @@ from .circuit import SPN
 from .io import load, save
 from .learn import fit
 from .models import hclt, learn_spn
-from .leaves import Bernoulli, Binomial, Categorical, Leaf, Normal
+from .expectation import impute
+from .leaves import Bernoulli, Binomial, Categorical, Leaf, LeafFamily, Mixed, MultivariateNormal, Normal, Poisson
 from .region_graph import InvalidStructureError, Partition, RegionGraph
 from .viz import draw
 
@@ -20,11 +21,16 @@ __all__ = [
     "RegionGraph",
     "Partition",
     "InvalidStructureError",
+    "LeafFamily",
     "Leaf",
     "Normal",
     "Bernoulli",
     "Categorical",
     "Binomial",
+    "Poisson",
+    "MultivariateNormal",
+    "Mixed",
+    "impute",
     "draw",
     "fit",
     "load",

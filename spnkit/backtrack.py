@@ -70,14 +70,20 @@ def downward(spn: "SPN", trace: Trace | None, root_choice: Tensor, choose: Calla
 
 
 @torch.no_grad()
-def fill_leaves(spn: "SPN", leaf_choice: Tensor, greedy: bool, generator: torch.Generator | None) -> Tensor:
-    """Values of every variable from the chosen leaf components: ``(B, D)``; only the chosen leaves are drawn."""
+def fill_leaves(spn: "SPN", leaf_choice: Tensor, greedy: bool, generator: torch.Generator | None,
+                x: Tensor | None = None, m: Tensor | None = None) -> Tensor:
+    """Values of every variable from the chosen leaf components: ``(B, D)``; only the chosen leaves are drawn.
+
+    ``x`` and the float mask ``m`` (``(B, D)``; None: nothing observed) are the
+    evidence that leaves over several variables condition their draws on.
+    """
+    B = leaf_choice.shape[1]
+    if x is None or m is None:
+        x = torch.zeros(B, spn.num_vars, dtype=spn.dtype, device=leaf_choice.device)
+        m = torch.ones_like(x)
     reg, smp = torch.nonzero(leaf_choice >= 0, as_tuple=True)  # (A,) leaf regions on the chosen trees
-    params = spn.leaf_layer.pair_params(reg, leaf_choice[reg, smp])  # each (A, n, ...)
-    vals = spn.leaf.mode(params) if greedy else spn.leaf.sample(params, generator)  # (A, n)
-    var = spn.leaf_layer.var_index[reg]  # (A, n); padding slots point at column D
-    out = vals.new_zeros(leaf_choice.shape[1], spn.num_vars + 1)
-    out[smp.unsqueeze(1).expand_as(var), var] = vals
+    out = x.new_zeros(B, spn.num_vars + 1)  # column D takes the padding slots
+    spn.leaf_layer.fill(reg, leaf_choice[reg, smp], smp, x, m, greedy, generator, out)
     return out[:, : spn.num_vars]  # (B, D)
 
 
@@ -102,6 +108,6 @@ def complete(spn: "SPN", x: Tensor, m: Tensor, greedy: bool, root: Tensor | None
         root_values = trace.root
     if root is None:
         root = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if spn.num_classes == 1 else choose(root_values, -1)
-    filled = fill_leaves(spn, downward(spn, trace, root, choose), greedy, generator)
+    filled = fill_leaves(spn, downward(spn, trace, root, choose), greedy, generator, x, m)
     value = torch.gather(root_values, 1, root.view(-1, 1)).squeeze(1)
     return (torch.where(m > 0, filled, x) if keep_observed else filled), value

@@ -38,9 +38,9 @@ from torch import Tensor, nn
 from . import backtrack
 from .circuit_graph import check_compiled, node_graph
 from .compile import LAYER_KINDS, Level, compile_circuit
-from .evidence import CircuitParams, Evidence, Trace, validate
-from .layers import CPLayer, LeafLayer, SumWeights
-from .leaves import Leaf
+from .evidence import CircuitParams, Evidence, Trace, root_choice, validate
+from .layers import CPLayer, LeafLayerBase, SumWeights
+from .leaves import LeafFamily
 from .region_graph import RegionGraph
 
 __all__ = ["SPN"]
@@ -53,7 +53,10 @@ class SPN(nn.Module):
         region_graph: the structure; it must be valid (smooth, decomposable,
             covering). Partitions may have any number of children with
             ``layer="cp"``; ``layer="tucker"`` needs two per partition.
-        leaf: the leaf family, e.g. ``Normal(min_var=0.1, max_var=1.0)``.
+        leaf: the leaf family, e.g. ``Normal(min_var=0.1, max_var=1.0)``,
+            ``Poisson()``, ``MultivariateNormal(...)`` (a full-covariance
+            Gaussian over each leaf region's variables) or ``Mixed({...})`` (a
+            family per variable); the family builds the leaf layer.
         num_sums: ``K`` sum nodes (CP: product nodes) per inner region.
         num_leaves: leaf distributions per leaf region.
         num_classes: root sums; more than one gives class-conditional densities
@@ -82,13 +85,13 @@ class SPN(nn.Module):
         torch.Size([5, 3])
     """
 
-    leaf_layer: LeafLayer
+    leaf_layer: LeafLayerBase
     root_sum: CPLayer | None
 
     def __init__(
         self,
         region_graph: RegionGraph,
-        leaf: Leaf,
+        leaf: LeafFamily,
         num_sums: int = 10,
         num_leaves: int = 10,
         num_classes: int = 1,
@@ -100,7 +103,7 @@ class SPN(nn.Module):
         for name, v in (("num_sums", num_sums), ("num_leaves", num_leaves), ("num_classes", num_classes)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if not isinstance(leaf, Leaf):
+        if not isinstance(leaf, LeafFamily):
             raise ValueError(f"leaf must be a spnkit leaf family such as spnkit.Normal(), got {leaf!r}")
         if not isinstance(region_graph, RegionGraph):
             raise ValueError(f"region_graph must be a spnkit.RegionGraph, got {type(region_graph).__name__}")
@@ -196,21 +199,27 @@ class SPN(nn.Module):
         return validate(x, marginalized, num_vars=self.num_vars, dtype=self.dtype, device=self.device, leaf=self.leaf,
                         check_values=self.validate_args, name=name)
 
-    def upward(self, evidence: Evidence, *, mode: str = "sum", params: CircuitParams | None = None) -> Trace:
+    def upward(self, evidence: Evidence, *, mode: str = "sum", params: CircuitParams | None = None,
+               leaf_grad: bool = False) -> Trace:
         """One bottom-up pass over prepared evidence.
 
         Args:
             evidence: from :meth:`prepare` (or a slice of it).
             mode: "sum" (log-likelihood) or "max" (max-product).
             params: parameters to use instead of the module's own (``"sum"`` mode only).
+            leaf_grad: compute the leaf layer without a graph to its parameters
+                and make its output ``trace.leaf`` a tensor that requires grad
+                (``"sum"`` mode): differentiating the summed root log-likelihood
+                by it gives each leaf component's posterior probability of
+                lying in a sample's induced tree.
 
         Returns:
             the :class:`~spnkit.evidence.Trace`; ``trace.root`` is ``(B, num_classes)``.
         """
         if mode not in ("sum", "max"):
             raise ValueError(f"mode must be 'sum' or 'max', got {mode!r}")
-        if params is not None and mode != "sum":
-            raise ValueError("params are taken by the sum pass only")
+        if (params is not None or leaf_grad) and mode != "sum":
+            raise ValueError("params and leaf_grad are taken by the sum pass only")
         x, w = evidence.leaf_input()
         weights = None
         if params is not None and params.log_weights is not None:
@@ -218,7 +227,10 @@ class SPN(nn.Module):
                 raise ValueError(f"params.log_weights has {len(params.log_weights)} tensors; this circuit has {len(self.weighted_layers)} sum layers")
             weights = iter(params.log_weights)
         if mode == "sum":
-            leaf = self.leaf_layer(x, w, None if params is None else params.leaf_natural, finite=evidence.finite)  # (R0, B, K_leaf)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not leaf_grad):
+                leaf = self.leaf_layer(x, w, None if params is None else params.leaf_natural, finite=evidence.finite)  # (R0, B, K_leaf)
+            if leaf_grad:
+                leaf = leaf.detach().requires_grad_()
         else:
             leaf = self.leaf_layer.forward_max(x, w)
         blocks: list[Tensor] = []  # batch-fastest (rows, K_max, B) chunks of the blocks
@@ -245,7 +257,7 @@ class SPN(nn.Module):
                 out = self.root_sum(blocks, None if weights is None else next(weights))  # (1, B, C)
             else:
                 out = self.root_sum.forward_max(blocks)
-        return Trace(blocks=tuple(blocks), parts=tuple(parts), root=out[0])
+        return Trace(blocks=tuple(blocks), parts=tuple(parts), root=out[0], leaf=leaf)
 
     def _add_block(self, blocks: list[Tensor], block: Tensor, index: int) -> None:
         """Append block ``index`` (``(rows, K_max, B)``) to ``blocks`` as its chunks (views; one per reading layer)."""
@@ -309,17 +321,7 @@ class SPN(nn.Module):
 
     def _root_choice(self, batch: int, which: int | Tensor | None) -> Tensor | None:
         """The given root sum per sample ``(B,)``, validated; None when the posterior is to choose."""
-        if which is None:
-            return None
-        ok = hasattr(type(which), "__index__") and not isinstance(which, (bool, Tensor))  # int, numpy int
-        if isinstance(which, Tensor):
-            ok = not (which.is_floating_point() or which.is_complex() or which.dtype == torch.bool) and which.shape in ((), (batch,))
-        if not ok:
-            raise ValueError(f"root must be None, an int or an integer tensor of shape () or ({batch},), got {which!r}")
-        out = torch.as_tensor(which, device=self.device, dtype=torch.long).expand(batch)
-        if bool(((out < 0) | (out >= self.num_classes)).any()):
-            raise ValueError(f"root must index one of the {self.num_classes} root sums")
-        return out
+        return root_choice(which, batch, self.num_classes, self.device)
 
     def sample(
         self,
@@ -407,6 +409,36 @@ class SPN(nn.Module):
         xs, m = self.prepare(x, marginalized).float_input()
         out, value = backtrack.complete(self, xs, m, True, self._root_choice(xs.shape[0], root), None, keep_observed)
         return (out, value) if return_value else out
+
+    @overload
+    def expectation(self, x: Tensor, marginalized: Tensor | None = ..., *, variance: Literal[False] = ...,
+                    root: int | Tensor | None = ...) -> Tensor: ...
+
+    @overload
+    def expectation(self, x: Tensor, marginalized: Tensor | None = ..., *, variance: Literal[True],
+                    root: int | Tensor | None = ...) -> tuple[Tensor, Tensor]: ...
+
+    def expectation(self, x: Tensor, marginalized: Tensor | None = None, *, variance: bool = False,
+                    root: int | Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        """``E[x_hidden | x_observed]`` per sample, in closed form (one upward and one backward pass).
+
+        The mean of the conditional distribution, what imputation and
+        regression want (sampling gives draws of it, :meth:`mpe` its most
+        probable completion). See :func:`spnkit.expectation.expectation`.
+
+        Args:
+            x: ``(B, D)``; hidden entries may hold anything, NaN included.
+            marginalized: ``(B, D)`` bool, True = hidden (a float mask of 0s and 1s is taken too); None: nothing hidden.
+            variance: also return the conditional variance (0 at observed entries).
+            root: with ``num_classes > 1``: None mixes the class roots under a
+                uniform prior; an int or ``(B,)`` tensor conditions on that class.
+
+        Returns:
+            ``(B, D)`` with observed entries unchanged, or ``(mean, variance)``.
+        """
+        from .expectation import expectation  # noqa: PLC0415 (the module reads the circuit's public face)
+
+        return expectation(self, x, marginalized, variance=variance, root=root)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the structure and parameters to ``path`` (see :func:`spnkit.io.save`; read back with ``spnkit.load``)."""

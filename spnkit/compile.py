@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .layers import ChildRows, CPLayer, LeafLayer, MixingLayer, RowSource, TuckerLayer
-from .leaves import Leaf
+from .layers import ChildRows, CPLayer, LeafLayerBase, MixingLayer, RowSource, TuckerLayer
+from .leaves import LeafFamily
 from .region_graph import RegionGraph
 
 __all__ = ["Level", "Compiled", "compile_circuit", "LAYER_KINDS"]
@@ -60,7 +60,7 @@ class Level:
 class Compiled:
     """What :func:`compile_circuit` builds."""
 
-    leaf_layer: LeafLayer
+    leaf_layer: LeafLayerBase
     leaf_regions: tuple[int, ...]  # the leaf layer's rows
     levels: list[Level]
     root_sum: CPLayer | None
@@ -88,7 +88,7 @@ def _sources(blocks_of_rows: list[tuple[int, int]], block_sizes: list[int]) -> l
     return out
 
 
-def compile_circuit(rg: RegionGraph, leaf: Leaf, num_sums: int, num_leaves: int, num_classes: int,
+def compile_circuit(rg: RegionGraph, leaf: LeafFamily, num_sums: int, num_leaves: int, num_classes: int,
                     layer: str, project_leaves: bool) -> Compiled:
     """Build the layers of a circuit over ``rg`` (validated by the caller; see :class:`spnkit.SPN`)."""
     heights = rg.heights
@@ -99,7 +99,7 @@ def compile_circuit(rg: RegionGraph, leaf: Leaf, num_sums: int, num_leaves: int,
             consumer[c] = min(consumer.get(c, top), heights[p.parent])
     position = {r: i for i, r in enumerate(rg.leaf_regions)}
     leaves = sorted(rg.leaf_regions, key=lambda r: (consumer[r], position[r]))
-    leaf_layer = LeafLayer(leaf, [rg.regions[i] for i in leaves], rg.num_vars, num_leaves)
+    leaf_layer = leaf.make_layer([rg.regions[i] for i in leaves], rg.num_vars, num_leaves)
     row = {r: i for i, r in enumerate(leaves)}
     row_k = [num_leaves] * len(leaves)  # entries of each buffer row
     chunks: list[list[int]] = []

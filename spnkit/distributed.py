@@ -269,11 +269,15 @@ def all_reduce_counts(counts: "Counts") -> "Counts":
     """
     from .learn.em import Counts  # noqa: PLC0415 (spnkit.learn imports this module)
 
+    from .layers.leaf_base import flat, unflat  # noqa: PLC0415
+
     n = len(counts.weights)
-    parts = [*counts.weights, counts.leaves, counts.log_likelihood.reshape(1),
-             torch.tensor([float(counts.num_samples)], device=counts.leaves.device)]
+    leaves = flat(counts.leaves)
+    parts = [*counts.weights, *leaves, counts.log_likelihood.reshape(1),
+             torch.tensor([float(counts.num_samples)], device=leaves[0].device)]
     summed = all_reduce_sum(parts)
-    return Counts(summed[:n], summed[n], summed[n + 1].reshape(()), int(round(float(summed[n + 2]))))
+    k = n + len(leaves)
+    return Counts(summed[:n], unflat(counts.leaves, summed[n:k]), summed[k].reshape(()), int(round(float(summed[k + 1]))))
 
 
 def all_gather_rows(local: Tensor, sizes: Sequence[int]) -> Tensor:

@@ -20,9 +20,9 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .leaves import Leaf
+    from .leaves import LeafFamily
 
-__all__ = ["Evidence", "Trace", "CircuitParams", "validate"]
+__all__ = ["Evidence", "Trace", "CircuitParams", "validate", "root_choice"]
 
 
 @dataclass(frozen=True)
@@ -75,13 +75,15 @@ class CircuitParams:
     """Parameters to run a circuit with instead of its own (EM reads expected counts as their gradients).
 
     Attributes:
-        leaf_natural: natural parameters of the leaf layer ``(R, n, K, S)``
-            (:meth:`spnkit.layers.LeafLayer.natural`), or None for the layer's own.
+        leaf_natural: natural parameters of the leaf layer in the layer's own
+            structure (:meth:`spnkit.layers.LeafLayerBase.natural`: a tensor
+            ``(R, n, K, S)`` for factorized leaves, a tuple of tensors for
+            multivariate and mixed ones), or None for the layer's own.
         log_weights: normalized log-weights of every sum layer, in the order of
             :attr:`spnkit.SPN.sum_layers` (each ``(A, I, K)``), or None for their own.
     """
 
-    leaf_natural: Tensor | None = None
+    leaf_natural: Tensor | tuple[Tensor, ...] | None = None
     log_weights: tuple[Tensor, ...] | None = None
 
 
@@ -94,11 +96,17 @@ class Trace:
             then each height's region vectors (see :mod:`spnkit.layers`).
         parts: per height, the partition outputs ``(P, B, K_out)``.
         root: ``(B, num_classes)`` log-values of the root sums.
+        leaf: ``(R0, B, K)`` the leaf layer's output. Run with
+            ``upward(..., leaf_grad=True)`` it is a tensor that requires grad,
+            and the gradient of the summed root log-likelihood with respect to
+            it is, per sample, the probability that each leaf component lies in
+            the induced tree (the posterior of the circuit's latent choices).
     """
 
     blocks: tuple[Tensor, ...]
     parts: tuple[Tensor, ...]
     root: Tensor
+    leaf: Tensor | None = None
 
     @property
     def buf(self) -> Tensor:
@@ -106,7 +114,7 @@ class Trace:
         return torch.cat(self.blocks).transpose(1, 2)
 
 
-def validate(x: object, marginalized: object, *, num_vars: int, dtype: torch.dtype, device: torch.device, leaf: "Leaf",
+def validate(x: object, marginalized: object, *, num_vars: int, dtype: torch.dtype, device: torch.device, leaf: "LeafFamily",
              check_values: bool, name: str = "x") -> Evidence:
     """The :class:`Evidence` of ``x`` and a mask for a circuit over ``num_vars`` variables of ``dtype`` on ``device``.
 
@@ -146,6 +154,9 @@ def validate(x: object, marginalized: object, *, num_vars: int, dtype: torch.dty
             if check_values and bool(((marginalized < 0) | (marginalized > 1) | torch.isnan(marginalized)).any()):
                 raise ValueError("a float mask must lie in [0, 1] (1 = unobserved); got values outside or NaN")
             m = marginalized.to(dtype)
+            if not leaf.soft_evidence and bool(((m > 0) & (m < 1)).any()):
+                raise ValueError(f"{type(leaf).__name__} leaves take hard evidence only: a bool mask, or a float mask of 0s "
+                                 "and 1s (soft evidence 0 < m < 1 has no meaning for a joint factor)")
         else:
             raise ValueError(f"marginalized must be bool or float in [0, 1], got dtype {marginalized.dtype}")
     given = x
@@ -156,7 +167,26 @@ def validate(x: object, marginalized: object, *, num_vars: int, dtype: torch.dty
     return Evidence(x, m, finite)
 
 
-def _check_values(x: Tensor, given: Tensor, m: Tensor | None, leaf: "Leaf", name: str) -> bool:
+def root_choice(which: object, batch: int, num_classes: int, device: torch.device) -> Tensor | None:
+    """A root sum given per sample as ``(batch,)`` long, validated; None stays None (the posterior is to choose).
+
+    Raises:
+        ValueError: unless ``which`` is None, an int or an integer tensor of shape ``()`` or ``(batch,)`` in ``[0, num_classes)``.
+    """
+    if which is None:
+        return None
+    ok = hasattr(type(which), "__index__") and not isinstance(which, (bool, Tensor))  # int, numpy int
+    if isinstance(which, Tensor):
+        ok = not (which.is_floating_point() or which.is_complex() or which.dtype == torch.bool) and which.shape in ((), (batch,))
+    if not ok:
+        raise ValueError(f"root must be None, an int or an integer tensor of shape () or ({batch},), got {which!r}")
+    out = torch.as_tensor(which, device=device, dtype=torch.long).expand(batch)
+    if bool(((out < 0) | (out >= num_classes)).any()):
+        raise ValueError(f"root must index one of the {num_classes} root sums")
+    return out
+
+
+def _check_values(x: Tensor, given: Tensor, m: Tensor | None, leaf: "LeafFamily", name: str) -> bool:
     """Raise on NaN/inf (in the circuit's dtype ``x``) or out-of-support values (in ``given``, as passed) at observed entries.
 
     Returns whether every entry of ``x`` is finite.

@@ -4,7 +4,8 @@ A spnkit file is a zip archive holding
 
 * ``spn.json``: the format marker and version, the region graph (``num_vars``,
   ``regions``, ``partitions``, ``image_shape``), the leaf family (its name and
-  dataclass fields), ``num_sums``, ``num_leaves``, ``num_classes``, the layer kind
+  dataclass fields; a :class:`~spnkit.Mixed` family lists its parts, each a
+  family with its fields and columns), ``num_sums``, ``num_leaves``, ``num_classes``, the layer kind
   (``layer``, ``project_leaves``) and the dtype;
 * ``weights.pt``: the parameters, a ``state_dict`` written by ``torch.save`` and
   read back with ``torch.load(weights_only=True)`` (tensors only, no code).
@@ -49,7 +50,7 @@ from torch.overrides import TorchFunctionMode
 from ._files import atomic_write
 from .circuit import SPN
 from .compile import LAYER_KINDS
-from .leaves import Bernoulli, Binomial, Categorical, Leaf, Normal
+from .leaves import Bernoulli, Binomial, Categorical, LeafFamily, Mixed, MultivariateNormal, Normal, Poisson
 from .region_graph import Partition, RegionGraph
 
 __all__ = ["save", "load", "register_leaf", "allocation_budget", "BudgetExceeded", "FORMAT", "FORMAT_VERSION"]
@@ -60,23 +61,41 @@ _JSON, _WEIGHTS = "spn.json", "weights.pt"
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
 
 #: leaf families a file may name; extend with :func:`register_leaf`
-_LEAVES: dict[str, type[Leaf]] = {cls.__name__: cls for cls in (Normal, Bernoulli, Categorical, Binomial)}
+_LEAVES: dict[str, type[LeafFamily]] = {cls.__name__: cls for cls in (Normal, Bernoulli, Categorical, Binomial, Poisson,
+                                                                        MultivariateNormal)}
 
 
-def register_leaf(cls: type[Leaf]) -> type[Leaf]:
-    """Allow files to name a custom leaf family (a dataclass subclass of :class:`Leaf`); usable as a decorator."""
-    if not (isinstance(cls, type) and issubclass(cls, Leaf) and dataclasses.is_dataclass(cls)):
+def register_leaf(cls: type[LeafFamily]) -> type[LeafFamily]:
+    """Allow files to name a custom leaf family (a dataclass subclass of :class:`~spnkit.leaves.LeafFamily`); usable as a decorator."""
+    if not (isinstance(cls, type) and issubclass(cls, LeafFamily) and dataclasses.is_dataclass(cls)):
         raise ValueError(f"register_leaf needs a dataclass subclass of spnkit.Leaf, got {cls!r}")
     _LEAVES[cls.__name__] = cls
     return cls
 
 
-def _describe(spn: SPN) -> dict:
-    rg, leaf = spn.region_graph, spn.leaf
+def _leaf_meta(leaf: LeafFamily) -> dict:
+    """The ``{"family", "fields"}`` of a leaf family (a Mixed family: its ``parts`` with their columns)."""
+    if isinstance(leaf, Mixed):
+        parts = [{**_leaf_meta(fam), "columns": list(cols)} for fam, cols in leaf.parts]
+        return {"family": "Mixed", "fields": {"parts": parts}}
     name = type(leaf).__name__
     if _LEAVES.get(name) is not type(leaf):
         raise ValueError(f"leaf family {name} is not registered; call spnkit.io.register_leaf({name}) before saving")
-    fields = {f.name: getattr(leaf, f.name) for f in dataclasses.fields(leaf)}
+    return {"family": name, "fields": {f.name: getattr(leaf, f.name) for f in dataclasses.fields(leaf)}}
+
+
+def _leaf_from_meta(meta: dict) -> LeafFamily:
+    family = meta["family"]
+    if family == "Mixed":
+        return Mixed({_leaf_from_meta(p): [int(c) for c in p["columns"]] for p in meta["fields"]["parts"]})
+    if family not in _LEAVES:
+        raise ValueError(f"unknown leaf family {family!r}; known: {sorted([*_LEAVES, 'Mixed'])} (see spnkit.io.register_leaf)")
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["fields"].items()}
+    return _LEAVES[family](**fields)
+
+
+def _describe(spn: SPN) -> dict:
+    rg, leaf = spn.region_graph, spn.leaf
     dtype = next(k for k, v in _DTYPES.items() if v == spn.dtype) if spn.dtype in _DTYPES.values() else None
     if dtype is None:
         raise ValueError(f"cannot save a circuit of dtype {spn.dtype}")
@@ -90,7 +109,7 @@ def _describe(spn: SPN) -> dict:
             "image_shape": None if rg.image_shape is None else list(map(int, rg.image_shape)),
             "tree_edges": None if rg.tree_edges is None else [[int(a), int(b)] for a, b in rg.tree_edges],
         },
-        "leaf": {"family": name, "fields": fields},
+        "leaf": _leaf_meta(leaf),
         "num_sums": spn.num_sums,
         "num_leaves": spn.num_leaves,
         "num_classes": spn.num_classes,
@@ -198,11 +217,7 @@ def _build(meta: dict, path: Path, budget: int | None = None) -> SPN:
             None if shape is None else tuple(int(v) for v in shape),
             None if g.get("tree_edges") is None else tuple((int(a), int(b)) for a, b in g["tree_edges"]),
         )
-        family = meta["leaf"]["family"]
-        if family not in _LEAVES:
-            raise ValueError(f"unknown leaf family {family!r}; known: {sorted(_LEAVES)} (see spnkit.io.register_leaf)")
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["leaf"]["fields"].items()}
-        leaf = _LEAVES[family](**fields)
+        leaf = _leaf_from_meta(meta["leaf"])
         dtype = _DTYPES[meta["dtype"]]
         guard = allocation_budget(budget) if budget is not None else None
         with torch.random.fork_rng(devices=[]):
@@ -311,14 +326,29 @@ def _check_fields(meta: dict, path: Path) -> None:
         for i, e in enumerate(edges):
             if len(int_list(e, f"region_graph.tree_edges[{i}]")) != 2:
                 raise malformed(f"region_graph.tree_edges[{i}]", "a pair [parent, child]", e)
-    leaf = need(meta, "leaf", "")
+    _check_leaf(need(meta, "leaf", ""), "leaf", path, malformed, need, nested=False)
+
+
+def _check_leaf(leaf: object, where: str, path: Path, malformed, need, nested: bool) -> None:
+    """The ``{"family", "fields"}`` object of a leaf family (a Mixed family's parts recursively, each with ``columns``)."""
     if not isinstance(leaf, dict):
-        raise malformed("leaf", "an object", leaf)
-    family, fields = need(leaf, "family", "leaf."), need(leaf, "fields", "leaf.")
+        raise malformed(where, "an object", leaf)
+    family, fields = need(leaf, "family", f"{where}."), need(leaf, "fields", f"{where}.")
     if not isinstance(family, str):
-        raise malformed("leaf.family", "a string", family)
+        raise malformed(f"{where}.family", "a string", family)
     if not isinstance(fields, dict):
-        raise malformed("leaf.fields", "an object", fields)
+        raise malformed(f"{where}.fields", "an object", fields)
+    if nested:
+        cols = need(leaf, "columns", f"{where}.")
+        if not isinstance(cols, list) or not cols or not all(_is_int(c) and c >= 0 for c in cols):
+            raise malformed(f"{where}.columns", "a non-empty list of integers >= 0", cols)
+    if family == "Mixed":
+        parts = fields.get("parts")
+        if nested or set(fields) != {"parts"} or not isinstance(parts, list) or not parts:
+            raise malformed(f"{where}.fields", "{\"parts\": [...]} with at least one part (and no nesting)", fields)
+        for i, part in enumerate(parts):
+            _check_leaf(part, f"{where}.fields.parts[{i}]", path, malformed, need, nested=True)
+        return
     cls = _LEAVES.get(family)
     if cls is None:
         return  # named by _build
@@ -332,7 +362,7 @@ def _check_fields(meta: dict, path: Path) -> None:
         raise ValueError(f"{str(path)!r} has a malformed {_JSON}: leaf {family} has no field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
     for name, value in fields.items():
         if name in hints and not _fits(value, hints[name]):
-            raise malformed(f"leaf.fields.{name}", _type_name(hints[name]), value)
+            raise malformed(f"{where}.fields.{name}", _type_name(hints[name]), value)
 
 
 def _union(annotation: Any) -> tuple[Any, ...] | None:

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from .circuit import SPN
-from .leaves import Leaf
+from .layers import LeafLayer, MixedLeafLayer, MVNLeafLayer
+from .leaves import Leaf, LeafFamily
 from .structure import chow_liu_region_graph, learn_spn_structure
 
 __all__ = ["hclt", "learn_spn"]
@@ -27,7 +28,7 @@ __all__ = ["hclt", "learn_spn"]
 def hclt(
     data: Tensor | np.ndarray,
     num_latents: int,
-    leaf: Leaf,
+    leaf: LeafFamily,
     marginalized: Tensor | np.ndarray | None = None,
     *,
     image_shape: tuple[int, int, int] | None = None,
@@ -70,7 +71,7 @@ def hclt(
 
 def learn_spn(
     data: Tensor | np.ndarray,
-    leaf: Leaf,
+    leaf: LeafFamily,
     marginalized: Tensor | np.ndarray | None = None,
     *,
     min_rows: int = 100,
@@ -131,8 +132,8 @@ def _set_mixing_weights(spn: SPN, weights: dict[int, np.ndarray]) -> None:
 
 
 def _fit_leaves(spn: SPN, x: Tensor, observed: Tensor, leaf_rows: dict[int, np.ndarray]) -> None:
-    """Fit every (univariate) leaf region's distribution to its rows: one M-step on their statistics."""
-    rg, layer = spn.region_graph, spn.leaf_layer
+    """Fit every (univariate) leaf region's distribution to its rows: one M-step on their statistics (per family of a mixed circuit)."""
+    rg = spn.region_graph
     regions, rows, cols = [], [], []
     for row, r in enumerate(spn.leaf_regions):  # construction, not a forward pass
         v = rg.regions[r][0]
@@ -144,10 +145,36 @@ def _fit_leaves(spn: SPN, x: Tensor, observed: Tensor, leaf_rows: dict[int, np.n
         cols.append(torch.full((idx.numel(),), v, dtype=torch.long))
     reg, rws, cls = torch.cat(regions), torch.cat(rows), torch.cat(cols)
     keep = observed[rws, cls]
-    reg, vals = reg[keep], x[rws[keep], cls[keep]]
-    stats = spn.leaf.statistics(vals)  # (S, M)
-    total = stats.new_zeros(layer.num_regions, stats.shape[0]).index_add_(0, reg, stats.t())  # (R, S)
+    reg, vals, cls = reg[keep], x[rws[keep], cls[keep]], cls[keep]
+    layer = spn.leaf_layer
+    parts = [(spn.leaf, layer, None)]
+    if isinstance(layer, MixedLeafLayer):
+        parts = [(fam, sub, torch.as_tensor(c)) for sub, (fam, c) in zip(layer.layers, spn.leaf.parts)]
+    for family, sub, columns in parts:
+        mine = torch.ones_like(cls, dtype=torch.bool) if columns is None else torch.isin(cls, columns)
+        _fit_part(family, sub, reg[mine], vals[mine])
+
+
+def _fit_part(family: object, layer: object, reg: Tensor, vals: Tensor) -> None:
+    """One M-step of a (sub-)layer of univariate regions on the values ``vals`` of its leaf-layer rows ``reg``."""
+    R = layer.num_regions  # type: ignore[attr-defined]
+    if isinstance(layer, MVNLeafLayer):  # univariate Gaussians: the regions with one variable of this family
+        rows = layer.group_index(1)[0]
+        pos = torch.full((R,), -1, dtype=torch.long)
+        pos[rows] = torch.arange(rows.numel())
+        stats = torch.stack([vals * vals, vals, torch.ones_like(vals)], 1)
+        total = stats.new_zeros(R, 3).index_add_(0, reg, stats)[rows]  # (R_1, 3)
+        params = layer.group_params(1)
+        dt = params["loc"].dtype
+        new = layer.leaf.m_step((-0.5 * total[:, 0].view(-1, 1, 1, 1).to(dt), total[:, 1].view(-1, 1, 1).to(dt),
+                                 total[:, 2].view(-1, 1).to(dt)), params)
+        layer.set_group_params(1, new)
+        return
+    if not isinstance(family, Leaf) or not isinstance(layer, LeafLayer):
+        raise ValueError(f"learn_spn fits univariate leaves; {type(family).__name__} is not one")
+    stats = family.statistics(vals)  # (S, M)
+    total = stats.new_zeros(R, stats.shape[0]).index_add_(0, reg, stats.t())  # (R, S)
     params = layer.param_dict()
-    new = spn.leaf.m_step(total.view(layer.num_regions, 1, 1, -1).to(next(iter(params.values())).dtype), params)
+    new = family.m_step(total.view(R, 1, 1, -1).to(next(iter(params.values())).dtype), params)
     for name, value in new.items():
         layer.params[name].copy_(value)

@@ -20,14 +20,13 @@ Example:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from .layers import LeafLayer, SumWeights
+from .layers import LeafLayerBase, SumWeights
 
 if TYPE_CHECKING:  # pragma: no cover
     from .circuit import SPN
@@ -39,7 +38,7 @@ def effective_parameter_counts(layer: nn.Module) -> Tensor:
     """Effective parameters of each row of a layer (padding excluded).
 
     Args:
-        layer: a :class:`~spnkit.layers.LeafLayer` (rows are leaf regions) or a
+        layer: a leaf layer (:class:`~spnkit.layers.LeafLayerBase`; rows are leaf regions) or a
             sum layer (:class:`~spnkit.layers.TuckerLayer`: rows are partitions;
             :class:`~spnkit.layers.CPLayer`: rows are (partition, child) slots;
             :class:`~spnkit.layers.MixingLayer`: rows are regions).
@@ -50,10 +49,8 @@ def effective_parameter_counts(layer: nn.Module) -> Tensor:
     Raises:
         ValueError: for any other module.
     """
-    if isinstance(layer, LeafLayer):
-        slots = (layer.var_index < layer.num_vars).sum(1)  # (R,) real variables per leaf region
-        per_slot = sum(math.prod(p.shape[2:]) for p in layer.params.values())  # K * extra dims, all tensors
-        return slots.long().cpu() * per_slot
+    if isinstance(layer, LeafLayerBase):
+        return layer.effective_parameter_counts()
     if isinstance(layer, SumWeights):
         return layer.effective_counts()
     raise ValueError(f"expected a LeafLayer or a sum layer (TuckerLayer, CPLayer, MixingLayer), got {type(layer).__name__}")
@@ -162,7 +159,7 @@ def summary(spn: "SPN", batch_size: int = 1) -> Summary:
     leaf = spn.leaf_layer
     rows = [
         SummaryRow(
-            name=f"LeafLayer[{type(spn.leaf).__name__}]",
+            name=f"{type(leaf).__name__}[{type(spn.leaf).__name__}]",
             height=0,
             regions=leaf.num_regions,
             partitions=0,

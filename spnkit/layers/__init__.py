@@ -14,6 +14,9 @@ The layout contract, for every layer, written once here:
   ``-inf`` (probability zero), and the weights that would read the padding are
   fixed to zero. Concatenated, the blocks are the circuit's *buffer*
   ``(rows, B, K_max)``, which backtracking (sampling, MPE) reads by global row.
+* Leaf layers (:class:`~spnkit.layers.leaf_base.LeafLayerBase`: factorized
+  :class:`LeafLayer`, :class:`MVNLeafLayer`, :class:`MixedLeafLayer`) are built
+  by the leaf family and produce the same ``(R, B, K)`` layout.
 * Inputs to the leaf layer are sample-major: values ``x`` and evidence weights
   ``w`` of shape ``(batch, num_vars)``. Leaf regions are padded to equal size
   with slots pointing at variable ``num_vars``, which contributes nothing.
@@ -46,7 +49,11 @@ from .base import ChildRows, RowSource, SumWeights
 from .cp import CPLayer
 from .kernels import log_matmul_exp
 from .leaf import LeafLayer
+from .leaf_base import LeafLayerBase
+from .mixed import MixedLeafLayer
 from .mixing import MixingLayer
+from .mvn import MVNLeafLayer
 from .tucker import TuckerLayer
 
-__all__ = ["LeafLayer", "TuckerLayer", "CPLayer", "MixingLayer", "SumWeights", "ChildRows", "RowSource", "log_matmul_exp"]
+__all__ = ["LeafLayerBase", "LeafLayer", "MVNLeafLayer", "MixedLeafLayer", "TuckerLayer", "CPLayer", "MixingLayer",
+           "SumWeights", "ChildRows", "RowSource", "log_matmul_exp"]

@@ -2,124 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+import math
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from ..leaves import Leaf, natural_to_layer
-from .kernels import GatherMatmul, blocks_of
+from .kernels import GatherMatmul
+from .leaf_base import LeafLayerBase
+from .leaf_kernels import GatherLeaf, GatherSoftmaxLeaf
+from .leaf_kernels import WeightedStatistics as _WeightedStatistics
 
 __all__ = ["LeafLayer", "GatherLeaf", "GatherSoftmaxLeaf"]
 
 
-class GatherSoftmaxLeaf(torch.autograd.Function):
-    """:class:`GatherLeaf` of the table ``log_softmax(logits)``, normalized on the fly: ``(R, K, B)``.
-
-    ``out[r, k, b] = sum_j w[r, j, b] (logits[r, j, k, idx[r, j, b]] - lse[r, j, k])``
-    with ``lse`` the log-normalizer over the last dimension. The backward pass
-    writes the gradient ``scatter(g w) - softmax(logits) * sum_b(g w)`` in
-    place from the kept ``log_softmax`` table: no zero-filled gradient of the
-    table and no ``log_softmax`` backward over its ``C`` times as many entries
-    as the gathers touch.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, logits: Tensor, idx: Tensor, w: Tensor) -> Tensor:
-        table = torch.log_softmax(logits, dim=-1)  # (R, n, K, C); its fused kernel beats a logsumexp
-        R, n, K, C = logits.shape
-        B = idx.shape[2]
-        out = logits.new_empty(R, K, B)
-        for blk in blocks_of(R, n * K * B * logits.element_size()):
-            c = blk.stop - blk.start
-            g = torch.gather(table[blk], 3, idx[blk].unsqueeze(2).expand(c, n, K, B))  # (c, n, K, B)
-            g.mul_(w[blk].unsqueeze(2))
-            torch.sum(g, dim=1, out=out[blk])
-        ctx.save_for_backward(table, idx, w)
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None]:
-        table, idx, w = ctx.saved_tensors
-        R, n, K, C = table.shape
-        B = idx.shape[2]
-        total = torch.bmm(w, grad.transpose(1, 2))  # (R, n, K): sum_b w g, each factor's total weight
-        g_logits = torch.exp(table).mul_(total.neg_().unsqueeze(-1))  # -softmax * total
-        for blk in blocks_of(R, n * K * B * grad.element_size()):
-            c = blk.stop - blk.start
-            contrib = grad[blk].unsqueeze(1) * w[blk].unsqueeze(2)  # (c, n, K, B)
-            g_logits[blk].scatter_add_(3, idx[blk].unsqueeze(2).expand(c, n, K, B), contrib)
-        return g_logits, None, None
-
-
-class GatherLeaf(torch.autograd.Function):
-    """``out[r, k, b] = sum_j w[r, j, b] table[r, j, k, idx[r, j, b]] (+ (1 - w[r, j, b]) top[r, j, k])``: ``(R, K, B)``.
-
-    The leaf layer of a family with one-hot statistics (Categorical, Binomial):
-    one gather per entry instead of a product with ``C``-fold statistics. Built
-    in blocks of regions (each ``(c, n, K, B)`` temporary under
-    :data:`~spnkit.layers.kernels.CHUNK_BYTES`); the backward scatter-adds the
-    weighted gradient into the table (the expected counts of each value, for EM).
-    ``top`` (max-product's unobserved values) takes no gradient.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, table: Tensor, idx: Tensor, w: Tensor, top: Tensor | None) -> Tensor:
-        R, n, K, C = table.shape
-        B = idx.shape[2]
-        out = table.new_empty(R, K, B)
-        for blk in blocks_of(R, n * K * B * table.element_size()):
-            c = blk.stop - blk.start
-            g = torch.gather(table[blk], 3, idx[blk].unsqueeze(2).expand(c, n, K, B))  # (c, n, K, B)
-            g.mul_(w[blk].unsqueeze(2))
-            if top is not None:
-                g.add_(top[blk].unsqueeze(-1) * (1 - w[blk]).unsqueeze(2))
-            torch.sum(g, dim=1, out=out[blk])
-        ctx.save_for_backward(idx, w)
-        ctx.shape = table.shape
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None]:
-        idx, w = ctx.saved_tensors
-        R, n, K, C = ctx.shape
-        B = idx.shape[2]
-        g_table = grad.new_zeros(R, n, K, C)
-        for blk in blocks_of(R, n * K * B * grad.element_size()):
-            c = blk.stop - blk.start
-            contrib = grad[blk].unsqueeze(1) * w[blk].unsqueeze(2)  # (c, n, K, B)
-            g_table[blk].scatter_add_(3, idx[blk].unsqueeze(2).expand(c, n, K, B), contrib)
-        return g_table, None, None, None
-
-
-class _WeightedStatistics(torch.autograd.Function):
-    """The leaf layer's input ``T(x) * w``: ``(S, V, B)`` from columns ``x, w (V, B)``.
-
-    Autograd through an in-place product would keep a copy of the ``S`` times
-    larger statistics for ``w``'s gradient; this keeps only ``x`` and ``w`` and
-    contracts the incoming gradient with the statistics in the backward pass
-    (:meth:`Leaf.statistics_grads`, closed forms for the built-in families).
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, leaf: Leaf) -> Tensor:
-        feats = leaf.weighted_statistics(x.detach(), w)  # a fresh tensor
-        ctx.save_for_backward(x, w)
-        ctx.leaf = leaf
-        return feats
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor):
-        x, w = ctx.saved_tensors
-        dot, d_x = ctx.leaf.statistics_grads(x, grad, ctx.needs_input_grad[0])
-        return None if d_x is None else d_x * w, dot if ctx.needs_input_grad[1] else None, None  # d_x may be a view of grad
-
-
-class LeafLayer(nn.Module):
+class LeafLayer(LeafLayerBase):
     """``K`` factorized leaf distributions for each leaf region, as one matrix product.
 
     A leaf region's log-density is linear in the statistics of its variables:
@@ -361,3 +258,81 @@ class LeafLayer(nn.Module):
             idx = choice.view(R, 1, B, *([1] * len(extra))).expand(R, n, B, *extra)
             out[name] = torch.gather(p, 2, idx)
         return out
+
+    # ------------------------------------------------ the leaf-layer contract
+    def effective_parameter_counts(self) -> Tensor:
+        slots = (self.var_index < self.num_vars).sum(1)  # (R,) real variables per leaf region
+        per_slot = sum(math.prod(p.shape[2:]) for p in self.params.values())  # K * extra dims, all tensors
+        return slots.long().cpu() * per_slot
+
+    def counts_match(self, counts: object) -> bool:
+        return isinstance(counts, Tensor) and counts.shape[:3] == self.var_index.shape + (self.num_leaves,)
+
+    def fill(self, region: Tensor, choice: Tensor, sample: Tensor, x: Tensor, m: Tensor, greedy: bool,
+             generator: torch.Generator | None, out: Tensor) -> None:
+        """Draws (or modes) of the chosen components, written at their samples' variables (factors ignore the evidence)."""
+        params = self.pair_params(region, choice)  # each (A, n, ...)
+        vals = self.leaf.mode(params) if greedy else self.leaf.sample(params, generator)  # (A, n)
+        var = self.var_index[region]  # (A, n); padding slots point at column D
+        out[sample.unsqueeze(1).expand_as(var), var] = vals.to(out.dtype)
+
+    def moments(self, x: Tensor, hidden: Tensor, posterior: Tensor) -> tuple[Tensor, Tensor]:
+        dt = posterior.dtype
+        try:
+            mean, var = self.leaf.mean_variance({k: v.detach().to(dt) for k, v in self.params.items()})  # (R, n, K) each
+        except NotImplementedError as err:
+            raise ValueError(str(err)) from None
+        R, n = self.var_index.shape
+        B, D = posterior.shape[1], self.num_vars
+        idx = self.var_index.reshape(-1)
+        # the centre of each variable: its components' mean mean (the padding row D collects padding slots)
+        slots = torch.zeros(D + 1, dtype=dt, device=mean.device).index_add_(0, idx, torch.ones(R * n, dtype=dt, device=mean.device))
+        centre = torch.zeros(D + 1, dtype=dt, device=mean.device).index_add_(0, idx, mean.mean(-1).reshape(-1)) / slots.clamp_min(1)
+        dev = mean - centre[self.var_index].unsqueeze(-1)  # (R, n, K)
+
+        def mixed(per_component: Tensor) -> Tensor:  # sum_{r, k} posterior * value over the slots of each variable: (B, D)
+            per_slot = torch.bmm(posterior, per_component.transpose(1, 2))  # (R, B, n)
+            total = posterior.new_zeros(B, D + 1).index_add_(1, idx, per_slot.permute(1, 0, 2).reshape(B, R * n))
+            return total[:, :D]
+
+        first = mixed(dev)
+        return centre[:D] + first, (mixed(var + dev * dev) - first * first).clamp_min(0)
+
+    def init_from_data(self, x: Tensor, observed: Tensor, weights: Tensor, pseudocount: float) -> None:
+        leaf, K, D = self.leaf, self.num_leaves, self.num_vars
+        if leaf.indexed:  # counts of each value: scatter instead of one-hot statistics
+            C = leaf.num_stats
+            idx = leaf.index(x) + C * torch.arange(D, device=x.device)  # (N, D) into D * C
+            stats = x.new_zeros(K, D * C)
+            stats.index_add_(1, idx.reshape(-1), (weights.unsqueeze(2) * observed.unsqueeze(0)).reshape(K, -1))
+            stats = stats.view(K, D, C).transpose(0, 1)  # (D, K, C)
+        else:
+            t = leaf.statistics(x) * observed  # (S, N, D)
+            stats = torch.einsum("snd,kn->dks", t, weights)  # (D, K, S)
+        padded = torch.cat([stats, stats.new_zeros(1, *stats.shape[1:])])  # row D: the padding slots' (no data)
+        new = leaf.m_step(padded[self.var_index], self.param_dict(), pseudocount)  # per slot (R, n, K, S)
+        for name, value in new.items():
+            self.params[name].copy_(value)
+
+    @torch.no_grad()
+    def m_step(self, counts: Tensor, step_size: float, pseudocount: float) -> None:
+        leaf = self.leaf
+        old = self.param_dict()
+        new = leaf.m_step(counts, old, pseudocount) if pseudocount else leaf.m_step(counts, old)
+        if step_size < 1:
+            # EinsumNetworks' online EM: mix E[T] of the old and the new parameters
+            # (the new ones match the batch's normalized statistics, projected into
+            # the family's bounds), then map the mixture back to parameters.
+            try:
+                mixed = (1 - step_size) * leaf.mean_statistics(old) + step_size * leaf.mean_statistics(new)
+            except NotImplementedError as err:
+                raise ValueError(f"stochastic EM needs {type(leaf).__name__}.mean_statistics: {err}") from None
+            mixed_params = leaf.m_step(mixed, old)
+            # factors without data come back from the first m_step unchanged: keep them exactly
+            same = torch.ones(self.var_index.shape + (self.num_leaves,), dtype=torch.bool, device=counts.device)  # (R, n, K)
+            for name, value in new.items():
+                eq = value == old[name]
+                same &= eq.flatten(3).all(-1) if eq.dim() > 3 else eq
+            new = {name: torch.where(same.view(same.shape + (1,) * (v.dim() - 3)), old[name], v) for name, v in mixed_params.items()}
+        for name, value in new.items():
+            self.params[name].copy_(value)

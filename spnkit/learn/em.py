@@ -13,8 +13,10 @@ parameters that require grad; the gradient of the summed root log-likelihood
   factor (marginalized entries contribute nothing: their factor integrates to 1
   whatever the parameters).
 
-M-step: sum weights become the normalized counts and leaves take
-``leaf.m_step``. With a step size below 1 the update is the stochastic
+M-step: sum weights become the normalized counts and the leaf layer sets its
+parameters from its statistics (:meth:`spnkit.layers.LeafLayerBase.m_step`:
+``leaf.m_step`` per factor for factorized families; the closed-form mean and
+covariance for multivariate Normal leaves; per family for mixed circuits). With a step size below 1 the update is the stochastic
 (online) EM of EinsumNetworks (Peharz et al., ICML 2020): new and old estimates
 are mixed in the mean-parameter space, ``w <- (1 - s) w + s n / sum(n)`` and
 ``E[T] <- (1 - s) E_old[T] + s E_new[T]``.
@@ -41,6 +43,7 @@ from torch import Tensor
 
 from ..circuit import SPN
 from ..evidence import CircuitParams, Evidence
+from ..layers.leaf_base import Natural, flat, unflat
 
 __all__ = ["Counts", "expected_counts", "e_step", "m_step", "check_labels", "root_log_likelihood"]
 
@@ -55,20 +58,23 @@ class Counts:
     Attributes:
         weights: expected counts of the weights of every sum layer, in the order
             of :attr:`spnkit.SPN.weighted_layers` (each ``(A, I, K)``, like the layer's logits).
-        leaves: expected sufficient statistics ``(R, n, K, S)`` of the leaf factors.
+        leaves: expected sufficient statistics of the leaf layer, in the
+            structure of its natural parameters (:meth:`spnkit.SPN.params`): a
+            tensor ``(R, n, K, S)`` for factorized leaves, a tuple of tensors for
+            multivariate and mixed ones.
         log_likelihood: summed log-likelihood of the samples (0-dim, detached).
         num_samples: number of samples.
     """
 
     weights: list[Tensor]
-    leaves: Tensor
+    leaves: Natural
     log_likelihood: Tensor
     num_samples: int
 
     def __add__(self, other: "Counts") -> "Counts":
         return Counts(
             [a + b for a, b in zip(self.weights, other.weights)],
-            self.leaves + other.leaves,
+            unflat(self.leaves, [a + b for a, b in zip(flat(self.leaves), flat(other.leaves))]),
             self.log_likelihood + other.log_likelihood,
             self.num_samples + other.num_samples,
         )
@@ -80,7 +86,7 @@ class Counts:
             params = spn.params()
         leaves = params.leaf_natural
         assert leaves is not None and params.log_weights is not None
-        return cls([torch.zeros_like(w) for w in params.log_weights], torch.zeros_like(leaves),
+        return cls([torch.zeros_like(w) for w in params.log_weights], unflat(leaves, [torch.zeros_like(t) for t in flat(leaves)]),
                    torch.zeros((), dtype=spn.dtype, device=spn.device), 0)
 
 
@@ -141,18 +147,19 @@ def e_step(spn: SPN, evidence: Evidence, labels: Tensor | None) -> tuple[Counts,
     with torch.no_grad():
         current = spn.params()
     assert current.leaf_natural is not None and current.log_weights is not None
-    eta = current.leaf_natural.detach().requires_grad_()
+    eta = [t.detach().requires_grad_() for t in flat(current.leaf_natural)]
     log_w = [w.detach().requires_grad_() for w in current.log_weights]
     with torch.enable_grad():
-        root = spn.upward(evidence, params=CircuitParams(eta, tuple(log_w))).root  # (B, C)
+        root = spn.upward(evidence, params=CircuitParams(unflat(current.leaf_natural, eta), tuple(log_w))).root  # (B, C)
         ll = root_log_likelihood(root, labels)  # (B,)
         if not bool(torch.isfinite(ll).all()):
             raise ValueError("a sample has zero likelihood (log-likelihood -inf or NaN); EM needs every sample to have positive density")
         total = ll.sum()
-        inputs = [eta, *log_w]
+        inputs = [*eta, *log_w]
         grads = torch.autograd.grad(total, inputs, allow_unused=True)  # a layer without weights (empty) is unused
     counts = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads)]
-    return Counts(counts[1:], counts[0], total.detach(), evidence.num_samples), root.detach()
+    n = len(eta)
+    return Counts(counts[n:], unflat(current.leaf_natural, counts[:n]), total.detach(), evidence.num_samples), root.detach()
 
 
 @torch.no_grad()
@@ -170,7 +177,8 @@ def m_step(spn: SPN, counts: Counts, step_size: float = 1.0, *, weight_pseudocou
             (0: maximum likelihood).
         leaf_pseudocount: the leaf family's prior strength per factor (see
             :meth:`spnkit.Leaf.m_step`: Dirichlet/Beta pseudo-counts for
-            discrete families, pseudo-observations of the prior variance for Normal ones).
+            discrete families, pseudo-observations of the prior variance for
+            Normal and multivariate Normal ones, of the count 1 for Poisson ones).
 
     Sum weights or leaf factors that received no count (and have no prior) keep their values.
     """
@@ -181,11 +189,11 @@ def m_step(spn: SPN, counts: Counts, step_size: float = 1.0, *, weight_pseudocou
             raise ValueError(f"{name} must be a number >= 0, got {value!r}")
     layers = spn.weighted_layers
     if len(counts.weights) != len(layers) or any(c.shape != m.logits.shape for c, m in zip(counts.weights, layers)) \
-            or counts.leaves.shape[:3] != spn.leaf_layer.var_index.shape + (spn.num_leaves,):
+            or not spn.leaf_layer.counts_match(counts.leaves):
         raise ValueError("these counts belong to a circuit of another structure")
     for layer, n in zip(layers, counts.weights):
         _update_weights(layer.logits, layer.log_weights(), n, step_size, float(weight_pseudocount))
-    _update_leaves(spn, counts.leaves, step_size, float(leaf_pseudocount))
+    spn.leaf_layer.m_step(counts.leaves, step_size, float(leaf_pseudocount))
 
 
 def _update_weights(logits: Tensor, log_w: Tensor, n: Tensor, step: float, pseudocount: float = 0.0) -> None:
@@ -206,27 +214,3 @@ def _update_weights(logits: Tensor, log_w: Tensor, n: Tensor, step: float, pseud
     if step < 1:
         new = (1 - step) * log_w.exp() + step * new
     logits.copy_(torch.where(seen, new.clamp_min(WEIGHT_FLOOR).log(), logits))
-
-
-def _update_leaves(spn: SPN, stats: Tensor, step: float, pseudocount: float = 0.0) -> None:
-    """Leaf M-step from expected statistics ``(R, n, K, S)``, in place."""
-    layer, leaf = spn.leaf_layer, spn.leaf
-    old = layer.param_dict()
-    new = leaf.m_step(stats, old, pseudocount) if pseudocount else leaf.m_step(stats, old)
-    if step < 1:
-        # EinsumNetworks' online EM: mix E[T] of the old and the new parameters
-        # (the new ones match the batch's normalized statistics, projected into
-        # the family's bounds), then map the mixture back to parameters.
-        try:
-            mixed = (1 - step) * leaf.mean_statistics(old) + step * leaf.mean_statistics(new)
-        except NotImplementedError as err:
-            raise ValueError(f"stochastic EM needs {type(leaf).__name__}.mean_statistics: {err}") from None
-        mixed_params = leaf.m_step(mixed, old)
-        # factors without data come back from the first m_step unchanged: keep them exactly
-        same = torch.ones(layer.var_index.shape + (spn.num_leaves,), dtype=torch.bool, device=stats.device)  # (R, n, K)
-        for name, value in new.items():
-            eq = value == old[name]
-            same &= eq.flatten(3).all(-1) if eq.dim() > 3 else eq
-        new = {name: torch.where(same.view(same.shape + (1,) * (v.dim() - 3)), old[name], v) for name, v in mixed_params.items()}
-    for name, value in new.items():
-        layer.params[name].copy_(value)

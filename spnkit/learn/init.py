@@ -2,7 +2,9 @@
 
 Each leaf component gets one M-step (with the family's prior) on the data
 weighted by its own random weights (independent Exp(1) draws per sample and
-component, a Bayesian bootstrap): the ``K`` components of a variable start as
+component, a Bayesian bootstrap; :meth:`spnkit.layers.LeafLayerBase.init_from_data`,
+where a multivariate Normal component reads the rows in which its whole region
+is observed): the ``K`` components of a variable start as
 distinct perturbations of its distribution in the data instead of arbitrary
 parameters, which shortens training and keeps rare values off the floor.
 
@@ -49,21 +51,5 @@ def init_leaves(spn: SPN, x: Tensor, marginalized: Tensor | None = None, *, rows
     take = torch.randperm(ev.num_samples, generator=g)[: min(rows, ev.num_samples)].to(spn.device)
     xs, m = ev[take].float_input()  # (N, D), float mask
     observed = (1 - m).clamp_min(0)  # (N, D) weights of observed entries
-    layer, leaf = spn.leaf_layer, spn.leaf
-    K = spn.num_leaves
-    w = -torch.log(torch.rand(K, xs.shape[0], generator=g, dtype=xs.dtype)).to(xs.device)  # (K, N) Exp(1)
-    D = spn.num_vars
-    if leaf.indexed:  # counts of each value: scatter instead of one-hot statistics
-        C = leaf.num_stats
-        idx = leaf.index(xs) + C * torch.arange(D, device=xs.device)  # (N, D) into D * C
-        stats = xs.new_zeros(K, D * C)
-        stats.index_add_(1, idx.reshape(-1), (w.unsqueeze(2) * observed.unsqueeze(0)).reshape(K, -1))
-        stats = stats.view(K, D, C).transpose(0, 1)  # (D, K, C)
-    else:
-        t = leaf.statistics(xs) * observed  # (S, N, D)
-        stats = torch.einsum("snd,kn->dks", t, w)  # (D, K, S)
-    padded = torch.cat([stats, stats.new_zeros(1, *stats.shape[1:])])  # row D: the padding slots' (no data)
-    per_slot = padded[layer.var_index]  # (R, n, K, S)
-    new = leaf.m_step(per_slot, layer.param_dict(), pseudocount)
-    for name, value in new.items():
-        layer.params[name].copy_(value)
+    w = -torch.log(torch.rand(spn.num_leaves, xs.shape[0], generator=g, dtype=xs.dtype)).to(xs.device)  # (K, N) Exp(1)
+    spn.leaf_layer.init_from_data(xs, observed, w, pseudocount)

@@ -12,8 +12,12 @@ Example:
     True
 """
 
-from .base import Leaf, natural_to_layer
+from .base import Leaf, LeafFamily, natural_to_layer
 from .discrete import Bernoulli, Binomial, Categorical
+from .mixed import Mixed
+from .mvn import MultivariateNormal
 from .normal import Normal
+from .poisson import Poisson
 
-__all__ = ["Leaf", "Normal", "Bernoulli", "Categorical", "Binomial", "natural_to_layer"]
+__all__ = ["LeafFamily", "Leaf", "Normal", "Bernoulli", "Categorical", "Binomial", "Poisson", "MultivariateNormal", "Mixed",
+           "natural_to_layer"]

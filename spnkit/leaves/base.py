@@ -14,16 +14,26 @@ A leaf family is a small frozen dataclass; its parameters live in the leaf layer
 as tensors of shape ``(regions, slots, K)`` (plus trailing dimensions such as
 categories), where ``slots`` runs over the variables of a leaf region. Adding a
 family means writing one such class; no layer changes.
+
+:class:`LeafFamily` is what a circuit takes as its ``leaf``: it validates
+values and builds the leaf layer (:meth:`LeafFamily.make_layer`). Every
+:class:`Leaf` builds the factorized :class:`~spnkit.layers.LeafLayer`; families
+that are not products of univariate factors (:class:`~spnkit.MultivariateNormal`,
+:class:`~spnkit.Mixed`) build their own layer with the same output layout.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-__all__ = ["Leaf", "natural_to_layer", "zero_unobserved", "has_data"]
+if TYPE_CHECKING:  # pragma: no cover
+    from ..layers.leaf_base import LeafLayerBase
+
+__all__ = ["LeafFamily", "Leaf", "natural_to_layer", "zero_unobserved", "has_data"]
 
 
 def zero_unobserved(x: Tensor, observed: Tensor, weight: Tensor, finite: bool, out: Tensor | None = None) -> Tensor:
@@ -38,7 +48,39 @@ def zero_unobserved(x: Tensor, observed: Tensor, weight: Tensor, finite: bool, o
     return torch.where(observed, x, x.new_zeros(()), out=out)
 
 
-class Leaf(ABC):
+class LeafFamily(ABC):
+    """What a circuit's leaf distributions are: it checks values and builds the leaf layer.
+
+    A family is a small frozen (hashable) dataclass. Subclasses: :class:`Leaf`
+    (fully factorized univariate factors), :class:`~spnkit.MultivariateNormal`
+    (one full-covariance Gaussian per leaf region and component) and
+    :class:`~spnkit.Mixed` (a family per variable).
+    """
+
+    #: False when every real value is in the support (then :meth:`support_error` is not called)
+    restricted_support: bool = True
+
+    #: False when float masks strictly between 0 and 1 (soft evidence) have no meaning for
+    #: the family; hard masks (bool, or float 0/1) are always taken
+    soft_evidence: bool = True
+
+    #: True for families of probability mass functions (every density is at most 1)
+    discrete: bool = False
+
+    @abstractmethod
+    def support_error(self, x: Tensor, observed: Tensor | None) -> str | None:
+        """A message if an observed entry of ``x`` lies outside the support, else None (``observed`` None: every entry)."""
+
+    def dtype_error(self, dtype: torch.dtype) -> str | None:
+        """A message if a circuit of ``dtype`` cannot hold this family's values exactly, else None."""
+        return None
+
+    @abstractmethod
+    def make_layer(self, scopes: list[tuple[int, ...]], num_vars: int, num_leaves: int) -> "LeafLayerBase":
+        """The leaf layer of a circuit: ``num_leaves`` distributions over each scope (variables ``< num_vars``)."""
+
+
+class Leaf(LeafFamily):
     """A family of univariate exponential-family factors.
 
     Shapes: ``params`` maps names to tensors of shape ``(*P)`` or ``(*P, E)``,
@@ -133,9 +175,6 @@ class Leaf(ABC):
     def mode(self, params: dict[str, Tensor]) -> Tensor:
         """The most probable value of each factor: ``(*P)``."""
 
-    #: False when every real value is in the support (then :meth:`support_error` is not called)
-    restricted_support: bool = True
-
     #: True when the statistics are the one-hot indicators of an integer value
     #: (:meth:`index`): the leaf layer then gathers log-probabilities from
     #: :meth:`natural` ``(*P, C)``, the log-probability of every value, instead
@@ -158,10 +197,6 @@ class Leaf(ABC):
     #: region and component instead of gathering and multiplying a row of ones
     #: (a third less leaf work for a Normal).
     constant_last: bool = False
-
-    @abstractmethod
-    def support_error(self, x: Tensor, observed: Tensor | None) -> str | None:
-        """A message if an observed entry of ``x`` lies outside the support, else None (``observed`` None: every entry)."""
 
     @abstractmethod
     def m_step(self, stats: Tensor, params: dict[str, Tensor], pseudocount: float = 0.0) -> dict[str, Tensor]:
@@ -194,9 +229,27 @@ class Leaf(ABC):
         """``log h(x)``, the parameter-free part of each entry's log-density (families with :attr:`has_base_measure`)."""
         return torch.zeros_like(x)
 
-    def dtype_error(self, dtype: torch.dtype) -> str | None:
-        """A message if a circuit of ``dtype`` cannot hold this family's values exactly, else None."""
-        return None
+    def moments(self, params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The mean and the second moment ``E[x^2]`` of each factor: each ``(*P)``.
+
+        What conditional expectations (:meth:`spnkit.SPN.expectation`) combine.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not define moments, which conditional expectations need")
+
+    def mean_variance(self, params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The mean and variance of each factor: each ``(*P)``.
+
+        The default subtracts the squared mean from :meth:`moments`'s second
+        moment; the built-in families give the variance in closed form, which
+        does not cancel for factors far from zero.
+        """
+        mean, second = self.moments(params)
+        return mean, (second - mean * mean).clamp_min(0)
+
+    def make_layer(self, scopes, num_vars, num_leaves):
+        from ..layers.leaf import LeafLayer  # noqa: PLC0415 (the layers import the leaves)
+
+        return LeafLayer(self, scopes, num_vars, num_leaves)
 
     def event_dtype(self, dtype: torch.dtype) -> torch.dtype:
         """The dtype of samples (the module's float dtype for every built-in family)."""

@@ -20,6 +20,7 @@ class Bernoulli(Leaf):
 
     num_stats = 2
     constant_last = True
+    discrete = True
 
     def init_params(self, shape, dtype):
         return {"logits": torch.randn(shape, dtype=dtype)}
@@ -58,6 +59,14 @@ class Bernoulli(Leaf):
     def mode(self, params):
         return (params["logits"] > 0).to(params["logits"].dtype)
 
+    def moments(self, params):
+        p = torch.sigmoid(params["logits"])
+        return p, p
+
+    def mean_variance(self, params):
+        p = torch.sigmoid(params["logits"])
+        return p, p * (1 - p)
+
     def mean_statistics(self, params):
         p = torch.sigmoid(params["logits"])
         return torch.stack([p, torch.ones_like(p)], dim=-1)
@@ -83,6 +92,7 @@ class Categorical(Leaf):
 
     num_categories: int = 2
     indexed = True
+    discrete = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_categories, int) or isinstance(self.num_categories, bool) or self.num_categories < 2:
@@ -116,6 +126,18 @@ class Categorical(Leaf):
 
     def mode(self, params):
         return params["logits"].argmax(-1).to(params["logits"].dtype)
+
+    def moments(self, params):
+        """The mean and second moment of the category index ``0 .. C - 1``."""
+        probs = torch.softmax(params["logits"], dim=-1)
+        values = torch.arange(self.num_categories, dtype=probs.dtype, device=probs.device)
+        return probs @ values, probs @ (values * values)
+
+    def mean_variance(self, params):
+        probs = torch.softmax(params["logits"], dim=-1)
+        values = torch.arange(self.num_categories, dtype=probs.dtype, device=probs.device)
+        mean = probs @ values
+        return mean, (probs * (values - mean.unsqueeze(-1)) ** 2).sum(-1)
 
     def mean_statistics(self, params):
         return torch.softmax(params["logits"], dim=-1)
@@ -157,6 +179,7 @@ class Binomial(Leaf):
     num_stats = 2
     constant_last = True
     has_base_measure = True
+    discrete = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.total_count, int) or isinstance(self.total_count, bool) or self.total_count < 1:
@@ -206,6 +229,16 @@ class Binomial(Leaf):
     def mode(self, params):
         p = torch.sigmoid(params["logits"])
         return torch.floor((self.total_count + 1) * p).clamp(0, self.total_count)
+
+    def moments(self, params):
+        p = torch.sigmoid(params["logits"])
+        mean = self.total_count * p
+        return mean, mean * (1 - p) + mean * mean
+
+    def mean_variance(self, params):
+        p = torch.sigmoid(params["logits"])
+        mean = self.total_count * p
+        return mean, mean * (1 - p)
 
     def mean_statistics(self, params):
         p = torch.sigmoid(params["logits"])

@@ -11,7 +11,52 @@ from torch.autograd.function import once_differentiable
 
 from .base import Leaf, has_data, zero_unobserved
 
-__all__ = ["Normal"]
+__all__ = ["Normal", "data_bounds"]
+
+
+def data_bounds(x: Tensor, marginalized: Tensor | None, min_ratio: float, max_ratio: float, joint: bool = False
+                ) -> tuple[float, float, tuple[float, float]]:
+    """Variance bounds and a range of means from data (see :meth:`Normal.from_data`).
+
+    Args:
+        x: ``(N, D)`` data; NaN entries count as missing.
+        marginalized: optional ``(N, D)`` bool, True = missing.
+        min_ratio, max_ratio: the bounds as multiples of the smallest and largest column variance.
+        joint: scale ``max_var`` by the largest eigenvalue of the (pairwise-complete) covariance instead.
+
+    Returns:
+        ``(min_var, max_var, (low, high))``.
+
+    Raises:
+        ValueError: for malformed input or data without two distinct observed values in any column.
+    """
+    if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[0] < 2 or x.is_complex() or x.dtype == torch.bool:
+        raise ValueError(f"x must be a real (N, D) tensor with N >= 2, got {getattr(x, 'shape', type(x).__name__)}")
+    for name, value in (("min_ratio", min_ratio), ("max_ratio", max_ratio)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
+    x = x.detach().to(torch.float64)
+    observed = torch.isfinite(x)
+    if marginalized is not None:
+        if not isinstance(marginalized, Tensor) or marginalized.dtype != torch.bool or marginalized.shape != x.shape:
+            raise ValueError(f"marginalized must be None or a bool tensor of shape {tuple(x.shape)}")
+        observed &= ~marginalized.to(x.device)
+    w = observed.to(x.dtype)
+    n = w.sum(0)  # (D,)
+    mean = torch.where(observed, x, 0.0).sum(0) / n.clamp_min(1)
+    z = torch.where(observed, x - mean, 0.0)  # centred, zero where missing
+    var = (z * z).sum(0) / n.clamp_min(1)
+    usable = (n >= 2) & (var > 0)
+    if not bool(usable.any()):
+        raise ValueError("from_data needs a column with at least two distinct observed values")
+    v = var[usable]
+    high = float(v.max())
+    if joint:
+        cov = (z.t() @ z) / (w.t() @ w).clamp_min(1)  # (D, D) pairwise-complete
+        high = max(high, float(torch.linalg.eigvalsh(cov[usable][:, usable]).max()))
+    sd = var.sqrt()
+    low_loc, high_loc = float((mean - sd)[usable].min()), float((mean + sd)[usable].max())
+    return min_ratio * float(v.min()), max_ratio * high, (low_loc, high_loc)
 
 
 def _uniform(shape: tuple[int, ...], low: float, high: float, dtype: torch.dtype) -> Tensor:
@@ -146,6 +191,38 @@ class Normal(Leaf):
         if self.init_var is not None and not self.min_var <= self.init_var[0] <= self.init_var[1] <= self.max_var:
             raise ValueError(f"init_var must be (low, high) with min_var <= low <= high <= max_var, got {self.init_var}")
 
+    @classmethod
+    def from_data(cls, x: Tensor, marginalized: Tensor | None = None, *, min_ratio: float = 1e-3,
+                  max_ratio: float = 2.0) -> "Normal":
+        """A Normal family whose bounds and initial means suit the data's scale.
+
+        ``Normal()``'s defaults (means start in [0, 1], variances bounded in
+        [0.01, 1]) suit pixels in [0, 1]; standardized tabular data, or columns
+        in other units, need bounds on their own scale. This returns
+        ``min_var = min_ratio * (smallest column variance)``,
+        ``max_var = max_ratio * (largest column variance)`` and means starting
+        in ``[min(mean - sd), max(mean + sd)]`` over the columns. The bounds are
+        shared by every column: they assume columns of comparable scale
+        (standardize otherwise). ``min_ratio`` caps how far a component may
+        narrow below the narrowest column (its density by ``-log(2 pi min_var) / 2``).
+
+        Args:
+            x: ``(N, D)`` data, ``N >= 2``; NaN entries count as missing.
+            marginalized: optional ``(N, D)`` bool mask, True = missing.
+            min_ratio, max_ratio: the variance bounds relative to the column variances.
+
+        Raises:
+            ValueError: for malformed input, or no column with two distinct observed values.
+
+        Example:
+            >>> import torch, spnkit
+            >>> leaf = spnkit.Normal.from_data(torch.randn(1000, 3, dtype=torch.float64) * 10)
+            >>> 50 < leaf.max_var < 300 and leaf.min_var < 0.2
+            True
+        """
+        min_var, max_var, loc_range = data_bounds(x, marginalized, min_ratio, max_ratio)
+        return cls(min_var=min_var, max_var=max_var, loc_range=loc_range)
+
     def init_params(self, shape, dtype):
         if self.init_var is None:
             lo, hi = -1.0, 1.0
@@ -216,6 +293,13 @@ class Normal(Leaf):
 
     def mode(self, params):
         return params["loc"]
+
+    def moments(self, params):
+        loc = params["loc"]
+        return loc, self.variance(params) + loc * loc
+
+    def mean_variance(self, params):
+        return params["loc"], self.variance(params)
 
     def mean_statistics(self, params):
         loc = params["loc"]

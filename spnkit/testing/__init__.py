@@ -2,7 +2,10 @@
 
 * :mod:`spnkit.testing.brute_force`: a slow reference evaluator walking
   :meth:`spnkit.SPN.to_networkx` node by node, exhaustive enumeration of
-  discrete circuits, brute-force MPE and a goodness-of-fit test for samplers.
+  discrete circuits (joint states, MPE, conditional means and variances) and a
+  goodness-of-fit test for samplers; :mod:`spnkit.testing.reference_leaves`
+  evaluates its leaf regions from textbook formulas (univariate factors,
+  multivariate Normals, mixed families).
 * :mod:`spnkit.testing.validity`: smoothness / decomposability / coverage /
   normalization checks written independently of :meth:`RegionGraph.check_valid`.
 * :mod:`spnkit.testing.circuits`: random (and extreme) parameters, and

@@ -5,9 +5,9 @@ Everything here walks the node-level graph of :meth:`spnkit.SPN.to_networkx`
 sum edges) in plain float64 numpy, one node at a time, and evaluates each leaf
 factor from its textbook formula (not from the exponential-family statistics the
 leaf layer uses). Only the leaf *parameters* are read from the compiled module:
-``spn.leaf_layer.params`` of shape ``(leaf regions, slots, K)``, whose slot ``j``
-of row ``r`` holds the variable ``spn.leaf_layer.var_index[r, j]``; rows follow
-``spn.leaf_regions``.
+the leaf layer's parameters (see :mod:`spnkit.testing.reference_leaves`, which
+evaluates each leaf region from textbook formulas: univariate factors,
+multivariate Normals, mixed families).
 
 It is slow (a Python loop over nodes) and meant for circuits of a few hundred
 nodes. Mask polarity as everywhere in spnkit: True or 1.0 = unobserved,
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..leaves import Bernoulli, Binomial, Categorical, Leaf, Normal
+from .reference_leaves import region_evaluators, support, supports
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..circuit import SPN
@@ -48,7 +48,9 @@ __all__ = [
     "max_product",
     "node_values",
     "support",
+    "supports",
     "all_states",
+    "expectation",
     "log_normalizer",
     "mpe",
     "GoodnessOfFit",
@@ -56,70 +58,6 @@ __all__ = [
     "chi2_sf",
     "ks_distance",
 ]
-
-
-# ------------------------------------------------------------------ leaves
-def _factor_log_density(leaf: Leaf, params: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    """Log-density of univariate factors, textbook formulas.
-
-    Args:
-        params: each ``(K,)`` or ``(K, E)`` for one variable slot.
-        x: ``(B,)`` values (finite, inside the support).
-
-    Returns:
-        ``(B, K)``.
-    """
-    if isinstance(leaf, Normal):
-        var = leaf.variance({k: torch.as_tensor(v) for k, v in params.items()}).numpy()  # (K,)
-        loc = params["loc"]
-        return -0.5 * np.log(2 * math.pi * var)[None, :] - (x[:, None] - loc[None, :]) ** 2 / (2 * var[None, :])
-    if isinstance(leaf, Bernoulli):
-        logit = params["logits"][None, :]  # (1, K)
-        log_p1, log_p0 = -np.logaddexp(0.0, -logit), -np.logaddexp(0.0, logit)
-        return np.where(x[:, None] == 1, log_p1, log_p0)
-    if isinstance(leaf, Categorical):
-        logits = params["logits"]  # (K, E)
-        log_p = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
-        return log_p[:, x.astype(np.int64)].T  # (B, K)
-    if isinstance(leaf, Binomial):
-        n, logit = leaf.total_count, params["logits"][None, :]  # (1, K)
-        log_p1, log_p0 = -np.logaddexp(0.0, -logit), -np.logaddexp(0.0, logit)
-        xs = x[:, None]
-        log_choose = math.lgamma(n + 1) - np.vectorize(math.lgamma)(xs + 1) - np.vectorize(math.lgamma)(n - xs + 1)
-        return log_choose + xs * log_p1 + (n - xs) * log_p0
-    raise ValueError(f"the brute-force evaluator knows Normal, Bernoulli, Categorical and Binomial leaves, got {leaf!r}")
-
-
-def _factor_log_max(leaf: Leaf, params: dict[str, np.ndarray]) -> np.ndarray:
-    """Log of each factor's largest density or mass, ``(K,)``."""
-    if isinstance(leaf, Normal):
-        var = leaf.variance({k: torch.as_tensor(v) for k, v in params.items()}).numpy()
-        return -0.5 * np.log(2 * math.pi * var)
-    if isinstance(leaf, Bernoulli):
-        logit = params["logits"]
-        return np.maximum(-np.logaddexp(0.0, -logit), -np.logaddexp(0.0, logit))
-    if isinstance(leaf, Categorical):
-        logits = params["logits"]
-        return (logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)).max(-1)
-    if isinstance(leaf, Binomial):
-        values = np.arange(leaf.total_count + 1, dtype=np.float64)
-        return _factor_log_density(leaf, params, values).max(0)  # (K,): the largest mass over the support
-    raise ValueError(f"the brute-force evaluator knows Normal, Bernoulli, Categorical and Binomial leaves, got {leaf!r}")
-
-
-def support(leaf: Leaf) -> list[float]:
-    """The values of a discrete leaf family.
-
-    Raises:
-        ValueError: for continuous families.
-    """
-    if isinstance(leaf, Bernoulli):
-        return [0.0, 1.0]
-    if isinstance(leaf, Categorical):
-        return [float(v) for v in range(leaf.num_categories)]
-    if isinstance(leaf, Binomial):
-        return [float(v) for v in range(leaf.total_count + 1)]
-    raise ValueError(f"{type(leaf).__name__} leaves have no finite support to enumerate")
 
 
 # ---------------------------------------------------------------- evaluator
@@ -144,18 +82,6 @@ def _as_inputs(spn: "SPN", x: Tensor, marginalized: Tensor | None) -> tuple[np.n
     return xs, w
 
 
-def _leaf_params(spn: "SPN") -> dict[int, tuple[list[int], list[dict[str, np.ndarray]]]]:
-    """For each leaf region: its variables and, per variable, the parameters ``(K, ...)``."""
-    layer = spn.leaf_layer
-    params = {k: v.detach().to(torch.float64).cpu().numpy() for k, v in layer.params.items()}  # (R0, n, K, ...)
-    index = layer.var_index.cpu().numpy()
-    out = {}
-    for row, region in enumerate(spn.leaf_regions):
-        slots = [(j, int(v)) for j, v in enumerate(index[row]) if int(v) < spn.num_vars]
-        out[region] = ([v for _, v in slots], [{k: p[row, j] for k, p in params.items()} for j, _ in slots])
-    return out
-
-
 def node_values(spn: "SPN", x: Tensor, marginalized: Tensor | None = None, mode: str = "sum", graph: nx.DiGraph | None = None) -> dict:
     """Log-value of every node of ``spn.to_networkx()`` for each sample.
 
@@ -175,7 +101,7 @@ def node_values(spn: "SPN", x: Tensor, marginalized: Tensor | None = None, mode:
         raise ValueError(f"mode must be 'sum' or 'max', got {mode!r}")
     xs, w = _as_inputs(spn, x, marginalized)
     g = spn.to_networkx() if graph is None else graph
-    leaves = _leaf_params(spn)
+    leaves = region_evaluators(spn)
     cache: dict[int, np.ndarray] = {}  # leaf region -> (B, K)
     values: dict = {}
     for node in reversed(list(nx.topological_sort(g))):  # children before parents
@@ -184,17 +110,10 @@ def node_values(spn: "SPN", x: Tensor, marginalized: Tensor | None = None, mode:
         if kind == "leaf":
             region = data["region"]
             if region not in cache:
-                variables, per_var = leaves[region]
-                if set(variables) != set(data["scope"]):
+                variables, evaluate = leaves[region]
+                if sorted(variables) != sorted(data["scope"]):
                     raise ValueError(f"leaf region {region}: layer variables {variables} differ from the scope {data['scope']}")
-                total = np.zeros((xs.shape[0], spn.num_leaves))  # (B, K)
-                for v, prm in zip(variables, per_var):
-                    lp = _factor_log_density(spn.leaf, prm, xs[:, v])  # (B, K)
-                    term = np.where(w[:, v : v + 1] > 0, w[:, v : v + 1] * lp, 0.0)
-                    if mode == "max":
-                        term = term + (1 - w[:, v : v + 1]) * _factor_log_max(spn.leaf, prm)[None, :]
-                    total = total + term
-                cache[region] = total
+                cache[region] = evaluate(xs, w, mode)  # (B, K)
             values[node] = cache[region][:, _leaf_index(node, data)]
         elif kind == "product":
             kids = list(g.successors(node))
@@ -248,11 +167,11 @@ def all_states(spn: "SPN", max_states: int = 4096) -> Tensor:
     Raises:
         ValueError: for continuous leaves or more than ``max_states`` states.
     """
-    values = support(spn.leaf)
-    n = len(values) ** spn.num_vars
+    values = supports(spn.leaf, spn.num_vars)
+    n = math.prod(len(v) for v in values)
     if n > max_states:
         raise ValueError(f"{n} joint states exceed max_states={max_states}")
-    return torch.tensor(list(itertools.product(values, repeat=spn.num_vars)), dtype=torch.float64)
+    return torch.tensor(list(itertools.product(*values)), dtype=torch.float64)
 
 
 def log_normalizer(spn: "SPN", max_states: int = 4096) -> Tensor:
@@ -277,14 +196,14 @@ def mpe(
     """
     if not isinstance(marginalized, Tensor) or marginalized.dtype != torch.bool or marginalized.shape != x.shape:
         raise ValueError("marginalized must be a bool tensor of the shape of x")
-    values = support(spn.leaf)
+    values = supports(spn.leaf, spn.num_vars)
     cands, owner = [], []
     for b in range(x.shape[0]):
         free = torch.nonzero(marginalized[b]).flatten().tolist()
-        n = len(values) ** len(free)
+        n = math.prod(len(values[v]) for v in free)
         if n > max_states:
             raise ValueError(f"sample {b}: {n} completions exceed max_states={max_states}")
-        combos = torch.tensor(list(itertools.product(values, repeat=len(free))), dtype=torch.float64).reshape(n, len(free))
+        combos = torch.tensor(list(itertools.product(*[values[v] for v in free])), dtype=torch.float64).reshape(n, len(free))
         cand = x[b].to(torch.float64).nan_to_num(0.0).repeat(n, 1)  # (n, D)
         cand[:, free] = combos
         cands.append(cand)
@@ -301,6 +220,45 @@ def mpe(
         outs.append(cand[best])
         vals.append(lp[best])
     return torch.stack(outs), torch.stack(vals)
+
+
+def expectation(spn: "SPN", x: Tensor, marginalized: Tensor, root: int | None = None, max_states: int = 4096
+                ) -> tuple[Tensor, Tensor]:
+    """Exact conditional mean and variance of the hidden entries of a discrete circuit, by enumerating their completions.
+
+    Args:
+        x: ``(B, D)``.
+        marginalized: ``(B, D)`` bool, True = hidden.
+        root: the root sum to condition on; None: the uniform mixture of the roots.
+
+    Returns:
+        ``(mean, variance)``, each ``(B, D)`` float64; observed entries keep
+        their value and variance 0.
+    """
+    if not isinstance(marginalized, Tensor) or marginalized.dtype != torch.bool or marginalized.shape != x.shape:
+        raise ValueError("marginalized must be a bool tensor of the shape of x")
+    values = supports(spn.leaf, spn.num_vars)
+    mean = x.detach().to(torch.float64).clone()
+    mean[marginalized] = 0.0
+    var = torch.zeros_like(mean)
+    for b in range(x.shape[0]):
+        free = torch.nonzero(marginalized[b]).flatten().tolist()
+        if not free:
+            continue
+        n = math.prod(len(values[v]) for v in free)
+        if n > max_states:
+            raise ValueError(f"sample {b}: {n} completions exceed max_states={max_states}")
+        combos = torch.tensor(list(itertools.product(*[values[v] for v in free])), dtype=torch.float64).reshape(n, len(free))
+        cand = mean[b].repeat(n, 1)
+        cand[:, free] = combos
+        lp = log_prob(spn, cand)
+        if lp.dim() == 2:
+            lp = torch.logsumexp(lp, 1) if root is None else lp[:, root]
+        p = torch.softmax(lp, 0).unsqueeze(1)  # (n, 1) the conditional of the completions
+        m1 = (p * combos).sum(0)
+        mean[b, free] = m1
+        var[b, free] = (p * (combos - m1) ** 2).sum(0)
+    return mean, var
 
 
 # ---------------------------------------------------------- goodness of fit

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from hypothesis import strategies as st
 
-from ..leaves import Bernoulli, Binomial, Categorical, Leaf, Normal
+from ..leaves import Bernoulli, Binomial, Categorical, Leaf, LeafFamily, Mixed, MultivariateNormal, Normal, Poisson
 from ..region_graph import Partition, RegionGraph
 from .circuits import CircuitSpec, GraphSpec
 from .validity import region_graph_violations
@@ -38,7 +38,12 @@ __all__ = [
     "graph_specs",
     "leaves",
     "discrete_leaves",
+    "finite_leaves",
     "normal_leaves",
+    "poisson_leaves",
+    "mvn_leaves",
+    "mixed_leaves",
+    "MixedTemplate",
     "circuit_specs",
     "circuits",
     "enumerable_circuit_specs",
@@ -165,23 +170,64 @@ def graph_specs(max_vars: int = 8, binary: bool = True) -> st.SearchStrategy[Gra
 
 
 # ------------------------------------------------------------------ leaves
+@dataclass(frozen=True)
+class MixedTemplate:
+    """A :class:`~spnkit.Mixed` family yet to be laid out: :func:`circuit_specs` assigns each variable one of ``families``.
+
+    A mixed family names its columns, so it is drawn after the region graph
+    (:meth:`realize`); leaf strategies yield this template in its place.
+    """
+
+    families: tuple[LeafFamily, ...]
+
+    def realize(self, num_vars: int) -> st.SearchStrategy[Mixed]:
+        """A Mixed family over ``num_vars`` columns, each with a drawn family of the template."""
+        picks = st.lists(st.integers(0, len(self.families) - 1), min_size=num_vars, max_size=num_vars)
+        return picks.map(lambda p: Mixed({c: self.families[i] for c, i in enumerate(p)}))
+
+
 def normal_leaves() -> st.SearchStrategy[Leaf]:
     """Normal families with narrow and wide variance bounds."""
     return st.builds(Normal, min_var=st.sampled_from([1e-2, 0.1]), max_var=st.sampled_from([1.0, 4.0]))
 
 
-def discrete_leaves(max_categories: int = 4) -> st.SearchStrategy[Leaf]:
+def poisson_leaves() -> st.SearchStrategy[Leaf]:
+    """Poisson families with tight and wide rate bounds."""
+    return st.builds(Poisson, min_rate=st.sampled_from([1e-3, 0.1]), max_rate=st.sampled_from([20.0, 1e4]))
+
+
+def mvn_leaves() -> st.SearchStrategy[LeafFamily]:
+    """Multivariate Normal families with narrow and wide eigenvalue bounds."""
+    return st.builds(MultivariateNormal, min_var=st.sampled_from([1e-2, 0.1]), max_var=st.sampled_from([1.0, 4.0]))
+
+
+def finite_leaves(max_categories: int = 4) -> st.SearchStrategy[Leaf]:
     """Bernoulli, Categorical and Binomial families (2 .. max_categories values)."""
     return st.one_of(st.just(Bernoulli()), st.builds(Categorical, st.integers(2, max_categories)),
                      st.builds(Binomial, st.integers(1, max_categories - 1)))
 
 
-def leaves() -> st.SearchStrategy[Leaf]:
-    """Any built-in leaf family."""
-    return st.one_of(normal_leaves(), discrete_leaves())
+def mixed_leaves(families: st.SearchStrategy[LeafFamily] | None = None, max_families: int = 3) -> st.SearchStrategy[MixedTemplate]:
+    """Templates of mixed families: 2 .. ``max_families`` distinct families drawn from ``families`` (default: any built-in one)."""
+    pool = families if families is not None else st.one_of(normal_leaves(), finite_leaves(), poisson_leaves(), mvn_leaves())
+    return st.lists(pool, min_size=2, max_size=max_families, unique=True).map(lambda fs: MixedTemplate(tuple(fs)))
 
 
-def _cardinality(leaf: Leaf) -> int:
+def discrete_leaves(max_categories: int = 4, mixed: bool = True) -> st.SearchStrategy[LeafFamily | MixedTemplate]:
+    """Families of finite support: Bernoulli, Categorical, Binomial (2 .. max_categories values) and, with ``mixed``, mixtures of them per variable."""
+    if not mixed:
+        return finite_leaves(max_categories)
+    return st.one_of(finite_leaves(max_categories), mixed_leaves(finite_leaves(max_categories)))
+
+
+def leaves() -> st.SearchStrategy[LeafFamily | MixedTemplate]:
+    """Any built-in leaf family, mixed families included."""
+    return st.one_of(normal_leaves(), discrete_leaves(mixed=False), poisson_leaves(), mvn_leaves(), mixed_leaves())
+
+
+def _cardinality(leaf: LeafFamily | MixedTemplate) -> int:
+    if isinstance(leaf, MixedTemplate):
+        return max(_cardinality(f) for f in leaf.families)
     if isinstance(leaf, Categorical):
         return leaf.num_categories
     return leaf.total_count + 1 if isinstance(leaf, Binomial) else 2
@@ -202,6 +248,8 @@ def circuit_specs(
 ) -> CircuitSpec:
     """Float64 circuits: any graph, leaf family, layer kind, sizes, parameter seed and scale (extreme ones included).
 
+    ``leaf_families`` may yield :class:`MixedTemplate` values, laid out over the drawn graph's variables.
+
     CP circuits are drawn over graphs with partitions of up to 3 children, and
     half of them join leaves unprojected when ``num_leaves == num_sums``; a
     given graph with wider partitions makes a CP circuit.
@@ -211,6 +259,8 @@ def circuit_specs(
     if layer == "tucker" and any(len(p.children) != 2 for p in graph.build().partitions):
         layer = "cp"
     leaf = draw(leaf_families if leaf_families is not None else leaves())
+    if isinstance(leaf, MixedTemplate):
+        leaf = draw(leaf.realize(graph.build().num_vars))
     num_sums = draw(st.integers(1, max_sums))
     num_leaves = draw(st.integers(1, max_leaves))
     project = not (layer == "cp" and num_leaves == num_sums and draw(st.booleans()))
@@ -244,9 +294,11 @@ def enumerable_circuit_specs(draw, max_states: int = 1024, **kwargs) -> CircuitS
 
 
 # ------------------------------------------------------------------ inputs
-def leaf_values(leaf: Leaf, extreme: bool = True) -> st.SearchStrategy[float]:
-    """Values in the support of ``leaf``, its edges included (0 and the last category;
-    for Normal leaves ``+-1e4``, 0 and tiny numbers when ``extreme``)."""
+def leaf_values(leaf: LeafFamily, extreme: bool = True) -> st.SearchStrategy[float]:
+    """Values in the support of ``leaf``, its edges included (0 and the last category; counts up to 200;
+    for Normal and multivariate Normal leaves ``+-1e4``, 0 and tiny numbers when ``extreme``)."""
+    if isinstance(leaf, Poisson):
+        return st.one_of(st.integers(0, 12), st.sampled_from([0, 200] if extreme else [0])).map(float)
     if isinstance(leaf, Bernoulli):
         return st.sampled_from([0.0, 1.0])
     if isinstance(leaf, Categorical):
@@ -260,9 +312,12 @@ def leaf_values(leaf: Leaf, extreme: bool = True) -> st.SearchStrategy[float]:
 
 
 @st.composite
-def inputs(draw, leaf: Leaf, num_vars: int, max_batch: int = 6, min_batch: int = 1, extreme: bool = True) -> torch.Tensor:
-    """A ``(B, num_vars)`` float64 batch of values in (and at the edge of) the support."""
+def inputs(draw, leaf: LeafFamily, num_vars: int, max_batch: int = 6, min_batch: int = 1, extreme: bool = True) -> torch.Tensor:
+    """A ``(B, num_vars)`` float64 batch of values in (and at the edge of) the support (a mixed family: per column)."""
     b = draw(st.integers(min_batch, max_batch))
+    if isinstance(leaf, Mixed):
+        columns = [draw(st.lists(leaf_values(leaf.family_of(c), extreme), min_size=b, max_size=b)) for c in range(num_vars)]
+        return torch.tensor(columns, dtype=torch.float64).t().contiguous()
     vals = draw(st.lists(leaf_values(leaf, extreme), min_size=b * num_vars, max_size=b * num_vars))
     return torch.tensor(vals, dtype=torch.float64).reshape(b, num_vars)
 

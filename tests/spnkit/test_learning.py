@@ -27,12 +27,16 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _data_for(leaf: spnkit.Leaf, n: int, d: int, seed: int) -> torch.Tensor:
-    """Samples in the support of ``leaf`` with some structure (two clusters)."""
+def _data_for(leaf: spnkit.LeafFamily, n: int, d: int, seed: int) -> torch.Tensor:
+    """Samples in the support of ``leaf`` with some structure (two clusters); a mixed family's per column."""
     g = _gen(seed)
+    if isinstance(leaf, spnkit.Mixed):
+        return torch.cat([_data_for(leaf.family_of(c), n, 1, seed + c) for c in range(d)], dim=1)
     z = torch.rand(n, 1, generator=g) < 0.4
-    if isinstance(leaf, spnkit.Normal):
+    if isinstance(leaf, (spnkit.Normal, spnkit.MultivariateNormal)):
         return torch.randn(n, d, generator=g, dtype=F64) * 0.7 + 1.5 * z
+    if isinstance(leaf, spnkit.Poisson):
+        return torch.poisson(torch.where(z, 6.0, 1.0).expand(n, d).to(F64), generator=g)
     if isinstance(leaf, spnkit.Bernoulli):
         p = torch.where(z, 0.8, 0.15).expand(n, d)
         return (torch.rand(n, d, generator=g, dtype=F64) < p).to(F64)

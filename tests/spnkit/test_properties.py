@@ -49,6 +49,12 @@ def _circuit_inputs_masks(draw, specs=None, mask_kinds=("observed", "marginalize
     spec = draw(specs if specs is not None else sts.circuit_specs(max_vars=6))
     spn = spec.build()
     x = draw(sts.inputs(spn.leaf, spn.num_vars, max_batch=max_batch, extreme=extreme))
+    if not spn.leaf.soft_evidence and "soft" in mask_kinds:  # multivariate leaves take hard evidence only
+        hard = tuple(k for k in mask_kinds if k != "soft") or ("bool",)
+        m = draw(sts.masks(tuple(x.shape), kinds=hard))
+        if hard == ("bool",) or draw(st.booleans()):
+            m = m.double()  # in place of a soft mask: a float mask of 0s and 1s
+        return spec, spn, x, m
     m = draw(sts.masks(tuple(x.shape), kinds=mask_kinds))
     return spec, spn, x, m
 
@@ -104,7 +110,7 @@ def test_marginal_consistency(data):
     m = data.draw(sts.masks(tuple(x.shape), kinds=("bool", "observed")), label="mask")
     v = data.draw(st.integers(0, spn.num_vars - 1), label="variable")
     m[:, v] = False
-    values = bf.support(spn.leaf)
+    values = bf.supports(spn.leaf, spn.num_vars)[v]
     xs = x.repeat(len(values), 1)  # (V*B, D)
     xs[:, v] = torch.tensor(values).repeat_interleave(x.shape[0])
     with torch.no_grad():
@@ -124,7 +130,7 @@ def test_soft_masks_interpolate(case):
         hard = m.round().bool()
         torch.testing.assert_close(spn.log_prob(x, hard.double()), spn.log_prob(x, hard))
         torch.testing.assert_close(spn.log_prob(x, m), bf.log_prob(spn, x, m), atol=1e-8, rtol=1e-9)
-        if not isinstance(spn.leaf, spnkit.Normal):  # masses <= 1: more marginalization never lowers the value
+        if spn.leaf.discrete:  # masses <= 1: more marginalization never lowers the value
             assert (spn.log_prob(x, m) <= spn.log_prob(x, hard | (m > 0)) + 1e-9).all()
             assert (spn.log_prob(x, m) >= spn.log_prob(x, hard & (m >= 1)) - 1e-9).all()
 
@@ -215,7 +221,8 @@ def test_conditional_sampling_follows_exact_conditional(spec: CircuitSpec, data)
     hidden = torch.tensor(data.draw(st.lists(st.booleans(), min_size=spn.num_vars, max_size=spn.num_vars), label="mask"))
     hidden[data.draw(st.integers(0, spn.num_vars - 1), label="one hidden variable")] = True
     free = torch.nonzero(hidden).flatten()
-    combos = torch.tensor(list(itertools.product(bf.support(spn.leaf), repeat=len(free))))
+    values = bf.supports(spn.leaf, spn.num_vars)
+    combos = torch.tensor(list(itertools.product(*[values[v] for v in free.tolist()])))
     completions = e.repeat(len(combos), 1)
     completions[:, free] = combos
     with torch.no_grad():
@@ -274,7 +281,7 @@ def test_completions_never_change_observed_entries(case, seed):
 # --------------------------------------------------------------------- MPE
 @st.composite
 def _deterministic_specs(draw):
-    leaf = draw(sts.discrete_leaves(max_categories=3).filter(lambda f: not isinstance(f, spnkit.Binomial)))  # point masses need Bernoulli or Categorical
+    leaf = draw(sts.finite_leaves(max_categories=3).filter(lambda f: not isinstance(f, spnkit.Binomial)))  # point masses need Bernoulli or Categorical
     card = 2 if isinstance(leaf, spnkit.Bernoulli) else leaf.num_categories
     k = draw(st.integers(1, card))
     max_vars = int(math.log(256) / math.log(card) + 1e-9)
@@ -377,7 +384,8 @@ def test_conditional_log_prob_is_normalized(spec: CircuitSpec, data):
     query = torch.tensor(data.draw(st.lists(st.booleans(), min_size=spn.num_vars, max_size=spn.num_vars), label="query"))
     query[data.draw(st.integers(0, spn.num_vars - 1), label="one queried variable")] = True
     free = torch.nonzero(query).flatten()
-    combos = torch.tensor(list(itertools.product(bf.support(spn.leaf), repeat=len(free))))
+    values = bf.supports(spn.leaf, spn.num_vars)
+    combos = torch.tensor(list(itertools.product(*[values[v] for v in free.tolist()])))
     xs = x.repeat(len(combos), 1)
     xs[:, free] = combos
     with torch.no_grad():
