@@ -13,8 +13,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from ..circuit import SPN
-from ..leaves import Bernoulli, Binomial, Categorical, Leaf, Normal
 from ..learn import fit as _fit
+from ..leaves import Bernoulli, Binomial, Categorical, Leaf, Normal
 from ..models import hclt, learn_spn
 from ..region_graph import RegionGraph
 
@@ -60,7 +60,7 @@ def normal_for(x: np.ndarray) -> Normal:
 
 def _leaf_from_name(name: str, x: np.ndarray) -> Leaf:
     """The leaf family called ``name``, with the parameters the data needs (categories, counts, bounds)."""
-    import spnkit  # noqa: PLC0415 (families the library may add: Poisson, MultivariateNormal)
+    import spnkit
 
     observed = x[~np.isnan(x)]
     top = int(observed.max()) if observed.size else 1

@@ -8,6 +8,7 @@ import numpy as np
 from sklearn.base import ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 
+from ..circuit import SPN
 from ._base import SPNBase
 
 __all__ = ["SPNClassifier", "OBJECTIVES"]
@@ -146,18 +147,21 @@ class SPNClassifier(ClassifierMixin, SPNBase):
         self.class_prior_ = self._prior(np.bincount(codes, minlength=C))
         mask = np.isnan(x)
         seed = self._seed()
+        self.spn_: SPN | None
+        self.history_: list[Any]
         if self.shared:
             spn = self._build(x, mask, C, seed)
             objective = self.objective if C > 1 else "generative"
             self.history_ = self._train(spn, x, mask, codes if C > 1 else None, seed, objective)
             self.spn_, self.spns_ = spn, [spn]
         else:
-            self.spn_, self.spns_, self.history_ = None, [], []
+            spns, histories = [], []
             for c in range(C):
                 rows = codes == c
                 spn = self._build(x[rows], mask[rows], 1, seed + c)
-                self.history_.append(self._train(spn, x[rows], mask[rows], None, seed + c))
-                self.spns_.append(spn)
+                histories.append(self._train(spn, x[rows], mask[rows], None, seed + c))
+                spns.append(spn)
+            self.spn_, self.spns_, self.history_ = None, spns, histories
         return self
 
     def _prior(self, counts: np.ndarray) -> np.ndarray:

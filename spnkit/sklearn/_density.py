@@ -211,7 +211,7 @@ class SPNDensity(DensityMixin, SPNBase):
 
 def _expectation(spn: Any, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``E[x_missing | x_observed]`` by the library's closed form."""
-    import spnkit  # noqa: PLC0415
+    import spnkit
 
     impute = getattr(spnkit, "impute", None)
     if impute is None:

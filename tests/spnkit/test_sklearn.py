@@ -8,10 +8,11 @@ import torch
 
 pytest.importorskip("sklearn")
 
-import spnkit  # noqa: E402
-from sklearn.base import clone  # noqa: E402
-from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
-from spnkit.sklearn import SPNClassifier, SPNDensity  # noqa: E402
+from sklearn.base import clone
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+import spnkit
+from spnkit.sklearn import SPNClassifier, SPNDensity
 
 TINY = {"num_sums": 2, "num_leaves": 2, "depth": 1, "repetitions": 2, "epochs": 2, "random_state": 0}
 
