@@ -99,7 +99,7 @@ def _actual_signature(fn: object) -> str:
         if p.kind is p.KEYWORD_ONLY and not seen_star:
             parts.append("*")
             seen_star = True
-        parts.append(p.name if p.default is p.empty else f"{p.name}={p.default!r}")
+        parts.append(p.name if p.default is p.empty else f"{p.name}={p.default!r}".replace("'", '"'))
     return ", ".join(parts)
 
 

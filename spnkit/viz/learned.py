@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, cast
 
 import numpy as np
 import torch
@@ -176,7 +176,7 @@ def region_means(spn: "SPN", regions: Sequence[int] | None = None, flows: Flows 
     flows = flows or circuit_flows(spn)
     regions = list(range(len(rg.regions))) if regions is None else list(regions)
     D = spn.num_vars
-    index: Tensor = spn.leaf_layer.var_index
+    index = cast(Tensor, spn.leaf_layer.var_index)
     var_index = index.cpu().numpy()  # (R0, n), padding = D
     leaf_rows = np.array([spn.row_of(r) for r in spn.leaf_regions])
     out: dict[int, np.ndarray] = {}
