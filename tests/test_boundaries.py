@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-OPTIONAL = ("matplotlib", "PIL", "tqdm", "hypothesis", "graphviz", "supair", "spnkit_mnist")
+OPTIONAL = ("matplotlib", "PIL", "tqdm", "hypothesis", "graphviz", "sklearn", "scipy", "supair", "spnkit_mnist")
 
 
 def test_import_spnkit_loads_no_optional_dependency() -> None:

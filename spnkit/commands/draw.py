@@ -20,10 +20,14 @@ EPILOG = """examples:
   spnkit draw quad-tree --height 8 --width 8 --depth 2 -o qt.svg
   spnkit draw random --num-vars 8 --depth 2 --circuit --num-sums 2 --num-leaves 2 --level node -o spn.svg
   spnkit draw model model.spn -o model.svg --summary
+  spnkit draw model model.spn --level node --node-limit 150 -o nodes.svg
 
-The format follows the suffix of -o (.svg .png .pdf .dot). Without Graphviz's
-dot program, the DOT source and a matplotlib drawing are written instead, with
-one message saying so.
+The format follows the suffix of -o (.svg .png .pdf .dot). Circuits are drawn
+with what their parameters say: sum weights, how much each region entry is
+used, and means (thumbnails of image-shaped circuits). A circuit with more
+nodes than --max-nodes is drawn collapsed to its --node-limit most used nodes.
+Without Graphviz's dot program, the DOT source and a matplotlib drawing are
+written instead, with one message saying so.
 """
 
 _LEAVES = ("normal", "bernoulli", "categorical")
@@ -48,11 +52,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     output = argparse.ArgumentParser(add_help=False)
     g = output.add_argument_group("output")
     g.add_argument("-o", "--output", required=True, type=Path, help="file to write; format from the suffix: .svg .png .pdf .dot")
-    g.add_argument("--max-nodes", type=_int_at_least(0), default=2000, help="refuse drawings with more nodes (0: no limit; default 2000)")
+    g.add_argument("--max-nodes", type=_int_at_least(0), default=2000,
+                   help="region graphs with more nodes are refused, circuits drawn collapsed to their --node-limit most used nodes "
+                        "(0: no limit; default 2000)")
     g.add_argument("--level", choices=("auto", "node", "region"), default="auto",
                    help="circuit drawing: every node, or one box per region vector; auto picks node level up to --node-limit nodes")
-    g.add_argument("--node-limit", type=_int_at_least(1), default=300, help="largest circuit drawn at node level by --level auto (default 300)")
+    g.add_argument("--node-limit", type=_int_at_least(1), default=300,
+                   help="largest circuit drawn at node level by --level auto, and the nodes a collapsed drawing keeps (default 300)")
+    g.add_argument("--root", type=_int_at_least(0), default=None,
+                   help="circuits with several root sums: the class whose use and means to show (default: all, uniformly)")
     g.add_argument("--summary", action="store_true", help="also print the circuit's layer table (spn.summary())")
+    g.add_argument("--thumbnails", action=argparse.BooleanOptionalAction, default=None,
+                   help="image structures: draw the pixels each region covers, or a circuit region's mean (default: automatic)")
 
     circuit = argparse.ArgumentParser(add_help=False)
     c = circuit.add_argument_group("circuit")
@@ -63,8 +74,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     c.add_argument("--num-leaves", type=_int_at_least(1), default=2, help="leaf distributions per leaf region (default 2)")
     c.add_argument("--num-classes", type=_int_at_least(1), default=1, help="root sums (default 1)")
     c.add_argument("--seed", type=int, default=0, help="seed of random structures and of the circuit's initial weights (default 0)")
-    c.add_argument("--thumbnails", action=argparse.BooleanOptionalAction, default=None,
-                   help="draw the pixels each region covers (image structures; default: automatic)")
 
     p = subparsers.add_parser("draw", help="draw a region graph, circuit or saved model",
                               description="Draw a region graph, a compiled circuit or a saved model.",
@@ -143,7 +152,7 @@ def _missing_structure(parser: argparse.ArgumentParser, args: argparse.Namespace
 
 def _run_structure(parser: argparse.ArgumentParser, build: Callable, args: argparse.Namespace) -> int:
     if not args.circuit:
-        for flag, used in (("--level", args.level != "auto"), ("--summary", args.summary)):
+        for flag, used in (("--level", args.level != "auto"), ("--summary", args.summary), ("--root", args.root is not None)):
             if used:
                 return _fail(parser, f"{flag} applies to circuits; add --circuit")
     try:
@@ -192,9 +201,10 @@ def _draw(parser: argparse.ArgumentParser, obj, args: argparse.Namespace) -> int
                 obj,
                 args.output,
                 level=args.level,
-                thumbnails=getattr(args, "thumbnails", None),
+                thumbnails=args.thumbnails,
                 node_limit=args.node_limit,
                 max_nodes=args.max_nodes or None,
+                root=args.root if isinstance(obj, spnkit.SPN) else None,
             )
     except ValueError as err:
         return _fail(parser, str(err))
@@ -205,5 +215,7 @@ def _draw(parser: argparse.ArgumentParser, obj, args: argparse.Namespace) -> int
         print(f"{parser.prog}: note: {result.message}", file=sys.stderr)
     else:
         what = result.level if result.level == "region graph" else f"circuit, {result.level} level"
+        if result.collapsed:
+            what += f", collapsed: {result.collapsed:,} nodes not drawn"
         print(f"wrote {result.files[0]} ({what})")
     return 0

@@ -18,7 +18,7 @@ from ..summary import effective_parameter_counts
 if TYPE_CHECKING:  # pragma: no cover
     from ..circuit import SPN
 
-__all__ = ["region_level_graph", "circuit_node_counts", "region_coverage", "LEVELS"]
+__all__ = ["region_level_graph", "circuit_node_counts", "region_coverage", "mean_image", "LEVELS"]
 
 #: drawing levels of a circuit
 LEVELS = ("auto", "node", "region")
@@ -32,7 +32,7 @@ def _vector_size(spn: "SPN", region: int) -> int:
     return spn.num_classes if region == rg.root and spn.root_sum is None else spn.num_sums
 
 
-def region_level_graph(spn: "SPN") -> nx.DiGraph:
+def region_level_graph(spn: "SPN", *, learned: bool = True, means: bool = False, root: int | None = None) -> nx.DiGraph:
     """The circuit with one node per region vector and one per partition.
 
     Nodes ``("r", i)`` (region ``i`` of the region graph) have ``kind="region"``,
@@ -47,8 +47,20 @@ def region_level_graph(spn: "SPN") -> nx.DiGraph:
     as in :meth:`RegionGraph.to_networkx`. Summing ``params`` over the region
     nodes gives ``spn.summary().total_params``.
 
+    With ``learned``, what the parameters say (:mod:`spnkit.viz.learned`):
+    region and partition nodes get ``flow`` (the probability that a sample's
+    induced tree reaches them), region nodes ``usage`` (the share of the
+    region's flow on each of its ``K`` entries), and region -> partition edges
+    ``weight`` (the partition's share of the region's flow: its mixing weight
+    as the circuit uses it). With ``means``, region nodes get ``mean``:
+    ``E[x_scope | region reached]`` aligned with ``scope`` (empty for leaf
+    families whose mean is not known).
+
     Args:
         spn: the circuit.
+        learned: add flows, usage and partition shares.
+        means: add region means (one batched upward and backward pass).
+        root: with several root sums, the class whose circuit to follow (None: all, uniformly).
 
     Returns:
         a ``networkx.DiGraph``; ``graph`` holds ``num_vars``, ``num_leaves``,
@@ -87,7 +99,54 @@ def region_level_graph(spn: "SPN") -> nx.DiGraph:
         g.add_edge(("r", p.parent), ("p", j))
         for c in p.children:
             g.add_edge(("p", j), ("r", c))
+    if learned or means:
+        _add_learned(spn, g, means, root)
     return g
+
+
+def _add_learned(spn: "SPN", g: nx.DiGraph, means: bool, root: int | None) -> None:
+    """Flows, entry use, partition shares and (with ``means``) region means as attributes of ``g``."""
+    from .learned import circuit_flows, region_means  # noqa: PLC0415 (torch work, only when asked)
+
+    rg = spn.region_graph
+    flows = circuit_flows(spn, root)
+    for i in range(len(rg.regions)):
+        e = flows.entries[i]
+        total = float(e.sum())
+        g.nodes[("r", i)].update(flow=total, usage=tuple((e / total if total > 0 else np.full(len(e), 1.0 / len(e))).tolist()))
+    for j, p in enumerate(rg.partitions):
+        f, parent = float(flows.partitions[j]), g.nodes[("r", p.parent)]["flow"]
+        g.nodes[("p", j)]["flow"] = f
+        g.edges[("r", p.parent), ("p", j)]["weight"] = f / parent if parent > 0 else 1.0 / len(rg.partitions_of[p.parent])
+    if means:
+        for i, m in region_means(spn, flows=flows).items():
+            g.nodes[("r", i)]["mean"] = tuple(m.tolist())
+
+
+def mean_image(rg: RegionGraph, scope: tuple[int, ...], values: np.ndarray, max_cells: int = 16) -> np.ndarray:
+    """A region's values on the image grid: ``(rows, cols)``, NaN outside its scope.
+
+    Channels are averaged; images with more than ``max_cells`` pixels per side
+    are shown in blocks (the mean over each block's pixels in the scope), as in
+    :func:`region_coverage`.
+
+    Raises:
+        ValueError: if ``rg`` has no ``image_shape``.
+    """
+    if rg.image_shape is None:
+        raise ValueError("thumbnails need a region graph with image_shape (height, width, channels)")
+    H, W, C = rg.image_shape
+    total = np.zeros(rg.num_vars)
+    count = np.zeros(rg.num_vars)
+    idx = np.asarray(scope, dtype=np.int64)
+    total[idx], count[idx] = values, 1.0
+    total, count = total.reshape(H, W, C).sum(-1), count.reshape(H, W, C).sum(-1)
+    f = max(math.ceil(H / max_cells), math.ceil(W / max_cells))
+    rows, cols = np.arange(0, H, f), np.arange(0, W, f)
+    total = np.add.reduceat(np.add.reduceat(total, rows, axis=0), cols, axis=1)
+    count = np.add.reduceat(np.add.reduceat(count, rows, axis=0), cols, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def circuit_node_counts(spn: "SPN") -> dict[str, int]:

@@ -12,8 +12,8 @@ import networkx as nx
 
 from .._files import atomic_write
 from ..region_graph import RegionGraph
-from .dot import choose_level, circuit_dot, graphviz_module, region_graph_dot
-from .graphs import region_level_graph
+from .circuits import circuit_drawing
+from .dot import graphviz_module, region_graph_dot
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..circuit import SPN
@@ -33,12 +33,15 @@ class DrawResult:
         level: "region graph", or the circuit level drawn ("node" or "region").
         fallback: True if Graphviz's ``dot`` was missing and matplotlib drew instead.
         message: one line for the user when ``fallback`` (else None).
+        collapsed: nodes of the circuit not drawn individually (a drawing larger
+            than ``max_nodes`` keeps its most used nodes); 0 when all are drawn.
     """
 
     files: tuple[Path, ...]
     level: str
     fallback: bool = False
     message: str | None = None
+    collapsed: int = 0
 
 
 def _format_of(path: Path) -> str:
@@ -56,6 +59,7 @@ def draw(
     thumbnails: bool | None = None,
     node_limit: int = 300,
     max_nodes: int | None = 2000,
+    root: int | None = None,
 ) -> DrawResult:
     """Draw a region graph or a circuit to an SVG, PNG, PDF or DOT file (format from the suffix).
 
@@ -68,65 +72,72 @@ def draw(
         obj: a :class:`~spnkit.RegionGraph` or a :class:`~spnkit.SPN`.
         path: the output file; ``.svg``, ``.png``, ``.pdf``, ``.dot`` (or ``.gv``).
         level: for circuits, "node", "region" or "auto" (see :func:`spnkit.viz.circuit_dot`).
-        thumbnails: for image-shaped region graphs, draw the pixels each region
-            covers (None: automatic).
-        node_limit: "auto" draws circuits of at most this many nodes at node level.
-        max_nodes: refuse drawings with more nodes (None: no limit).
+        thumbnails: for image-shaped structures, draw in each region the pixels
+            it covers (region graphs) or its mean (circuits at region level);
+            None: automatic.
+        node_limit: "auto" draws circuits of at most this many nodes at node
+            level; a collapsed circuit keeps this many nodes.
+        max_nodes: region graphs with more nodes are refused; circuits with more
+            nodes at the chosen level are drawn collapsed to their ``node_limit``
+            most used nodes (None: no limit).
+        root: with several root sums, the class whose use and means to show.
 
     Returns:
         a :class:`DrawResult`.
 
     Raises:
-        ValueError: on an unknown suffix, a missing folder, a bad level, or a
-            drawing larger than ``max_nodes``.
+        ValueError: on an unknown suffix, a missing folder, a bad level or root,
+            or a region graph larger than ``max_nodes``.
     """
-    from ..circuit import SPN  # spnkit.circuit does not import viz; the lazy import keeps it that way
+    from ..circuit import (
+        SPN,  # spnkit.circuit does not import viz; the lazy import keeps it that way
+    )
 
     path = Path(path)
     fmt = _format_of(path)
     if not path.parent.is_dir():
         raise ValueError(f"the folder of {str(path)!r} does not exist")
+    collapsed = 0
     if isinstance(obj, RegionGraph):
         source, what = region_graph_dot(obj, thumbnails=thumbnails, max_nodes=max_nodes), "region graph"
+        graph = obj.to_networkx()
     elif isinstance(obj, SPN):
-        what = choose_level(obj, level, node_limit)
-        source = circuit_dot(obj, level=what, max_nodes=max_nodes)
+        source, graph, what = circuit_drawing(obj, level=level, node_limit=node_limit, max_nodes=max_nodes,
+                                              thumbnails=thumbnails, root=root)
+        collapsed = int(graph.graph.get("collapsed", 0))
     else:
         raise ValueError(f"expected a spnkit.RegionGraph or spnkit.SPN, got {type(obj).__name__}")
     if fmt == "dot":
         atomic_write(path, source.encode())
-        return DrawResult((path,), what)
+        return DrawResult((path,), what, collapsed=collapsed)
     graphviz = graphviz_module()
     try:
         data = graphviz.Source(source).pipe(format=fmt)
     except graphviz.ExecutableNotFound:
         dot_path = path.with_suffix(".dot")
         atomic_write(dot_path, source.encode())
-        atomic_write(path, _matplotlib_drawing(_networkx_of(obj, what), fmt))
+        atomic_write(path, _matplotlib_drawing(graph.copy(), fmt))
         message = (
             f"Graphviz's `dot` program was not found on PATH: wrote the DOT source to {dot_path} and a simpler "
             f"matplotlib drawing to {path}; install Graphviz (e.g. `apt-get install graphviz`) for the full drawing"
         )
-        return DrawResult((path, dot_path), what, fallback=True, message=message)
+        return DrawResult((path, dot_path), what, fallback=True, message=message, collapsed=collapsed)
     except graphviz.CalledProcessError as err:
         stderr = (err.stderr or b"").decode(errors="replace").strip().splitlines()
         raise RuntimeError(f"Graphviz's dot failed: {stderr[-1] if stderr else err}") from None
     atomic_write(path, data)
-    return DrawResult((path,), what)
+    return DrawResult((path,), what, collapsed=collapsed)
 
 
-def _networkx_of(obj: "RegionGraph | SPN", what: str) -> nx.DiGraph:
-    if isinstance(obj, RegionGraph):
-        return obj.to_networkx()
-    return obj.to_networkx() if what == "node" else region_level_graph(obj)
-
-
-_KIND_COLOUR = {"region": "#9fc5e8", "partition": "#ffd966", "sum": "#6fa8dc", "product": "#ffd966", "leaf": "#93c47d"}
+_KIND_COLOUR = {"region": "#9fc5e8", "partition": "#ffd966", "sum": "#6fa8dc", "product": "#ffd966", "leaf": "#93c47d",
+                "more": "#eeeeee"}
 
 
 def _matplotlib_drawing(g: nx.DiGraph, fmt: str) -> bytes:
     """A layered drawing of ``g`` (root on top) as ``fmt`` bytes, drawn by matplotlib."""
-    from matplotlib.figure import Figure  # imported only here: matplotlib is slow to import
+    from matplotlib.figure import (
+        Figure,  # imported only here: matplotlib is slow to import
+    )
 
     layers = {n: depth for depth, gen in enumerate(nx.topological_generations(g)) for n in gen}
     nx.set_node_attributes(g, layers, "_layer")
@@ -157,4 +168,6 @@ def _short(node: tuple, attrs: dict) -> str:
         return "×"
     if kind == "sum":
         return "+"
+    if kind == "more":
+        return f"+{attrs['count']}"
     return f"L{node[-1]}"
