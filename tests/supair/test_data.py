@@ -11,6 +11,7 @@ from PIL import Image
 
 from supair import data as D
 from supair.data import generate
+from supair.names import DATASET_DEFAULTS
 
 N = 300  # scenes per generated set in these tests (a chunk is 1000, so generation is quick)
 
@@ -33,15 +34,17 @@ def _boxes_of(s: D.SceneSet, i: int) -> np.ndarray:
 @pytest.mark.parametrize("name", D.DATASETS)
 def test_shapes_dtypes_and_ranges(name: str) -> None:
     s = _gen(name, num_images=40)
+    size, (least, most) = DATASET_DEFAULTS[name]
     assert len(s) == 40
-    assert s.images.shape == (40, 1, 50, 50) and s.images.dtype == torch.uint8
+    assert s.images.shape == (40, 1, size, size) and s.images.dtype == torch.uint8
     assert s.counts is not None and s.counts.shape == (40,) and s.counts.dtype == torch.int64
-    assert s.boxes is not None and s.boxes.shape == (40, 2, 4) and s.boxes.dtype == torch.float32
+    assert s.boxes is not None and s.boxes.shape == (40, most, 4) and s.boxes.dtype == torch.float32
+    assert least <= int(s.counts.min()) and int(s.counts.max()) <= most
     x = s.float_batch(slice(0, 10))
-    assert x.shape == (10, 1, 50, 50) and x.dtype == torch.float32
+    assert x.shape == (10, 1, size, size) and x.dtype == torch.float32
     assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
-    assert s.float_batch(torch.tensor([3, 5])).shape == (2, 1, 50, 50)
-    assert s.float_batch(7).shape == (1, 1, 50, 50)
+    assert s.float_batch(torch.tensor([3, 5])).shape == (2, 1, size, size)
+    assert s.float_batch(7).shape == (1, 1, size, size)
     assert name in s.name
 
 
