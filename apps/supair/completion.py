@@ -29,17 +29,18 @@ MIN_IOU = 0.5
 """Least IoU of a detected box with the true box it is matched to."""
 
 
-def _true_occlusion(boxes: Tensor, count: int, size: int) -> Tensor:
-    """Image-space occlusion of each true object by the cards in front of it: ``(count, S, S)`` in {0, 1}.
+def _true_occlusion(boxes: Tensor, count: int, size: int) -> tuple[Tensor, Tensor]:
+    """Image-space occlusion of each true object by the cards in front of it, and each object's own card.
 
     ``boxes``: ``(M, 4)`` corner boxes, front to back (each card is its object's tight box).
+    Returns two ``(count, S, S)`` tensors in {0, 1}.
     """
     where = torch.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1], boxes[:, 0], boxes[:, 1]], -1)[:count]
     cover = box_coverage(where, size)  # (count, S, S)
     front = torch.zeros_like(cover)
     for j in range(1, count):  # objects, front to back
         front[j] = torch.maximum(front[j - 1], cover[j - 1])
-    return front
+    return front, cover
 
 
 @torch.no_grad()
@@ -52,7 +53,7 @@ def completion_errors(model: torch.nn.Module, scenes: SceneSet, batch_size: int 
 
     Returns:
         ``objects`` (matched objects with measured pixels), ``pixels`` (pixel-channel values
-        measured), ``occluded_objects`` (true objects with some of their ink occluded), and the mean absolute and root mean squared errors ``mae_<fill>``,
+        measured), ``occluded_objects`` (true objects whose box is partly covered by a card in front), and the mean absolute and root mean squared errors ``mae_<fill>``,
         ``rmse_<fill>`` of the fills ``spn`` (the completion), ``mean`` and ``zero``.
 
     Raises:
@@ -76,9 +77,8 @@ def completion_errors(model: torch.nn.Module, scenes: SceneSet, batch_size: int 
             if true_k == 0:
                 continue
             true_boxes = scenes.boxes[start + b]
-            occluded = _true_occlusion(true_boxes, true_k, S)  # (true_k, S, S)
-            ink = layers[b, :true_k].amax(1) > 0  # (true_k, S, S)
-            hidden_objects += int((ink & (occluded > 0.5)).flatten(1).any(1).sum())
+            occluded, own = _true_occlusion(true_boxes, true_k, S)  # (true_k, S, S) each
+            hidden_objects += int((occluded * own > 0.5).flatten(1).any(1).sum())
             if k == 0:
                 continue
             rows, cols, iou = match_boxes(boxes[b, :k], true_boxes[:true_k])

@@ -4,9 +4,11 @@
 image with the earlier boxes filled, average-pooled by ``inference.input_pool``) and gives, on
 a grid of cells (stride 2 of the pooled image), four maps: an attention logit, a presence
 logit, the box's raw shape (scale, height/width) and a centre offset, and the raw standard
-deviations. A softmax over the cells picks where to look; the step's box is the
-attention-weighted mean of the cells' boxes (centre: cell centre plus offset, within
-``max_offset_cells`` cells) and its presence logit the attention-weighted presence logits.
+deviations. The step looks near the cell of the highest attention logit: a softmax over the
+cells within ``window`` cells of it weighs them, and the step's box is the attention-weighted
+mean of their boxes (centre: cell centre plus offset, within ``max_offset_cells`` cells) and its
+presence logit the attention-weighted presence logits. (A softmax over all cells would put the
+box between objects where several are left.)
 
 The attention logit is the network's own map plus ``saliency_gain`` (learned) times the
 cell's mean absolute difference between the input and the fill: from the first step of
@@ -42,6 +44,7 @@ class SpatialAttention(nn.Module):
     """
 
     max_offset_cells = 2.0
+    window = 2  # cells on each side of the peak that the softmax weighs
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -62,6 +65,19 @@ class SpatialAttention(nn.Module):
         self.cell = S / cells  # cell side in image pixels
         self.register_buffer("centres", (torch.arange(cells, dtype=torch.float32) + 0.5) * self.cell, persistent=False)  # (H,)
 
+    def _near_peak(self, logits: Tensor) -> Tensor:
+        """``logits`` ``(B, H, W)`` with every cell farther than ``window`` cells from the highest one set to -inf.
+
+        The softmax then weighs the cells around one peak only: where several objects are left,
+        the box goes to one of them, not to the mean of their places.
+        """
+        B, H, W = logits.shape
+        peak = logits.flatten(1).argmax(1)  # (B,)
+        rows = torch.arange(H, device=logits.device).view(1, H, 1)
+        cols = torch.arange(W, device=logits.device).view(1, 1, W)
+        near = ((rows - (peak // W).view(B, 1, 1)).abs() <= self.window) & ((cols - (peak % W).view(B, 1, 1)).abs() <= self.window)
+        return logits.masked_fill(~near, float("-inf"))
+
     def forward(self, shown: Tensor, fill: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """One step on ``shown`` ``(B, C, S, S)`` (``fill``: what the earlier boxes were filled with, or None for zeros).
 
@@ -76,7 +92,7 @@ class SpatialAttention(nn.Module):
         saliency = F.adaptive_avg_pool2d(ink, (H, W))  # (B, 1, H, W): mean ink per cell
         saliency = F.avg_pool2d(saliency, 3, stride=1, padding=1, count_include_pad=False)  # about an object's extent
         logits = maps[:, 0] + self.saliency_gain * saliency[:, 0]  # (B, H, W)
-        weight = torch.softmax(logits.flatten(1), 1).view(B, H, W)  # (B, H, W)
+        weight = torch.softmax(self._near_peak(logits).flatten(1), 1).view(B, H, W)  # (B, H, W)
         pooled = torch.einsum("bhw,bchw->bc", weight, maps[:, 1:])  # (B, 9): attention-weighted maps
         offset = self.max_offset_cells * self.cell * torch.tanh(maps[:, 4:6])  # (B, 2, H, W): dx, dy in pixels
         cx = torch.einsum("bhw,bhw->b", weight, self.centres.view(1, 1, W) + offset[:, 0])  # (B,)

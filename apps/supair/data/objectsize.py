@@ -6,10 +6,11 @@ wider than the objects lets one box take two touching objects. Without labels,
 :func:`estimate_object_size` finds the objects' typical size from the images themselves:
 
 1. the background of each image is its median filter over windows about a quarter of the image
-   wide (thin strokes and small shapes vanish from it; smooth gradients and blobs stay);
-2. pixels that differ from that background by more than a threshold (six robust standard
-   deviations of the differences, at least 0.15) are foreground, small gaps closed and holes
-   filled;
+   wide (thin strokes and small shapes vanish from it; smooth gradients and blobs stay), and
+   again over windows half the image wide (filled shapes up to that size vanish too);
+2. pixels that differ from either background by more than a threshold (six robust standard
+   deviations of the differences from the first, at least 0.15) are foreground, small gaps
+   closed and holes filled;
 3. each connected region of foreground (8 pixels or more, at most 0.8 of the image wide and
    high) is one
    candidate object; the box width it needs is ``max(width, height / ratio_max)`` (a box is at
@@ -75,8 +76,14 @@ def _needed_widths(x: np.ndarray, ratio_max: float) -> np.ndarray:
     n, h, w = x.shape
     k = max(9, min(h, w) // 4) | 1  # odd window
     diff = np.abs(x - ndimage.median_filter(x, size=(1, k, k), mode="nearest"))
+    # twice as wide, on the image at half resolution: a filled object wider than half the first window
+    # is all foreground here, where the first window leaves only its corners
+    half = x[:, : h // 2 * 2, : w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2).mean((2, 4))
+    wide = np.repeat(np.repeat(ndimage.median_filter(half, size=(1, k, k), mode="nearest"), 2, 1), 2, 2)
+    wide = np.pad(wide, ((0, 0), (0, h - wide.shape[1]), (0, w - wide.shape[2])), mode="edge")
     spread = 1.4826 * float(np.median(np.abs(diff - np.median(diff))))
-    mask = diff > max(_MIN_THRESHOLD, 6 * spread)
+    threshold = max(_MIN_THRESHOLD, 6 * spread)
+    mask = (diff > threshold) | (np.abs(x - wide) > threshold)
     mask = ndimage.binary_closing(mask, structure=_in_plane(np.ones((3, 3), dtype=bool)))
     mask = ndimage.binary_fill_holes(mask, structure=_in_plane(ndimage.generate_binary_structure(2, 1)))
     labels, count = ndimage.label(mask, structure=_in_plane(np.ones((3, 3), dtype=bool)))  # 8-connected within each image
