@@ -91,7 +91,8 @@ class InferenceConfig:
     recurrent: bool = False  # False: the LSTM state is reset at every step, so every step applies the same function to its input (True: the original)
     max_std: float = 0.3  # z_where posterior std is max_std * sigmoid(.), in (scale, scale, pixel, pixel) units
     position_max_std: float | None = None  # a separate bound for the corner's std in pixels (None: max_std)
-    fill: str = "background"  # residual input: earlier boxes filled with the background SPN's MPE reconstruction ("background") or zeros ("zero")
+    residual_margin: float = 0.0  # residual input: the earlier boxes are filled grown by this many pixels on every side
+    fill: str = "background"  # residual input: earlier boxes filled with the background SPN's MPE reconstruction ("background"), each image's own ("conditional") or zeros ("zero")
     # detection (evaluation, detect, show; not training): the first box's corner is also tried on a search_grid x search_grid
     # grid of offsets within +-search_radius pixels, and the hypothesis with the highest ELBO over counts is kept (0: off)
     search_radius: float = 6.0
@@ -102,8 +103,8 @@ class InferenceConfig:
     def assert_valid(self) -> None:
         if self.input not in ("image", "residual"):
             raise ValueError(f"inference.input must be 'image' or 'residual', got {self.input!r}")
-        if self.fill not in ("background", "zero"):
-            raise ValueError(f"inference.fill must be 'background' or 'zero', got {self.fill!r}")
+        if self.fill not in ("background", "conditional", "zero"):
+            raise ValueError(f"inference.fill must be 'background', 'conditional' or 'zero', got {self.fill!r}")
         if self.encoder not in ("flat", "cnn", "spatial"):
             raise ValueError(f"inference.encoder must be 'flat', 'cnn' or 'spatial', got {self.encoder!r}")
         if self.encoder == "spatial" and (self.input != "residual" or self.recurrent):
@@ -120,6 +121,7 @@ class InferenceConfig:
         _check_range("model.inference.", self, ("lstm_units", "head_units"), 1, MAX_UNITS)
         _check_range("model.inference.", self, ("input_pool",), 1, 16)
         _check_range("model.inference.", self, ("conv_channels",), 1, 1024)
+        _check_range("model.inference.", self, ("residual_margin",), 0.0, 64.0)
         _check_range("model.inference.", self, ("search_grid",), 1, 64)
         if self.scale_range[0] <= 0 or self.max_std <= 0 or (self.position_max_std is not None and self.position_max_std <= 0):
             raise ValueError("inference.scale_range, inference.max_std and inference.position_max_std must be positive")

@@ -183,13 +183,18 @@ class InferenceNet(nn.Module):
                 loc = torch.cat([loc[:, :2], (loc[:, 2:] + first_offset).clamp(lo, hi)], 1)
             z = loc + std * torch.randn_like(std) if sample else loc
             if residual:
-                visible = visible * (1 - box_coverage(self.to_pixels(z), S).unsqueeze(1))
+                visible = visible * (1 - box_coverage(self._grown(self.to_pixels(z)), S).unsqueeze(1))
             bound = self.cfg.inference.presence_bound
             outs.append(logit if bound is None else bound * torch.tanh(logit / bound))
             locs.append(loc)
             stds.append(std)
             draws.append(z)
         return torch.stack(outs, 1), torch.stack(locs, 1), torch.stack(stds, 1), torch.stack(draws, 1)
+
+    def _grown(self, where: Tensor) -> Tensor:
+        """Boxes ``(B, 4)`` grown by ``inference.residual_margin`` pixels on every side (what the later steps see filled)."""
+        m = self.cfg.inference.residual_margin
+        return where if m == 0 else where + where.new_tensor([2 * m, 2 * m, -m, -m])
 
     def _spatial_step(self, shown: Tensor, fill: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         """Presence logit ``(B,)``, box mean ``(B, 4)`` and raw stds ``(B, 4)`` of one step of the spatial attention."""

@@ -80,12 +80,19 @@ class Supair(nn.Module):
         the batch). On a textured background (grid lines, noise) a blanked box is a
         hole that the network never saw at its first step, and it learned to answer
         "no object" next to one; a background-coloured fill keeps later steps'
-        inputs like the first step's. No gradient flows through it.
+        inputs like the first step's. With ``inference.fill == "conditional"``: each
+        image's own most probable background, the leaf means of the background
+        SPN's best induced tree given the whole image (one MPE pass per batch): on
+        backgrounds that vary from image to image (gradients, blobs) a shared fill
+        would leave a step at every box's edge. No gradient flows through it.
         """
         cfg = self.cfg
-        if cfg.inference.input != "residual" or cfg.inference.fill != "background" or self.background_spn is None:
+        if cfg.inference.input != "residual" or cfg.inference.fill == "zero" or self.background_spn is None:
             return None
         B, C, S, _ = images.shape
+        if cfg.inference.fill == "conditional":  # each image's own most probable background
+            recon = self.background_spn.mpe(images.permute(0, 2, 3, 1).reshape(B, S * S * C), keep_observed=False)
+            return recon.view(B, S, S, C).permute(0, 3, 1, 2).clamp(0, 1)
         recon = self.background_spn.mpe(images.new_zeros(1, S * S * C), keep_observed=False)  # every entry unobserved
         return recon.view(1, S, S, C).permute(0, 3, 1, 2).clamp(0, 1).expand(B, C, S, S)
 
