@@ -55,6 +55,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchlib import atomic_write, csv_text, read_csv
+from supair.names import DATASETS
 
 __all__ = ["MODELS", "parse_args", "run_command", "collect", "summarize", "main"]
 
@@ -85,7 +86,7 @@ def _budget(text: str) -> tuple[str, float]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", default="multi-mnist", choices=("multi-mnist", "sprites", "noisy-mnist", "grid-mnist"))
+    p.add_argument("--dataset", default="multi-mnist", choices=DATASETS)
     p.add_argument("--models", default="supair,supair-nobg,air", help="comma-separated subset of " + ",".join(MODELS))
     p.add_argument("--seeds", type=int, default=1, help="training seeds per model, 0..S-1 (default: 1)")
     p.add_argument("--only-seeds", metavar="I,J,...",

@@ -157,8 +157,8 @@ class Air(nn.Module):
         return math.exp((1 - frac) * math.log(a.pres_prior_start) + frac * math.log(a.pres_prior))
 
     # ------------------------------------------------------------- the guide
-    def _guide(self, images: Tensor, sample: bool) -> dict[str, Tensor]:
-        """Run the guide (and the baseline) for ``N`` steps.
+    def _guide(self, images: Tensor, sample: bool, steps: int | None = None) -> dict[str, Tensor]:
+        """Run the guide (and the baseline) for ``N`` steps (``steps``, default ``max_steps``).
 
         With ``sample=False`` it is deterministic: posterior means, and every
         step is fed ``z_pres_{t-1} = 1`` (presence is then the cumulative product
@@ -173,7 +173,7 @@ class Air(nn.Module):
         """
         cfg, a = self.cfg, self.cfg.air
         B, C, S, _ = images.shape
-        G, N = cfg.glimpse_size, cfg.max_steps
+        G, N = cfg.glimpse_size, cfg.max_steps if steps is None else steps
         flat = images.reshape(B, C * S * S)
         gates = self.rnn.image(flat)  # (B, 4U), shared by the N steps
         bl_gates = self.bl_rnn.image(flat) if sample else None
@@ -305,7 +305,7 @@ class Air(nn.Module):
     def infer(self, images: Tensor) -> tuple[Inference, dict[str, Tensor]]:
         """Deterministic guide (posterior means) as an :class:`Inference`, and the guide's raw outputs."""
         check_images(images, self.cfg)
-        g = self._guide(images, sample=False)
+        g = self._guide(images, sample=False, steps=self.cfg.inference.detect_steps)
         boxes = air_boxes(g["where"], self.cfg.scene_size)
         return Inference(g["logits"], g["where_loc"], g["where_scale"], g["where"], boxes), g
 
@@ -327,7 +327,7 @@ class Air(nn.Module):
         """
         inf, g = self.infer(images)
         count = inf.count()
-        N = self.cfg.max_steps
+        N = inf.where.shape[1]
         on = (torch.arange(N, device=images.device).unsqueeze(0) < count.unsqueeze(1)).to(images.dtype)  # (B, N)
         canvas, windows = self.render(g["what"], g["where"], on)
         B, _, C, G, _ = windows.shape

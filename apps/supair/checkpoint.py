@@ -157,15 +157,15 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def load_model(path: str | Path, device: str = "cpu") -> tuple[nn.Module, SupairConfig]:
-    """The trained model and its config from a checkpoint file or run folder."""
+def load_model(path: str | Path, device: str = "cpu", detect_steps: int | None = None) -> tuple[nn.Module, SupairConfig]:
+    """The trained model and its config from a checkpoint file or run folder (``detect_steps``: see :func:`config_of`)."""
     ckpt = load_checkpoint(path)
-    return model_of(ckpt, path, device), config_of(ckpt, path)
+    return model_of(ckpt, path, device, detect_steps), config_of(ckpt, path, detect_steps)
 
 
-def model_of(ckpt: dict, path: str | Path, device: str = "cpu") -> nn.Module:
-    """The trained model held by a checkpoint read by :func:`load_checkpoint` (in eval mode)."""
-    model = build_stored_model(config_of(ckpt, path), ckpt, path)
+def model_of(ckpt: dict, path: str | Path, device: str = "cpu", detect_steps: int | None = None) -> nn.Module:
+    """The trained model held by a checkpoint read by :func:`load_checkpoint` (in eval mode; ``detect_steps``: see :func:`config_of`)."""
+    model = build_stored_model(config_of(ckpt, path, detect_steps), ckpt, path)
     load_state(model, ckpt["model"], path)
     return model.to(device).eval()
 
@@ -191,10 +191,15 @@ _BUILD_FACTOR = 16  # building a model creates a few times its parameters in all
 _BUILD_FLOOR = 1 << 24
 
 
-def config_of(ckpt: dict, path: str | Path) -> SupairConfig:
-    """The run configuration stored in a checkpoint."""
+def config_of(ckpt: dict, path: str | Path, detect_steps: int | None = None) -> SupairConfig:
+    """The run configuration stored in a checkpoint; with ``detect_steps``, detecting takes that many attention steps.
+
+    The steps share their weights (SuPAIR's default attention), so a model
+    trained with ``max_steps`` steps can look for more objects than it saw.
+    """
     try:
-        return SupairConfig.from_dict(ckpt["config"])
+        cfg = SupairConfig.from_dict(ckpt["config"])
+        return cfg if detect_steps is None else cfg.replace(**{"model.inference.detect_steps": detect_steps})
     except ValueError as err:
         raise ValueError(f"{path} holds an invalid config: {err}") from None
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Callable, NoReturn
 
-from .names import MAX_SHOW_IMAGES
+from .names import DATASETS, MAX_OBJECTS, MAX_SHOW_IMAGES
 
 __all__ = ["main", "build_parser", "config_from_args"]
 
@@ -57,7 +57,7 @@ def _number(low: float, strict: bool = False) -> Callable[[str], float]:
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train SuPAIR (or AIR) and log count accuracy, IoU and ELBO")
     p.add_argument("--model", choices=("supair", "air"), help="model to train (default: supair)")
-    p.add_argument("--dataset", choices=("multi-mnist", "sprites", "noisy-mnist", "grid-mnist"), help="built-in data set (default: multi-mnist)")
+    p.add_argument("--dataset", choices=DATASETS, help="built-in data set (default: multi-mnist)")
     p.add_argument("--data", metavar="PATH", help="your own images: a folder of PNG/JPEG files or an .npz with 'images' (and optionally 'counts', 'boxes')")
     p.add_argument("--steps", type=_integer(0), help="stop after this many steps")
     p.add_argument("--minutes", type=_number(0), help="stop after this much training wall time (default 10 when no other budget is given)")
@@ -80,7 +80,12 @@ def _add_train(sub) -> None:
     p.add_argument("--max-steps", type=_integer(1), help="N_max, the most objects per image")
     p.add_argument("--glimpse-size", type=_integer(1))
     p.add_argument("--colour", action="store_true", help="RGB scenes (sprites in colour, or RGB user images)")
-    p.add_argument("--encoder", choices=("flat", "cnn"), help="image encoder of the inference network")
+    p.add_argument("--encoder", choices=("flat", "cnn", "spatial"), help="image encoder of the inference network")
+    p.add_argument("--detect-steps", type=_integer(1, MAX_OBJECTS), help="attention steps when detecting (evaluation, detect, show); default --max-steps")
+    p.add_argument("--objects", nargs=2, type=_integer(0, MAX_OBJECTS), metavar=("LEAST", "MOST"), help="objects per generated training scene (default: the data set's)")
+    p.add_argument("--test-objects", nargs=2, type=_integer(0, MAX_OBJECTS), metavar=("LEAST", "MOST"), help="objects per held-out scene (default: as --objects)")
+    p.add_argument("--object-size", nargs=2, type=_number(0, strict=True), metavar=("MIN", "MAX"),
+                   help="box width range in pixels (default for --data: chosen from a look at the images; else the data set's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field, e.g. --set model.prior.count_rate=1.0 (JSON values)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
@@ -111,7 +116,7 @@ def config_from_args(args: argparse.Namespace, saved=None):
         "lr": "train.learning_rate", "eval_every": "train.eval_every", "checkpoint_every": "train.checkpoint_every",
         "train_images": "train.train_images", "test_images": "train.test_images", "seed": "train.seed",
         "threads": "train.threads", "cpu_minutes": "train.cpu_minutes", "eval_seconds": "train.eval_cpu_seconds", "max_steps": "model.max_steps", "glimpse_size": "model.glimpse_size",
-        "encoder": "model.inference.encoder",
+        "encoder": "model.inference.encoder", "detect_steps": "model.inference.detect_steps",
     }
     for flag, key in flag_map.items():
         value = getattr(args, flag)
@@ -130,6 +135,9 @@ def config_from_args(args: argparse.Namespace, saved=None):
         changes["model.background_spn.structure"] = args.structure
     if args.colour:
         changes["model.channels"] = 3
+    for flag, key in (("objects", "train.objects"), ("test_objects", "train.test_objects"), ("object_size", "model.inference.object_size")):
+        if getattr(args, flag) is not None:
+            changes[key] = list(getattr(args, flag))
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
@@ -232,6 +240,7 @@ def _add_detect(sub) -> None:
     p.add_argument("images", nargs="+", help="image files (PNG/JPEG; 8 or 16 bits, grey, RGB, with or without alpha)")
     p.add_argument("--out", metavar="DIR", help="also write a PNG per image with the boxes drawn (named after the image and a hash of its path)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or mps")
+    p.add_argument("--max-steps", type=_integer(1, MAX_OBJECTS), help="attention steps, the most objects counted per image (default: the run's)")
     p.set_defaults(func=_detect)
 
 
@@ -243,7 +252,7 @@ def _detect(args: argparse.Namespace) -> int:
     resolve_checkpoint(args.checkpoint)
     check_detect_request(args.images, args.out)
     device = check_device(args.device)
-    results = detect_files(args.checkpoint, args.images, out_dir=args.out, device=device, log=_err)
+    results = detect_files(args.checkpoint, args.images, out_dir=args.out, device=device, log=_err, max_steps=args.max_steps)
     json.dump(results, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0
@@ -256,6 +265,8 @@ def _add_show(sub) -> None:
     p.add_argument("--num-images", type=_integer(1, MAX_SHOW_IMAGES), default=8, help=f"columns of the figure (at most {MAX_SHOW_IMAGES})")
     p.add_argument("--data", metavar="PATH", help="images to show instead of the run's test set")
     p.add_argument("--seed", type=_integer(0), default=0)
+    p.add_argument("--max-steps", type=_integer(1, MAX_OBJECTS), help="attention steps, the most objects counted per image (default: the run's)")
+    p.add_argument("--glimpses", type=_integer(1, MAX_OBJECTS), help="rows of glimpses and completions: the first K objects (default: up to 3)")
     p.set_defaults(func=_show)
 
 
@@ -263,7 +274,8 @@ def _show(args: argparse.Namespace) -> int:
     from .show import check_show_request, show_figure
 
     check_show_request(args.checkpoint, args.out, args.num_images)
-    path = show_figure(args.checkpoint, out=args.out, num_images=args.num_images, data=args.data, seed=args.seed, log=_err)
+    path = show_figure(args.checkpoint, out=args.out, num_images=args.num_images, data=args.data, seed=args.seed, log=_err,
+                       max_steps=args.max_steps, glimpses=args.glimpses)
     print(path)
     return 0
 

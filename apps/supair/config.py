@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .fieldtypes import check_field
-from .names import DATASETS, MAX_SCENE_SIZE, MODELS
+from .names import DATASET_DEFAULTS, DATASETS, MAX_OBJECTS, MAX_SCENE_SIZE, MODELS
 
 __all__ = [
     "SPNConfig",
@@ -33,7 +33,6 @@ __all__ = [
 MAX_UNITS = 16384  # widths of networks and numbers of SPN nodes per region
 MAX_IMAGES = 1_000_000  # training or held-out scenes (50x50 uint8: 2.5 GB)
 MAX_BATCH = 65536
-MAX_OBJECTS = 64  # N_max
 MAX_SEED = 2**63 - 1
 
 
@@ -78,7 +77,9 @@ class SPNConfig:
 class InferenceConfig:
     """The attention network: an LSTM over the steps, fed the image, and an MLP head."""
 
-    encoder: str = "flat"  # "flat" (flattened image, as the original) or "cnn"
+    encoder: str = "flat"  # "flat" (flattened image, as the original), "cnn" or "spatial" (convolutional attention over cells: supair.spatial)
+    conv_channels: int = 16  # channels of the spatial attention's convolutions
+    input_pool: int = 1  # the attention network sees the image average-pooled by this factor (its input and cost shrink by its square)
     lstm_units: int = 256
     head_units: int = 50
     scale_range: tuple[float, float] = (0.3, 0.9)  # box width relative to the glimpse size
@@ -90,26 +91,37 @@ class InferenceConfig:
     recurrent: bool = False  # False: the LSTM state is reset at every step, so every step applies the same function to its input (True: the original)
     max_std: float = 0.3  # z_where posterior std is max_std * sigmoid(.), in (scale, scale, pixel, pixel) units
     position_max_std: float | None = None  # a separate bound for the corner's std in pixels (None: max_std)
-    fill: str = "background"  # residual input: earlier boxes filled with the background SPN's MPE reconstruction ("background") or zeros ("zero")
+    residual_margin: float = 0.0  # residual input: the earlier boxes are filled grown by this many pixels on every side
+    fill: str = "background"  # residual input: earlier boxes filled with the background SPN's MPE reconstruction ("background"), each image's own ("conditional") or zeros ("zero")
     # detection (evaluation, detect, show; not training): the first box's corner is also tried on a search_grid x search_grid
     # grid of offsets within +-search_radius pixels, and the hypothesis with the highest ELBO over counts is kept (0: off)
     search_radius: float = 6.0
     search_grid: int = 7
+    detect_steps: int | None = None  # attention steps when detecting (None: max_steps); the steps share their weights, so more steps count more objects
+    object_size: tuple[float, float] | None = None  # box width range in pixels; replaces scale_range (relative to the glimpse) when set
 
     def assert_valid(self) -> None:
         if self.input not in ("image", "residual"):
             raise ValueError(f"inference.input must be 'image' or 'residual', got {self.input!r}")
-        if self.fill not in ("background", "zero"):
-            raise ValueError(f"inference.fill must be 'background' or 'zero', got {self.fill!r}")
-        if self.encoder not in ("flat", "cnn"):
-            raise ValueError(f"inference.encoder must be 'flat' or 'cnn', got {self.encoder!r}")
+        if self.fill not in ("background", "conditional", "zero"):
+            raise ValueError(f"inference.fill must be 'background', 'conditional' or 'zero', got {self.fill!r}")
+        if self.encoder not in ("flat", "cnn", "spatial"):
+            raise ValueError(f"inference.encoder must be 'flat', 'cnn' or 'spatial', got {self.encoder!r}")
+        if self.encoder == "spatial" and (self.input != "residual" or self.recurrent):
+            raise ValueError("inference.encoder 'spatial' takes one step at a time on what is left: it needs input 'residual' and recurrent false")
         for name in ("scale_range", "ratio_range", "position_range"):
             lo, hi = getattr(self, name)
             if not lo < hi:
                 raise ValueError(f"inference.{name} must be (low, high) with low < high, got {(lo, hi)}")
+        if self.object_size is not None and not 0 < self.object_size[0] < self.object_size[1]:
+            raise ValueError(f"inference.object_size must be (least, most) box width in pixels with 0 < least < most, got {self.object_size}")
+        _check_range("model.inference.", self, ("detect_steps",), 1, MAX_OBJECTS)
         if self.search_radius < 0 or self.search_grid < 1:
             raise ValueError(f"inference.search_radius must be >= 0 and search_grid >= 1, got {self.search_radius} and {self.search_grid}")
         _check_range("model.inference.", self, ("lstm_units", "head_units"), 1, MAX_UNITS)
+        _check_range("model.inference.", self, ("input_pool",), 1, 16)
+        _check_range("model.inference.", self, ("conv_channels",), 1, 1024)
+        _check_range("model.inference.", self, ("residual_margin",), 0.0, 64.0)
         _check_range("model.inference.", self, ("search_grid",), 1, 64)
         if self.scale_range[0] <= 0 or self.max_std <= 0 or (self.position_max_std is not None and self.position_max_std <= 0):
             raise ValueError("inference.scale_range, inference.max_std and inference.position_max_std must be positive")
@@ -215,7 +227,7 @@ class ModelConfig:
         return dataclasses.replace(self, inference=dataclasses.replace(self.inference, **search))
 
 
-DETECTION_FIELDS = ("search_radius", "search_grid")  # InferenceConfig fields used only when detecting, never in training
+DETECTION_FIELDS = ("search_radius", "search_grid", "detect_steps")  # InferenceConfig fields used only when detecting, never in training
 
 
 @dataclass(frozen=True)
@@ -225,6 +237,8 @@ class TrainConfig:
     dataset: str = "multi-mnist"
     data_path: str | None = None  # user images (folder or .npz) instead of a built-in data set
     train_images: int | None = None  # None: the data set's default
+    objects: tuple[int, int] | None = None  # (least, most) objects per generated training scene (None: the data set's)
+    test_objects: tuple[int, int] | None = None  # ... per held-out scene (None: as the training scenes)
     test_images: int = 2000  # held-out images used at each evaluation
     batch_size: int = 256
     learning_rate: float = 1e-3
@@ -241,6 +255,10 @@ class TrainConfig:
     def assert_valid(self) -> None:
         if self.dataset not in DATASETS:
             raise ValueError(f"train.dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        for name in ("objects", "test_objects"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value[0] <= value[1] <= MAX_OBJECTS:
+                raise ValueError(f"train.{name} must be (least, most) with 0 <= least <= most <= {MAX_OBJECTS}, got {value}")
         if self.data_path is not None and not self.data_path.strip():
             raise ValueError("train.data_path must name a folder or an .npz file, got an empty string")
         _check_range("train.", self, ("batch_size",), 1, MAX_BATCH)
@@ -365,8 +383,12 @@ def _preset_changes(dataset: str, model_type: str, user_data: bool) -> dict[str,
     changes: dict[str, Any] = {"model_type": model_type, "train.dataset": dataset}
     if model_type == "air":  # pyro's tutorial: batch 64, Adam 1e-4
         changes.update({"train.batch_size": 64, "train.learning_rate": 1e-4, "train.eval_every": 200})
-    if user_data or (model_type != "supair" and dataset == "multi-mnist"):
+    if user_data:
         return changes  # a user's own images start from the original configuration
+    if dataset == "crowded-mnist":
+        changes.update(_crowded_changes(model_type))
+    if model_type != "supair" and dataset in ("multi-mnist", "crowded-mnist", "occluded-mnist"):
+        return changes  # (AIR on the other data sets carries their SPN settings below, which it does not use)
     if dataset == "multi-mnist":
         # Not in the original; each change measured on multi-MNIST (docs/supair.md, "Multi-MNIST training settings").
         # Batch 64 reaches 0.95 in about half the CPU time of batch 256. A position std of up to
@@ -380,14 +402,11 @@ def _preset_changes(dataset: str, model_type: str, user_data: bool) -> dict[str,
         # original 120 to 400 between steps 300 and 1050 (mop-up boxes overlap earlier ones), and
         # the learning rate decays to a tenth over a timed run's budget, without which long runs
         # drift to over-counting.
-        changes.update({
-            "train.batch_size": 64, "train.eval_every": 500, "train.lr_decay_to": 0.1,
-            "model.inference.position_max_std": 2.0,
-            "model.background_spn.init_var": (0.005, 0.05),
-            "model.prior.count_rate": 300.0, "model.prior.count_rate_start": 0.7, "model.prior.anneal_steps": 2250,
-            "model.prior.overlap_rate": 400.0, "model.prior.overlap_rate_start": 120.0, "model.prior.overlap_anneal_begin": 300,
-            "model.prior.overlap_anneal_steps": 750,
-        })
+        changes.update(MULTI_MNIST_SETTINGS)
+    elif dataset == "occluded-mnist":
+        # multi-MNIST's settings, the overlap prior left at the original's rate: boxes here truly
+        # overlap (up to half of a digit's ink hidden), and the ramp to 400 would price them out
+        changes.update({k: v for k, v in MULTI_MNIST_SETTINGS.items() if not k.startswith("model.prior.overlap")})
     elif dataset == "sprites":
         changes["model.background_spn.max_var"] = 0.16
     elif dataset == "noisy-mnist":
@@ -397,4 +416,35 @@ def _preset_changes(dataset: str, model_type: str, user_data: bool) -> dict[str,
         # SPN to pick one grid per image, and with the default max_var 0.12 the background absorbs
         # the digits (count 0 throughout 300 CPU s; 0.92 at 240 s with these two changes).
         changes.update({"model.background_spn.max_var": 0.06, "model.background_spn.num_leaves": 30})
+    return changes
+
+
+MULTI_MNIST_SETTINGS: dict[str, Any] = {  # SuPAIR on multi-MNIST (the reasons: _preset_changes)
+    "train.batch_size": 64, "train.eval_every": 500, "train.lr_decay_to": 0.1,
+    "model.inference.position_max_std": 2.0,
+    "model.background_spn.init_var": (0.005, 0.05),
+    "model.prior.count_rate": 300.0, "model.prior.count_rate_start": 0.7, "model.prior.anneal_steps": 2250,
+    "model.prior.overlap_rate": 400.0, "model.prior.overlap_rate_start": 120.0, "model.prior.overlap_anneal_begin": 300,
+    "model.prior.overlap_anneal_steps": 750,
+}
+
+
+def _crowded_changes(model_type: str) -> dict[str, Any]:
+    """Crowded MNIST (96x96, 0-9 digits): the canvas and steps for both models, SuPAIR's training settings."""
+    size, (_, most) = DATASET_DEFAULTS["crowded-mnist"]
+    changes: dict[str, Any] = {"model.scene_size": size, "model.max_steps": most + 1, "train.train_images": 20000}
+    if model_type == "air":
+        # pyro's box prior, kept in pixels: its window of 1/3 of a 50-px canvas is s = 3 * 96 / 50 here, and the
+        # position prior's sd grows with s (the window centre is -x / s), so that it spreads over the canvas as on 50x50
+        stretch = size / 50
+        return changes | {"model.air.scale_prior_mean": 3.0 * stretch, "model.air.pos_prior_sd": stretch}
+    changes.update({
+        "train.batch_size": 32, "train.eval_every": 200, "train.lr_decay_to": 0.1,
+        "model.inference.encoder": "spatial", "model.inference.input_pool": 2, "model.inference.position_max_std": 2.0,
+        "model.inference.search_radius": 0.0,
+        "model.background_spn.init_var": (0.005, 0.05),
+        "model.prior.count_rate": 300.0, "model.prior.count_rate_start": 0.7, "model.prior.anneal_steps": 2250,
+        "model.prior.overlap_rate": 400.0, "model.prior.overlap_rate_start": 120.0, "model.prior.overlap_anneal_begin": 300,
+        "model.prior.overlap_anneal_steps": 750,
+    })
     return changes

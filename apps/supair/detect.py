@@ -87,8 +87,8 @@ def drawing_name(path: str | Path) -> str:
 
 
 def detect_files(checkpoint: str | Path, paths: Sequence[str | Path], out_dir: str | Path | None = None, device: str = "cpu",
-                 log: Callable[[str], None] = print) -> list[dict]:
-    """Detect objects in image files.
+                 log: Callable[[str], None] = print, max_steps: int | None = None) -> list[dict]:
+    """Detect objects in image files (``max_steps``: attention steps, default the run's; the most objects counted).
 
     Returns:
         one dict per image: ``path``, ``count``, ``boxes`` (``[x0, y0, x1, y1]``
@@ -105,7 +105,7 @@ def detect_files(checkpoint: str | Path, paths: Sequence[str | Path], out_dir: s
     from .checkpoint import load_model
 
     check_detect_request(paths, out_dir)
-    model, cfg = load_model(checkpoint, device)
+    model, cfg = load_model(checkpoint, device, detect_steps=max_steps)
     S, C = cfg.model.scene_size, cfg.model.channels
     counts, boxes, presence = [], [], []
     sizes: list[tuple[int, int]] = []

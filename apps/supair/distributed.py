@@ -179,7 +179,7 @@ def evaluate_sharded(model: nn.Module, test: SceneSet, info: DistInfo, batch_siz
     """
     model.eval()
     W, r = info.world_size, info.rank
-    N = model.cfg.max_steps
+    N = model.cfg.inference.detect_steps or model.cfg.max_steps  # the steps detection takes
     local = [torch.zeros(0, 2 + 4 * N, dtype=torch.float64, device=device)]  # this process's (count, box, network count) rows
     owned: list[list[Tensor]] = [[] for _ in range(W)]  # every process's global image indices
     elbo_sum = torch.zeros(1, dtype=torch.float64, device=device)

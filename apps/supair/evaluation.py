@@ -7,12 +7,13 @@ per-image detections and calls :func:`summarize`), and the benchmarks.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
 from .data import SceneSet
-from .metrics import count_accuracy, matched_iou
+from .metrics import accuracy_by_count, count_accuracy, matched_iou
 
 __all__ = ["searches", "detections", "evaluate", "summarize"]
 
@@ -52,7 +53,7 @@ def evaluate(model: nn.Module, test: SceneSet, batch_size: int = 500, elbo_image
 
 
 def summarize(count: torch.Tensor, box: torch.Tensor, elbo_sum: float, test: SceneSet, elbo_images: int = 500,
-              network_count: torch.Tensor | None = None) -> dict[str, float | None]:
+              network_count: torch.Tensor | None = None) -> dict[str, Any]:
     """The metrics of :func:`evaluate` from per-image detections of all of ``test`` (also used by the data-parallel evaluation).
 
     Args:
@@ -69,6 +70,8 @@ def summarize(count: torch.Tensor, box: torch.Tensor, elbo_sum: float, test: Sce
     out["mean_count"] = float(count.float().mean())
     if network_count is not None and test.counts is not None:  # the attention network's count, before the detection search
         out["count_accuracy_network"] = count_accuracy(network_count, test.counts)
+    if test.counts is not None:
+        out["count_accuracy_by_count"] = accuracy_by_count(count, test.counts)
     return out
 
 

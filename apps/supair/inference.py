@@ -14,9 +14,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .config import ModelConfig
+from .spatial import SpatialAttention
 from .transform import box_corners, box_coverage
 
-__all__ = ["Inference", "InferenceNet", "count_posterior", "check_images"]
+__all__ = ["Inference", "InferenceNet", "count_posterior", "check_images", "scale_range"]
 
 
 def check_images(images: Tensor, cfg: ModelConfig, values: bool = True) -> None:
@@ -81,6 +82,12 @@ def count_posterior(pres_logits: Tensor) -> Tensor:
     return before + stop
 
 
+def scale_range(cfg: ModelConfig) -> tuple[float, float]:
+    """The box width range relative to the glimpse size: ``inference.object_size / glimpse_size`` if set, else ``inference.scale_range``."""
+    size = cfg.inference.object_size
+    return cfg.inference.scale_range if size is None else (size[0] / cfg.glimpse_size, size[1] / cfg.glimpse_size)
+
+
 class InferenceNet(nn.Module):
     """LSTM over ``N`` steps with an MLP head per step, proposing presence and a box.
 
@@ -96,33 +103,42 @@ class InferenceNet(nn.Module):
         icfg = cfg.inference
         self.cfg = cfg
         units = icfg.lstm_units
+        self.units = units
+        self.recurrent = icfg.recurrent
+        self.spatial = SpatialAttention(cfg) if icfg.encoder == "spatial" else None
+        if self.spatial is None:
+            self._build_lstm(cfg)
+        pos_std = icfg.max_std if icfg.position_max_std is None else icfg.position_max_std
+        self.register_buffer("max_std", torch.tensor([icfg.max_std, icfg.max_std, pos_std, pos_std]), persistent=False)  # (4,)
+
+    def _build_lstm(self, cfg: ModelConfig) -> None:
+        """The image encoder, the LSTM cell and the MLP head (encoders "flat" and "cnn")."""
+        icfg, units = cfg.inference, self.units
         if icfg.encoder == "flat":
-            self.encoder: nn.Module = nn.Flatten()
-            features = cfg.channels * cfg.scene_size**2
+            encoder: nn.Module = nn.Flatten()
         else:
-            self.encoder = nn.Sequential(
+            encoder = nn.Sequential(
                 nn.Conv2d(cfg.channels, 16, 5, stride=2, padding=2), nn.ReLU(),
                 nn.Conv2d(16, 32, 5, stride=2, padding=2), nn.ReLU(),
                 nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(),
                 nn.Flatten(),
             )
-            with torch.no_grad():
-                features = self.encoder(torch.zeros(1, cfg.channels, cfg.scene_size, cfg.scene_size)).shape[1]
+        # the image average-pooled by input_pool (ceil mode: a partial window at the edge is averaged over the pixels it holds)
+        pool = icfg.input_pool
+        self.encoder = encoder if pool == 1 else nn.Sequential(nn.AvgPool2d(pool, ceil_mode=True, count_include_pad=False), encoder)
+        with torch.no_grad():
+            features = self.encoder(torch.zeros(1, cfg.channels, cfg.scene_size, cfg.scene_size)).shape[1]
         # Without recurrence (the default) the state starts at zero at every step: the forget gate
         # multiplies a zero cell and the hidden projection a zero state, so neither is built (the
         # largest product of the step, features x gates, is 3/4 as large; same function and gradients).
-        self.recurrent = icfg.recurrent
         self.input_gates = nn.Linear(features, (4 if self.recurrent else 3) * units)  # gates i, f, g, o (i, g, o)
         self.hidden_gates = nn.Linear(units, 4 * units, bias=False) if self.recurrent else None
         self.head = nn.Sequential(nn.Linear(units, icfg.head_units), nn.ReLU(), nn.Linear(icfg.head_units, 9))
         with torch.no_grad():
             self.head[2].bias[0] = icfg.presence_bias
-        self.units = units
-        pos_std = icfg.max_std if icfg.position_max_std is None else icfg.position_max_std
-        self.register_buffer("max_std", torch.tensor([icfg.max_std, icfg.max_std, pos_std, pos_std]), persistent=False)  # (4,)
 
     def forward(self, images: Tensor, sample: bool = True, fill: Tensor | None = None,
-                first_offset: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                first_offset: Tensor | None = None, steps: int | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Per-step outputs for ``images`` ``(B, C, S, S)``.
 
         Args:
@@ -132,42 +148,66 @@ class InferenceNet(nn.Module):
             first_offset: ``(B, 2)`` pixels added to the first box's mean corner
                 (kept within the position range) before the later steps look:
                 the detection search's alternative first boxes.
+            steps: the number of steps ``N`` (None: ``max_steps``).
 
         Returns:
             presence logits ``(B, N)``, and z_where mean, std and draw, each ``(B, N, 4)``.
         """
         B, S = images.shape[0], self.cfg.scene_size
         residual = self.cfg.inference.input == "residual"
-        x_gates = None if residual else self.input_gates(self.encoder(images))  # (B, 4U or 3U), shared by every step
+        x_gates = None if residual or self.spatial is not None else self.input_gates(self.encoder(images))  # (B, 4U or 3U), shared by every step
         h = c = images.new_zeros(B, self.units)
         visible = images.new_ones(B, 1, S, S)
         outs, locs, stds, draws = [], [], [], []
-        for step in range(self.cfg.max_steps):  # the N steps of attention (not pixels or images)
+        for step in range(self.cfg.max_steps if steps is None else steps):  # the N steps of attention (not pixels or images)
+            shown = images
             if residual:
                 shown = images * visible if fill is None else images * visible + fill * (1 - visible)
-                x_gates = self.input_gates(self.encoder(shown))
-            if self.recurrent:
-                i, f, g, o = (x_gates + self.hidden_gates(h)).chunk(4, dim=1)
-                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            if self.spatial is not None:
+                logit, loc, std_raw = self._spatial_step(shown, fill)
             else:
-                i, g, o = x_gates.chunk(3, dim=1)
-                c = torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-            out = self.head(h)  # (B, 9)
-            loc, std = self.box_mean(out[:, 1:5]), self.max_std * torch.sigmoid(out[:, 5:])
+                if residual:
+                    x_gates = self.input_gates(self.encoder(shown))
+                if self.recurrent:
+                    i, f, g, o = (x_gates + self.hidden_gates(h)).chunk(4, dim=1)
+                    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                else:
+                    i, g, o = x_gates.chunk(3, dim=1)
+                    c = torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+                out = self.head(h)  # (B, 9)
+                logit, loc, std_raw = out[:, 0], self.box_mean(out[:, 1:5]), out[:, 5:]
+            std = self.max_std * torch.sigmoid(std_raw)
             if step == 0 and first_offset is not None:
                 lo, hi = (r * S for r in self.cfg.inference.position_range)
                 loc = torch.cat([loc[:, :2], (loc[:, 2:] + first_offset).clamp(lo, hi)], 1)
             z = loc + std * torch.randn_like(std) if sample else loc
             if residual:
-                visible = visible * (1 - box_coverage(self.to_pixels(z), S).unsqueeze(1))
-            logit = out[:, 0]
+                visible = visible * (1 - box_coverage(self._grown(self.to_pixels(z)), S).unsqueeze(1))
             bound = self.cfg.inference.presence_bound
             outs.append(logit if bound is None else bound * torch.tanh(logit / bound))
             locs.append(loc)
             stds.append(std)
             draws.append(z)
         return torch.stack(outs, 1), torch.stack(locs, 1), torch.stack(stds, 1), torch.stack(draws, 1)
+
+    def _grown(self, where: Tensor) -> Tensor:
+        """Boxes ``(B, 4)`` grown by ``inference.residual_margin`` pixels on every side (what the later steps see filled)."""
+        m = self.cfg.inference.residual_margin
+        return where if m == 0 else where + where.new_tensor([2 * m, 2 * m, -m, -m])
+
+    def _spatial_step(self, shown: Tensor, fill: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Presence logit ``(B,)``, box mean ``(B, 4)`` and raw stds ``(B, 4)`` of one step of the spatial attention."""
+        assert self.spatial is not None
+        logit, shape, centre, std_raw = self.spatial(shown, fill)
+        icfg, S, G = self.cfg.inference, self.cfg.scene_size, self.cfg.glimpse_size
+        u = torch.sigmoid(shape)  # (B, 2)
+        (s_lo, s_hi), (r_lo, r_hi) = scale_range(self.cfg), icfg.ratio_range
+        sx = s_lo + (s_hi - s_lo) * u[:, 0]
+        sy = sx * (r_lo + (r_hi - r_lo) * u[:, 1])
+        lo, hi = (r * S for r in icfg.position_range)
+        corner = (centre - 0.5 * G * torch.stack([sx, sy], 1)).clamp(lo, hi)  # (B, 2): the box centred on the attended point
+        return logit, torch.cat([torch.stack([sx, sy], 1), corner], 1), std_raw
 
     def upgrade_state(self, state: dict, prefix: str = "") -> None:
         """Rewrite, in place, entries of a checkpoint that holds the full LSTM cell for a non-recurrent one.
@@ -176,7 +216,7 @@ class InferenceNet(nn.Module):
         projection; only the i, g and o rows are kept (the function computed is
         unchanged). Also applied to per-parameter optimizer state (Adam's moments).
         """
-        if self.recurrent:
+        if self.recurrent or self.spatial is not None:
             return
         U = self.units
         for name in ("weight", "bias"):
@@ -198,8 +238,9 @@ class InferenceNet(nn.Module):
         """
         icfg, S = self.cfg.inference, self.cfg.scene_size
         u = torch.sigmoid(raw)
-        lo = raw.new_tensor([icfg.scale_range[0], icfg.ratio_range[0], icfg.position_range[0] * S, icfg.position_range[0] * S])
-        hi = raw.new_tensor([icfg.scale_range[1], icfg.ratio_range[1], icfg.position_range[1] * S, icfg.position_range[1] * S])
+        scale = scale_range(self.cfg)
+        lo = raw.new_tensor([scale[0], icfg.ratio_range[0], icfg.position_range[0] * S, icfg.position_range[0] * S])
+        hi = raw.new_tensor([scale[1], icfg.ratio_range[1], icfg.position_range[1] * S, icfg.position_range[1] * S])
         sx, ratio, x0, y0 = (lo + (hi - lo) * u).unbind(-1)
         return torch.stack([sx, sx * ratio, x0, y0], -1)
 

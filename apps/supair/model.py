@@ -58,15 +58,16 @@ class Supair(nn.Module):
 
     # ------------------------------------------------------------ inference
     def infer(self, images: Tensor, sample: bool = True, fill: Tensor | None = None,
-              first_offset: Tensor | None = None) -> Inference:
+              first_offset: Tensor | None = None, steps: int | None = None) -> Inference:
         """Run the attention network; ``sample=False`` takes the posterior means.
 
         ``fill``: :meth:`residual_fill` of ``images`` if already computed (it is
         computed here otherwise). ``first_offset``: ``(B, 2)`` pixels by which
-        the first box's corner is moved (see :meth:`detect`).
+        the first box's corner is moved (see :meth:`detect`). ``steps``: the
+        number of attention steps (None: ``max_steps``).
         """
         fill = self.residual_fill(images) if fill is None else fill
-        logits, loc, std, z = self.inference(images, sample, fill, first_offset)
+        logits, loc, std, z = self.inference(images, sample, fill, first_offset, steps)
         return Inference(logits, loc, std, z, self.inference.to_pixels(z))
 
     @torch.no_grad()
@@ -79,12 +80,19 @@ class Supair(nn.Module):
         the batch). On a textured background (grid lines, noise) a blanked box is a
         hole that the network never saw at its first step, and it learned to answer
         "no object" next to one; a background-coloured fill keeps later steps'
-        inputs like the first step's. No gradient flows through it.
+        inputs like the first step's. With ``inference.fill == "conditional"``: each
+        image's own most probable background, the leaf means of the background
+        SPN's best induced tree given the whole image (one MPE pass per batch): on
+        backgrounds that vary from image to image (gradients, blobs) a shared fill
+        would leave a step at every box's edge. No gradient flows through it.
         """
         cfg = self.cfg
-        if cfg.inference.input != "residual" or cfg.inference.fill != "background" or self.background_spn is None:
+        if cfg.inference.input != "residual" or cfg.inference.fill == "zero" or self.background_spn is None:
             return None
         B, C, S, _ = images.shape
+        if cfg.inference.fill == "conditional":  # each image's own most probable background
+            recon = self.background_spn.mpe(images.permute(0, 2, 3, 1).reshape(B, S * S * C), keep_observed=False)
+            return recon.view(B, S, S, C).permute(0, 3, 1, 2).clamp(0, 1)
         recon = self.background_spn.mpe(images.new_zeros(1, S * S * C), keep_observed=False)  # every entry unobserved
         return recon.view(1, S, S, C).permute(0, 3, 1, 2).clamp(0, 1).expand(B, C, S, S)
 
@@ -117,7 +125,7 @@ class Supair(nn.Module):
         cfg = self.cfg
         check_images(images, cfg, values=False)
         B, C, S, _ = images.shape
-        N, G = cfg.max_steps, cfg.glimpse_size
+        N, G = inf.where.shape[1], cfg.glimpse_size
         where = inf.where  # (B, N, 4)
         flat_where = where.reshape(B * N, 4)
         vis = self.visibility(where)  # (B, N+1, S, S)
@@ -239,17 +247,23 @@ class Supair(nn.Module):
         """:meth:`detect`'s detections and the attention network's own (the search's starting point), in one pass."""
         check_images(images, self.cfg)
         fill = self.residual_fill(images)
-        network = best = self.infer(images, sample=False, fill=fill)
+        steps = self.detect_steps
+        network = best = self.infer(images, sample=False, fill=fill, steps=steps)
         offsets = self.search_offsets() if search else images.new_zeros(0, 2)
         if not len(offsets):
             return best, network
         score = self.count_elbo(images, best)
         for offset in offsets.to(images):  # alternative first boxes, each batched over the images
-            inf = self.infer(images, sample=False, fill=fill, first_offset=offset.expand(len(images), 2))
+            inf = self.infer(images, sample=False, fill=fill, first_offset=offset.expand(len(images), 2), steps=steps)
             new = self.count_elbo(images, inf)
             better = new > score
             best, score = best.choose(better, inf), torch.where(better, new, score)
         return best, network
+
+    @property
+    def detect_steps(self) -> int:
+        """Attention steps when detecting: ``inference.detect_steps``, else ``max_steps``."""
+        return self.cfg.inference.detect_steps or self.cfg.max_steps
 
     def search_offsets(self) -> Tensor:
         """The detection search's corner offsets in pixels, ``(K, 2)``, the zero offset left out (``K = 0``: no search)."""
@@ -282,8 +296,8 @@ class Supair(nn.Module):
         cfg = self.cfg
         check_images(images, cfg)
         B, C, S, _ = images.shape
-        N, G = cfg.max_steps, cfg.glimpse_size
         inf = self.detect(images)
+        N, G = inf.where.shape[1], cfg.glimpse_size
         count = inf.count()
         where = inf.where.reshape(B * N, 4)
         vis = self.visibility(inf.where)  # (B, N+1, S, S)

@@ -46,12 +46,14 @@ def _to_hwc(t: torch.Tensor) -> np.ndarray:
 
 
 def show_figure(checkpoint: str | Path, out: str | Path | None = None, num_images: int = 8, data: str | None = None,
-                seed: int = 0, log: Callable[[str], None] = print) -> Path:
+                seed: int = 0, log: Callable[[str], None] = print, max_steps: int | None = None,
+                glimpses: int | None = None) -> Path:
     """Render the figure for ``num_images`` held-out images (or the user's ``data``) and write it as a PNG.
 
-    Rows: input; detections with coloured boxes; reconstruction; then, per
-    step, the glimpse with its occluded part (hatched in red) and the object
-    model's amodal completion of it.
+    Rows: input; detections with coloured boxes; reconstruction; then, for
+    the first ``glimpses`` objects (default: up to 3), the glimpse with its
+    occluded part (hatched in red) and the object model's amodal completion of
+    it. ``max_steps``: attention steps (default: the run's).
 
     Returns:
         the path written (atomically).
@@ -67,12 +69,12 @@ def show_figure(checkpoint: str | Path, out: str | Path | None = None, num_image
     import torch
 
     from .checkpoint import config_of, load_checkpoint, model_of
-    from .data import load_dataset, load_user_images
+    from .data import load_user_images
     from .detect import BOX_COLOURS, draw_boxes
-    from .train import DATA_SEED
+    from .train import DATA_SEED, test_scenes
 
     ckpt = load_checkpoint(checkpoint)
-    model, cfg = model_of(ckpt, checkpoint), config_of(ckpt, checkpoint)
+    model, cfg = model_of(ckpt, checkpoint, detect_steps=max_steps), config_of(ckpt, checkpoint, detect_steps=max_steps)
     m = cfg.model
     if data is not None:
         scenes, _ = load_user_images(data, scene_size=m.scene_size, channels=m.channels, log=log)
@@ -80,12 +82,12 @@ def show_figure(checkpoint: str | Path, out: str | Path | None = None, num_image
         scenes, test = load_user_images(cfg.train.data_path, scene_size=m.scene_size, channels=m.channels, seed=DATA_SEED, log=log)
         scenes = test if test is not None else scenes
     else:
-        scenes = load_dataset(cfg.train.dataset, "test", num_images=max(num_images, 100), scene_size=m.scene_size, colour=m.channels == 3, seed=DATA_SEED)
+        scenes = test_scenes(cfg, max(num_images, 100))
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(scenes), generator=gen)[:num_images]
     x = scenes.float_batch(idx)
     ex = model.explain(x)
-    N = m.max_steps
+    N = min(ex["glimpses"].shape[1], 3 if glimpses is None else glimpses)  # objects whose glimpses are shown
     rows = 3 + 2 * N
     cmap = "gray" if m.channels == 1 else None
     fig, axes = plt.subplots(rows, len(idx), figsize=(1.3 * len(idx), 1.35 * rows), squeeze=False)

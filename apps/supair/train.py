@@ -32,15 +32,17 @@ import torch
 from .checkpoint import build_model, build_stored_model, config_of, load_checkpoint, load_state, save_checkpoint, upgrade_optimizer_state
 from .config import SupairConfig
 from .data import SceneSet, load_dataset, load_user_images
+from .data.objectsize import estimate_object_size
 from .evaluation import evaluate
 from .files import atomic_write
+from .names import DATASET_DEFAULTS
 from .rundir import CONFIG, RunLock, check_config_json, check_new_run, check_resumable, clear_run_files, remove_run_temporaries
 from .runtime import keep_freed_memory
 
 if TYPE_CHECKING:
     from .distributed import DataParallel
 
-__all__ = ["load_data", "Trainer", "DATA_SEED"]
+__all__ = ["load_data", "test_scenes", "Trainer", "DATA_SEED"]
 
 DATA_SEED = 0  # built-in data sets are the same for every training seed
 
@@ -53,10 +55,18 @@ def load_data(cfg: SupairConfig, log: Callable[[str], None] = print) -> tuple[Sc
         if test is not None:
             test = test.subset(slice(0, t.test_images))
         return train, test
-    common = dict(scene_size=m.scene_size, colour=m.channels == 3, seed=DATA_SEED)
-    train = load_dataset(t.dataset, "train", num_images=t.train_images, **common)
-    test = load_dataset(t.dataset, "test", num_images=t.test_images, **common)
-    return train, test
+    objects = t.objects or DATASET_DEFAULTS[t.dataset][1]
+    train = load_dataset(t.dataset, "train", num_images=t.train_images, min_objects=objects[0], max_objects=objects[1],
+                         scene_size=m.scene_size, colour=m.channels == 3, seed=DATA_SEED)
+    return train, test_scenes(cfg, t.test_images)
+
+
+def test_scenes(cfg: SupairConfig, num_images: int, layers: bool = False) -> SceneSet:
+    """The first ``num_images`` held-out scenes of ``cfg``'s built-in data set (``train.test_objects`` objects each)."""
+    t = cfg.train
+    least, most = t.test_objects or t.objects or DATASET_DEFAULTS[t.dataset][1]
+    return load_dataset(t.dataset, "test", num_images=num_images, min_objects=least, max_objects=most, layers=layers,
+                        scene_size=cfg.model.scene_size, colour=cfg.model.channels == 3, seed=DATA_SEED)
 
 
 @dataclass
@@ -70,13 +80,14 @@ class _Clock:
 class Trainer:
     """Trains one run; evaluation time is excluded from the training clocks.
 
-    Construction checks, then writes. It runs six named steps:
+    Construction checks, then writes. It runs seven named steps:
     :meth:`_reconcile_config` (a resumed run's checkpoint config against the
     requested one and ``config.json``), :meth:`_set_up_process` (threads,
-    allocator, seed), :meth:`_build_model_and_optimizer`, :meth:`_restore`
-    (checkpoint state on resume), :meth:`_load_data` (training and held-out
-    scenes, and the loss, sharded under torchrun) and :meth:`_prepare_folder`
-    (the lock, then the first writes). Any error before the last step leaves
+    allocator, seed), :meth:`_load_data` (training and held-out scenes),
+    :meth:`_sized_to_data` (a new run on the user's images: the box sizes that
+    cover their objects, unless given), :meth:`_build_model_and_optimizer`
+    (and the loss, sharded under torchrun), :meth:`_restore` (checkpoint state
+    on resume) and :meth:`_prepare_folder` (the lock, then the first writes). Any error before the last step leaves
     the disk as it was. The lock is released by :meth:`close`, at the end of
     :meth:`run`, or when the process ends.
 
@@ -131,10 +142,14 @@ class Trainer:
         if self.finished:
             return  # nothing to train: no model, no data, nothing written
         self._set_up_process()
+        self._load_data()
+        if ckpt is None:
+            self.cfg = self._sized_to_data(self.cfg)
         self._build_model_and_optimizer(ckpt)
         if ckpt is not None:
             self._restore(ckpt)
-        self._load_data()
+        # the loss: model.loss, or under torchrun this process's shard of it through DDP
+        self._loss = self.model.loss if self.dist is None else self.dist.wrap(self.model)
         self._prepare_folder(ckpt, overwrite)
 
     def close(self) -> None:
@@ -201,15 +216,27 @@ class Trainer:
             raise ValueError(f"{self.run_dir / 'checkpoint.pt'} is damaged: a random generator state does not fit ({err})") from None
 
     def _load_data(self) -> None:
-        """Training and held-out scenes (rank 0 first under torchrun: it builds the cache), and the loss."""
+        """Training and held-out scenes (rank 0 first under torchrun: it builds the cache)."""
         cfg = self.cfg
         if self.dist is None:
             self.train_set, self.test_set = load_data(cfg, log=self.log)
         else:
             self.train_set, self.test_set = self.dist.main_first(lambda: load_data(cfg, log=self.log))
         self._check_data(self.train_set)
-        # the loss: model.loss, or under torchrun this process's shard of it through DDP
-        self._loss = self.model.loss if self.dist is None else self.dist.wrap(self.model)
+
+    def _sized_to_data(self, cfg: SupairConfig) -> SupairConfig:
+        """A new run on the user's images without a box size range: the range that covers their objects (said in the log)."""
+        icfg = cfg.model.inference
+        if cfg.train.data_path is None or icfg.object_size is not None or cfg.model_type != "supair":
+            return cfg
+        size = estimate_object_size(self.train_set, ratio_max=icfg.ratio_range[1])
+        if size is None:
+            lo, hi = (r * cfg.model.glimpse_size for r in icfg.scale_range)
+            self.log(f"object size: found no objects to measure in the images; boxes {lo:.1f} to {hi:.1f} px wide "
+                     "(the default; --object-size MIN MAX sets it)")
+            return cfg
+        self.log(size.describe())
+        return cfg.replace(**{"model.inference.object_size": (size.least, size.most)})
 
     def _finished(self) -> bool:
         """Whether the resumed run has spent its budget and recorded its final evaluation (the same answer in every process)."""

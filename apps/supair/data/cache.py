@@ -35,9 +35,9 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "supair"
 
 
-def _arrays_digest(images: np.ndarray, counts: np.ndarray, boxes: np.ndarray) -> str:
+def _arrays_digest(*arrays: np.ndarray) -> str:
     h = hashlib.sha256()
-    for arr in (images, counts, boxes):
+    for arr in arrays:
         h.update(f"{arr.dtype.str}{arr.shape}".encode())
         h.update(np.ascontiguousarray(arr).data)
     return h.hexdigest()
@@ -56,13 +56,15 @@ def _read_cache(path: Path, params: dict[str, Any]) -> tuple[SceneSet | None, st
             images = np.array(f["images"])
             counts = np.array(f["counts"])
             boxes = np.array(f["boxes"])
+            layers = np.array(f["layers"]) if params.get("layers") else None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:
         return None, f"unreadable ({type(e).__name__}: {e})"
     if not isinstance(meta, dict):
         return None, "its metadata is malformed"
     if meta.get("params") != params:
         return None, "its parameters do not match"
-    if meta.get("sha256") != _arrays_digest(images, counts, boxes):
+    arrays = (images, counts, boxes) if layers is None else (images, counts, boxes, layers)
+    if meta.get("sha256") != _arrays_digest(*arrays):
         return None, "SHA-256 mismatch"
     try:
         scenes = SceneSet(
@@ -70,6 +72,7 @@ def _read_cache(path: Path, params: dict[str, Any]) -> tuple[SceneSet | None, st
             counts=torch.from_numpy(counts),
             boxes=torch.from_numpy(boxes),
             name=f"{params['name']}/{params['split']}",
+            layers=None if layers is None else torch.from_numpy(layers),
         )
     except ValueError as e:
         return None, str(e)
@@ -84,12 +87,13 @@ def _write_cache(path: Path, params: dict[str, Any], scenes: SceneSet) -> None:
     images = scenes.images.numpy()
     counts = scenes.counts.numpy()
     boxes = scenes.boxes.numpy()
-    meta = {"params": params, "sha256": _arrays_digest(images, counts, boxes)}
+    extra = {} if scenes.layers is None else {"layers": scenes.layers.numpy()}
+    meta = {"params": params, "sha256": _arrays_digest(images, counts, boxes, *extra.values())}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, images=images, counts=counts, boxes=boxes, meta=np.array(json.dumps(meta)))
+            np.savez(f, images=images, counts=counts, boxes=boxes, meta=np.array(json.dumps(meta)), **extra)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
@@ -108,9 +112,11 @@ def load_dataset(
     *,
     num_images: int | None = None,
     seed: int = 0,
-    scene_size: int = 50,
-    max_objects: int = 2,
+    scene_size: int | None = None,
+    max_objects: int | None = None,
     colour: bool = False,
+    min_objects: int = 0,
+    layers: bool = False,
     cache_dir: str | Path | None = None,
     log: Log = print,
 ) -> SceneSet:
@@ -122,32 +128,27 @@ def load_dataset(
             MNIST split, and every split has its own random streams.
         num_images: Number of scenes; default 50000 for train, 5000 for test and valid.
         seed: Non-negative seed; identical parameters always give identical arrays.
-        scene_size: Side length S of the square scenes (16 to 1024).
-        max_objects: Counts are uniform over ``{0, ..., max_objects}``.
+        scene_size: Side length S of the square scenes (16 to 1024); default the data set's
+            (96 for crowded-mnist, 50 for the others).
+        max_objects: Counts are uniform over ``{min_objects, ..., max_objects}``; default the
+            data set's (9 for crowded-mnist, 3 for occluded-mnist, 2 for the others).
         colour: Sprites keep RGB (C = 3) instead of grey; MNIST digits are tinted with random
             bright colours (noise is then drawn per channel, grid lines stay grey).
+        min_objects: The least count (default 0).
+        layers: Also keep each object alone, unoccluded (occluded-mnist only).
         cache_dir: Folder of the cache; default :func:`default_cache_dir`.
         log: Called with a one-line message when a bad cache file is rebuilt, or the cache cannot
             be written.
 
     Returns:
         A :class:`SceneSet`: images ``(N, C, S, S)`` uint8, counts ``(N,)`` int64, boxes
-        ``(N, max_objects, 4)`` float32.
+        ``(N, max_objects, 4)`` float32 (and layers ``(N, max_objects, C, S, S)`` uint8).
 
     Raises:
         ValueError: Unknown name or split, or bad sizes.
     """
-    n = validate_request(name, split, num_images, seed, scene_size, max_objects)
-    params = {
-        "format_version": FORMAT_VERSION,
-        "name": name,
-        "split": split,
-        "num_images": n,
-        "seed": int(seed),
-        "scene_size": int(scene_size),
-        "max_objects": int(max_objects),
-        "colour": bool(colour),
-    }
+    params = validate_request(name, split, num_images, seed, scene_size, max_objects, min_objects, layers)
+    params["colour"] = bool(colour)
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     path = _cache_path(folder, params)
     if path.exists():
@@ -156,8 +157,8 @@ def load_dataset(
             return scenes
         log(f"cache file {path} is corrupt or stale ({reason}); rebuilding it")
     scenes = generate_dataset(
-        name, split, num_images=n, seed=int(seed), scene_size=int(scene_size),
-        max_objects=int(max_objects), colour=bool(colour),
+        name, split, num_images=params["num_images"], seed=int(seed), scene_size=params["scene_size"],
+        max_objects=params["max_objects"], colour=bool(colour), min_objects=int(min_objects), layers=bool(layers),
     )
     try:
         _write_cache(path, params, scenes)

@@ -39,12 +39,16 @@ class SceneSet:
             coordinates (half-open, see the module docstring); rows ``>= counts[i]`` are zero.
             ``None`` when unknown.
         name: A short description of where the scenes came from.
+        layers: ``(N, M, C, H, W)`` uint8 tensor: each object alone on an empty canvas,
+            unoccluded (kept by occluded-mnist on request; the truth behind occluded pixels),
+            or ``None``.
     """
 
     images: torch.Tensor
     counts: torch.Tensor | None
     boxes: torch.Tensor | None
     name: str
+    layers: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         images = self.images
@@ -65,6 +69,11 @@ class SceneSet:
                 or b.shape[2] != 4
             ):
                 raise ValueError(f"SceneSet.boxes must be a float32 tensor of shape ({n}, M, 4)")
+        if self.layers is not None:
+            lay = self.layers
+            if not isinstance(lay, torch.Tensor) or lay.dtype != torch.uint8 or lay.dim() != 5 or lay.shape[0] != n \
+                    or tuple(lay.shape[2:]) != tuple(images.shape[1:]):
+                raise ValueError(f"SceneSet.layers must be a uint8 tensor of shape ({n}, M, {', '.join(map(str, images.shape[1:]))})")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -107,6 +116,7 @@ class SceneSet:
             counts=None if self.counts is None else self.counts[idx],
             boxes=None if self.boxes is None else self.boxes[idx],
             name=self.name,
+            layers=None if self.layers is None else self.layers[idx],
         )
 
 
