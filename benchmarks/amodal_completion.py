@@ -26,12 +26,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import atomic_write, context, context_lines, csv_text  # noqa: E402
-from supair.checkpoint import load_model  # noqa: E402
-from supair.completion import completion_errors  # noqa: E402
-from supair.evaluation import evaluate  # noqa: E402
-from supair.model import Supair  # noqa: E402
-from supair.train import test_scenes  # noqa: E402
+from benchlib import atomic_write, context, context_lines, csv_text
+from supair.checkpoint import load_model
+from supair.completion import completion_errors
+from supair.evaluation import evaluate
+from supair.model import Supair
+from supair.train import test_scenes
 
 __all__ = ["main", "row_for"]
 

@@ -17,8 +17,9 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Mapping
+from typing import BinaryIO
 
 __all__ = ["atomic_write", "context", "context_lines", "csv_text", "read_csv"]
 

@@ -553,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(datasets) != 1:
             raise SystemExit(f"{args.from_csv}: expected the rows of one data set, found {sorted(datasets) or 'none'}")
         args.dataset = datasets.pop()
-    log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
+    log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
     failures = 0
     if not args.collect_only:
         record_call(args, command)

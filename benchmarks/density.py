@@ -19,8 +19,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import math
 import json
+import math
 import os
 import subprocess
 import sys
@@ -31,7 +31,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import atomic_write, context, csv_text, read_csv  # noqa: E402
+from benchlib import atomic_write, context, csv_text, read_csv
 
 FIELDS = ["dataset", "structure", "layer", "leaf", "method", "sums", "parameters", "budget_minutes", "train_seconds",
           "epochs", "test_bits_per_dim", "likelihood", "test_accuracy", "objective", "config"]

@@ -25,24 +25,24 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402
-import copy  # noqa: E402
-import io  # noqa: E402
-import shlex  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import copy
+import io
+import shlex
+import sys
+import time
+from pathlib import Path
 
-import torch  # noqa: E402
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import atomic_write, context, context_lines, csv_text, read_csv  # noqa: E402
+from benchlib import atomic_write, context, context_lines, csv_text, read_csv
 
-import spnkit  # noqa: E402
-from spnkit.datasets import bits_per_dim, dequantize, load_mnist  # noqa: E402
-from spnkit.learn import evaluate, fit  # noqa: E402
+import spnkit
+from spnkit.datasets import bits_per_dim, dequantize, load_mnist
+from spnkit.learn import evaluate, fit
 
 D = 784
 

@@ -36,23 +36,24 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402
-import math  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Callable  # noqa: E402
+import argparse
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import atomic_write, context, context_lines, csv_text, read_csv  # noqa: E402
+from benchlib import atomic_write, context, context_lines, csv_text, read_csv
 
-import spnkit  # noqa: E402
+import spnkit
 
 FIELDS = ["task", "dataset", "method", "config", "selected", "metric", "valid", "test", "seconds"]
 TASKS = ("imputation", "tabular", "classification")

@@ -31,20 +31,20 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import socket  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import atomic_write, context, context_lines, csv_text, read_csv  # noqa: E402
+from benchlib import atomic_write, context, context_lines, csv_text, read_csv
 
 FIELDS = ["task", "setting", "processes", "threads_per_process", "repeat", "throughput", "unit", "load_avg",
           "max_param_diff_vs_1proc", "final_elbo", "seconds"]

@@ -80,9 +80,9 @@ import resource
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -90,9 +90,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import spnkit  # noqa: E402
-from benchlib import atomic_write, context, context_lines, csv_text  # noqa: E402
-from spnkit.region_graph import Partition, RegionGraph  # noqa: E402
+from benchlib import atomic_write, context, context_lines, csv_text
+
+import spnkit
+from spnkit.region_graph import Partition, RegionGraph
 
 __all__ = ["Case", "Row", "QUERIES", "work", "build_spnkit", "build_spflow_pair", "run", "main"]
 

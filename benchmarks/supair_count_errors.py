@@ -31,9 +31,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from supair.inference import Inference  # noqa: E402
-from supair.checkpoint import load_model  # noqa: E402
-from supair.train import load_data  # noqa: E402
+from supair.checkpoint import load_model
+from supair.inference import Inference
+from supair.train import load_data
 
 
 def fitted_box(corners: torch.Tensor, pad: float, cfg) -> list[float]:

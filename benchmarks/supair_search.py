@@ -26,10 +26,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from supair.model import Supair  # noqa: E402
-from supair.checkpoint import load_model  # noqa: E402
-from supair.evaluation import evaluate  # noqa: E402
-from supair.train import load_data  # noqa: E402
+from supair.checkpoint import load_model
+from supair.evaluation import evaluate
+from supair.model import Supair
+from supair.train import load_data
 
 
 def parse_settings(text: str) -> list[tuple[float, int]]:

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from spnkit.datasets import load_mnist
-
 from benchlib import atomic_write
+
+from spnkit.datasets import load_mnist
 
 __all__ = ["make_scenes", "main"]
 

@@ -8,11 +8,11 @@ Mask polarity, everywhere in spnkit: True (or 1.0) = unobserved, integrated out.
 """
 
 from .circuit import SPN
+from .expectation import impute
 from .io import load, save
 from .learn import fit
-from .models import hclt, learn_spn
-from .expectation import impute
 from .leaves import Bernoulli, Binomial, Categorical, Leaf, LeafFamily, Mixed, MultivariateNormal, Normal, Poisson
+from .models import hclt, learn_spn
 from .region_graph import InvalidStructureError, Partition, RegionGraph
 from .viz import draw
 

@@ -436,13 +436,13 @@ class SPN(nn.Module):
         Returns:
             ``(B, D)`` with observed entries unchanged, or ``(mean, variance)``.
         """
-        from .expectation import expectation  # noqa: PLC0415 (the module reads the circuit's public face)
+        from .expectation import expectation
 
         return expectation(self, x, marginalized, variance=variance, root=root)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the structure and parameters to ``path`` (see :func:`spnkit.io.save`; read back with ``spnkit.load``)."""
-        from .io import save  # noqa: PLC0415 (io imports this module)
+        from .io import save
 
         save(self, path)
 
@@ -478,7 +478,7 @@ class SPN(nn.Module):
 
     def summary(self, batch_size: int = 1):  # -> spnkit.summary.Summary
         """Table of layers and effective parameters; see :func:`spnkit.summary.summary`."""
-        from .summary import summary  # noqa: PLC0415 (spnkit.summary imports this module)
+        from .summary import summary
 
         return summary(self, batch_size)
 

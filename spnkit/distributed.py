@@ -39,16 +39,17 @@ from __future__ import annotations
 
 import atexit
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 from torch import distributed as dist
 
 if TYPE_CHECKING:
-    from .learn.em import Counts  # noqa: PLC0415 (spnkit.learn imports this module)
+    from .learn.em import Counts
 
 __all__ = [
     "DistInfo",
@@ -267,9 +268,8 @@ def all_reduce_counts(counts: "Counts") -> "Counts":
     Returns:
         a new :class:`spnkit.learn.Counts` with the summed counts and sample numbers.
     """
-    from .learn.em import Counts  # noqa: PLC0415 (spnkit.learn imports this module)
-
-    from .layers.leaf_base import flat, unflat  # noqa: PLC0415
+    from .layers.leaf_base import flat, unflat
+    from .learn.em import Counts
 
     n = len(counts.weights)
     leaves = flat(counts.leaves)

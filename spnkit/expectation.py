@@ -148,7 +148,7 @@ def impute(spn: "SPN", x: Tensor, marginalized: Tensor | None = None) -> Tensor:
         >>> bool(torch.isfinite(filled).all()) and filled[0, 0].item() == x[0, 0].item()
         True
     """
-    from .circuit import SPN  # noqa: PLC0415 (the circuit module imports this one lazily)
+    from .circuit import SPN
 
     if not isinstance(spn, SPN):
         raise ValueError(f"impute needs a spnkit.SPN, got {type(spn).__name__}")

@@ -21,9 +21,9 @@ Example:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Iterable, Sequence
 
 import networkx as nx
 import numpy as np
@@ -392,7 +392,7 @@ class RegionGraph:
         Compile it with ``layer="cp"`` (partitions of any arity); with
         ``project_leaves=False`` it is an HCLT (:func:`spnkit.hclt`).
         """
-        from .structure import chow_liu_region_graph  # noqa: PLC0415 (spnkit.structure builds on this module)
+        from .structure import chow_liu_region_graph
 
         return chow_liu_region_graph(data, marginalized, **kwargs)  # type: ignore[arg-type]
 

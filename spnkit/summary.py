@@ -149,7 +149,7 @@ def summary(spn: "SPN", batch_size: int = 1) -> Summary:
     Raises:
         ValueError: if ``spn`` is not an SPN or ``batch_size`` is not a positive int.
     """
-    from .circuit import SPN  # noqa: PLC0415 (the circuit imports this module lazily)
+    from .circuit import SPN
 
     if not isinstance(spn, SPN):
         raise ValueError(f"expected a spnkit.SPN, got {type(spn).__name__}")

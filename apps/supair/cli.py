@@ -12,8 +12,9 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NoReturn
+from typing import NoReturn
 
 from .names import DATASETS, MAX_OBJECTS, MAX_SHOW_IMAGES
 

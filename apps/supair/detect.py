@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from .images import decode_image, image_size
 from .files import atomic_write, check_writable
+from .images import decode_image, image_size
 
 __all__ = ["read_images", "detect_files", "draw_boxes", "drawing_name", "check_detect_request", "BOX_COLOURS", "DETECT_BATCH"]
 

@@ -39,7 +39,8 @@ in buffers; those follow rank 0's shard, broadcast by DDP before each step.)
 from __future__ import annotations
 
 import inspect
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -51,8 +52,8 @@ from spnkit import distributed as sd
 from spnkit.distributed import DistInfo, rank_slice
 
 from .data import SceneSet
-from .model import Supair
 from .evaluation import detections, searches, summarize
+from .model import Supair
 
 __all__ = ["DataParallel", "ShardedLoss", "GlobalBatchNoise", "init_from_env", "shard_loss", "evaluate_sharded"]
 

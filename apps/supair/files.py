@@ -18,8 +18,9 @@ import os
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 __all__ = ["atomic_write", "remove_stale_temporaries", "temporaries_of", "check_writable", "describe_os_error", "check_zip"]
 

@@ -67,7 +67,7 @@ class Inference:
 
     def choose(self, take_other: Tensor, other: "Inference") -> "Inference":
         """Per image, ``other``'s values where ``take_other`` ``(B,)`` is True and this inference's elsewhere."""
-        pick = lambda a, b: torch.where(take_other.view(-1, *[1] * (a.dim() - 1)), b, a)  # noqa: E731
+        pick = lambda a, b: torch.where(take_other.view(-1, *[1] * (a.dim() - 1)), b, a)
         return Inference(*(pick(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self)))
 
 

@@ -29,7 +29,7 @@ def box_iou(a: Tensor, b: Tensor) -> Tensor:
     lo = torch.maximum(a[..., :2], b[..., :2])
     hi = torch.minimum(a[..., 2:], b[..., 2:])
     inter = (hi - lo).clamp_min(0).prod(-1)
-    area = lambda z: (z[..., 2:] - z[..., :2]).clamp_min(0).prod(-1)  # noqa: E731
+    area = lambda z: (z[..., 2:] - z[..., :2]).clamp_min(0).prod(-1)
     union = area(a) + area(b) - inter
     return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(inter))
 

@@ -304,8 +304,8 @@ class Supair(nn.Module):
         rep = images.unsqueeze(1).expand(B, N, C, S, S).reshape(B * N, C, S, S)
         glimpses = cut_glimpses(rep, where, G)  # (B*N, C, G, G)
         hidden = (1 - cut_glimpses(vis[:, :N].reshape(B * N, 1, S, S), where, G)).clamp(0, 1)  # (B*N, 1, G, G)
-        flat = lambda t: t.permute(0, 2, 3, 1).reshape(t.shape[0], -1)  # (B', C, h, w) -> (B', h*w*C)  # noqa: E731
-        unflat = lambda t, h: t.view(-1, h, h, C).permute(0, 3, 1, 2)  # noqa: E731
+        flat = lambda t: t.permute(0, 2, 3, 1).reshape(t.shape[0], -1)  # (B', C, h, w) -> (B', h*w*C)
+        unflat = lambda t, h: t.view(-1, h, h, C).permute(0, 3, 1, 2)
         occluded = (hidden > 0.5).expand(-1, C, -1, -1)
         completions = unflat(self.object_spn.mpe(flat(glimpses), marginalized=flat(occluded)), G)
         recon_obj = unflat(self.object_spn.mpe(flat(glimpses), marginalized=flat(occluded), keep_observed=False), G)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 __all__ = ["add_parser", "EPILOG"]
 

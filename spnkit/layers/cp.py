@@ -15,7 +15,7 @@ tree's variable leaves, whose latent state is the parent's.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

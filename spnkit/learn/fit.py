@@ -16,7 +16,8 @@ import copy
 import math
 import sys
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -491,7 +492,7 @@ def _progress_bar(show: bool, **kwargs: Any) -> Any:
     """A tqdm bar when ``show`` and tqdm is installed (tqdm is optional), else an object that does nothing."""
     if show:
         try:
-            from tqdm.auto import tqdm  # noqa: PLC0415 (optional, and slow to import)
+            from tqdm.auto import tqdm
         except ImportError:
             pass
         else:

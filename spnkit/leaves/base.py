@@ -247,7 +247,7 @@ class Leaf(LeafFamily):
         return mean, (second - mean * mean).clamp_min(0)
 
     def make_layer(self, scopes, num_vars, num_leaves):
-        from ..layers.leaf import LeafLayer  # noqa: PLC0415 (the layers import the leaves)
+        from ..layers.leaf import LeafLayer
 
         return LeafLayer(self, scopes, num_vars, num_leaves)
 

@@ -150,6 +150,6 @@ class Mixed(LeafFamily):
     def make_layer(self, scopes, num_vars, num_leaves) -> "MixedLeafLayer":
         if num_vars != self.num_vars:
             raise ValueError(f"this Mixed family names {self.num_vars} columns but the region graph has {num_vars} variables")
-        from ..layers.mixed import MixedLeafLayer  # noqa: PLC0415 (the layers import the leaves)
+        from ..layers.mixed import MixedLeafLayer
 
         return MixedLeafLayer(self, scopes, num_vars, num_leaves)

@@ -97,7 +97,7 @@ class MultivariateNormal(LeafFamily):
         covariance (an upper bound on any leaf region's eigenvalues), so that
         strongly correlated columns fit.
         """
-        from .normal import data_bounds  # noqa: PLC0415
+        from .normal import data_bounds
 
         min_var, max_var, loc_range = data_bounds(x, marginalized, min_ratio, max_ratio, joint=True)
         return cls(min_var=min_var, max_var=max_var, loc_range=loc_range)
@@ -108,7 +108,7 @@ class MultivariateNormal(LeafFamily):
         return math.sqrt(self.min_var * self.max_var)
 
     def make_layer(self, scopes, num_vars, num_leaves) -> "MVNLeafLayer":
-        from ..layers.mvn import MVNLeafLayer  # noqa: PLC0415 (the layers import the leaves)
+        from ..layers.mvn import MVNLeafLayer
 
         return MVNLeafLayer(self, scopes, num_vars, num_leaves)
 

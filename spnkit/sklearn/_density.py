@@ -10,6 +10,7 @@ from sklearn.base import DensityMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from ..expectation import impute
 from ._base import SPNBase
 
 __all__ = ["SPNDensity", "IMPUTE_METHODS"]
@@ -199,7 +200,7 @@ class SPNDensity(DensityMixin, SPNBase):
         mt = torch.as_tensor(mask[rows])
         with torch.no_grad():
             if method == "expectation":
-                filled = _expectation(spn, xt, mt)
+                filled = impute(spn, xt, mt)
             elif method == "mpe":
                 filled = spn.mpe(xt, mt)
             else:
@@ -207,14 +208,3 @@ class SPNDensity(DensityMixin, SPNBase):
                 filled = spn.sample(evidence=xt, marginalized=mt, generator=g)
         out[rows] = np.where(mask[rows], filled.double().numpy(), x[rows])
         return out
-
-
-def _expectation(spn: Any, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``E[x_missing | x_observed]`` by the library's closed form."""
-    import spnkit
-
-    impute = getattr(spnkit, "impute", None)
-    if impute is None:
-        raise ValueError("method='expectation' needs spnkit.impute, which this version of spnkit does not have; "
-                         "use method='mpe' or 'sample'")
-    return impute(spn, x, mask)

@@ -90,7 +90,7 @@ class GraphSpec:
         if self.builder == "networkx":
             return RegionGraph.from_networkx(self.to_networkx())
         if self.builder == "hclt":
-            from ..structure import hclt_region_graph  # noqa: PLC0415 (the structure package is optional here)
+            from ..structure import hclt_region_graph
 
             return hclt_region_graph(kw["num_vars"], kw["tree_edges"])
         if self.builder not in ("random", "poon_domingos", "quad_tree", "quad_graph"):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from typing import Hashable, Mapping
+from collections.abc import Hashable, Mapping
 
 import networkx as nx
 

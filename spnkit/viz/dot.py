@@ -28,7 +28,7 @@ _EDGE = {"arrowsize": "0.5", "color": "#555555"}
 def graphviz_module() -> Any:
     """The optional ``graphviz`` package (``pip install 'spnkit[draw]'``), imported on first use."""
     try:
-        import graphviz  # noqa: PLC0415 (optional dependency)
+        import graphviz
     except ImportError:
         raise ImportError("drawing needs the graphviz Python package: pip install 'spnkit[draw]'") from None
     return graphviz

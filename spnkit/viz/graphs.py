@@ -106,7 +106,7 @@ def region_level_graph(spn: "SPN", *, learned: bool = True, means: bool = False,
 
 def _add_learned(spn: "SPN", g: nx.DiGraph, means: bool, root: int | None) -> None:
     """Flows, entry use, partition shares and (with ``means``) region means as attributes of ``g``."""
-    from .learned import circuit_flows, region_means  # noqa: PLC0415 (torch work, only when asked)
+    from .learned import circuit_flows, region_means
 
     rg = spn.region_graph
     flows = circuit_flows(spn, root)

@@ -7,7 +7,7 @@ and runs of equal colour are merged, so a large uniform area costs one cell.
 from __future__ import annotations
 
 import html
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -16,15 +16,15 @@ import pkgutil
 import networkx as nx
 import numpy as np
 import pytest
+import spnkit_mutants  # tests/spnkit/spnkit_mutants.py, the mutation harness
 import torch
 
 import spnkit
-from spnkit.testing.brute_force import support
-import spnkit_mutants  # tests/spnkit/spnkit_mutants.py, the mutation harness
-from spnkit import Bernoulli, Categorical, InvalidStructureError, Normal, Partition, RegionGraph, SPN
+from spnkit import SPN, Bernoulli, Categorical, InvalidStructureError, Normal, Partition, RegionGraph
 from spnkit.layers import CPLayer, LeafLayer, MixingLayer, TuckerLayer
 from spnkit.leaves import Leaf
 from spnkit.testing import brute_force as bf
+from spnkit.testing.brute_force import support
 from spnkit.testing.circuits import CircuitSpec, GraphSpec, make_deterministic
 from spnkit.testing.validity import circuit_violations
 

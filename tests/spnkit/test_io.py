@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import spnkit
-from spnkit.testing.brute_force import support
 from spnkit import io as spnio
+from spnkit.testing.brute_force import support
 from spnkit.testing.circuits import randomize_parameters
 
 F64 = torch.float64

@@ -16,8 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import spnkit
-from spnkit.testing.brute_force import support
 from spnkit.learn import evaluate, expected_counts, fit, m_step
+from spnkit.testing.brute_force import support
 from spnkit.testing.strategies import circuit_specs
 
 F64 = torch.float64

@@ -7,10 +7,10 @@ import math
 
 import pytest
 import torch
+from spnkit_mnist.commands import masks
 
 import spnkit
 from spnkit.cli import main
-from spnkit_mnist.commands import masks
 
 
 def _gen(seed: int) -> torch.Generator:

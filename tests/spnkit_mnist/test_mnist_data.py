@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
+from spnkit_mnist.data import VALID_SIZE, bits_per_dim, mnist_splits, model_input
 
 import spnkit
-from spnkit_mnist.data import VALID_SIZE, bits_per_dim, mnist_splits, model_input
 
 
 def test_splits_hold_every_training_digit_once_and_the_test_set() -> None:

@@ -23,8 +23,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -175,9 +175,8 @@ def _install(kill: str) -> None:
     """Patch supair so that this process kills itself at the point ``kill`` names."""
     import io
 
-    import torch
-
     import supair.train as train
+    import torch
 
     what, _, n = kill.partition(":")
     target = int(n)

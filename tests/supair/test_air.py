@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from supair.air import Air, air_boxes
 from supair.config import AirConfig, InferenceConfig, ModelConfig, SupairConfig
 from supair.transform import cut_glimpses, paste_glimpses

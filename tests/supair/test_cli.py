@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from supair.cli import main
 from supair.checkpoint import load_checkpoint, save_checkpoint
+from supair.cli import main
 
 TINY = [
     "--set", "model.scene_size=12", "--set", "model.glimpse_size=6", "--set", "model.max_steps=2",

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from supair.cli import build_parser, config_from_args
 from supair.config import SupairConfig
 from supair.fieldtypes import check_field

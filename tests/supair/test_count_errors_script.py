@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from benchmark_scripts import load_benchmark
-
 from supair.config import ModelConfig
 
 

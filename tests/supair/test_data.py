@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from supair import data as D
 from supair.data import generate
 from supair.names import DATASET_DEFAULTS

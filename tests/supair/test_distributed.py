@@ -32,11 +32,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # the worker runs as a script
 
+from supair.checkpoint import build_model, load_checkpoint  # noqa: E402
 from supair.cli import build_parser, config_from_args, main  # noqa: E402
 from supair.distributed import DataParallel, GlobalBatchNoise, shard_loss  # noqa: E402
 from supair.model import Supair  # noqa: E402
-from supair.checkpoint import build_model, load_checkpoint  # noqa: E402
 from supair.train import Trainer  # noqa: E402
+
 from spnkit.distributed import DistInfo  # noqa: E402
 
 WORLD = 2

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from supair.cli import main
 from supair_faults import TINY, assert_one_line_error, snapshot, supair, write_scenes
 

@@ -16,12 +16,20 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from supair.checkpoint import content_digest, load_checkpoint
 from supair.cli import main
 from supair.rundir import RunLock
 from supair_faults import (
-    TIMING, TINY, assert_one_line_error, mount_problem, remount, snapshot, start_supair, supair, supair_killed, tmpfs,
+    TIMING,
+    TINY,
+    assert_one_line_error,
+    mount_problem,
+    remount,
+    snapshot,
+    start_supair,
+    supair,
+    supair_killed,
+    tmpfs,
     write_scenes,
 )
 
@@ -158,8 +166,8 @@ def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_last_checkpoint(m
 
 def test_a_read_only_folder_is_named_before_anything_runs(mounting, finished: Path, scenes: Path, tmp_path: Path) -> None:
     image = tmp_path / "scene.png"
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     Image.fromarray(np.zeros((12, 12), dtype=np.uint8)).save(image)
     with tmpfs(tmp_path / "ro", "2m") as disk:
@@ -225,8 +233,8 @@ DAMAGE = {
 @pytest.mark.parametrize("how", list(DAMAGE))
 def test_damaged_checkpoints_are_refused_by_resume_and_detect(finished: Path, tmp_path: Path, how: str, capsys) -> None:
     """``train --resume`` runs as a subprocess; ``detect``, the same reader, in this process (one torch start fewer)."""
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     _damage(finished, how)
     image = tmp_path / "scene.png"

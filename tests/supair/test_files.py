@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from supair.files import atomic_write
 
 

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 import supair.data as D
+from PIL import Image
 from supair.images import MAX_IMAGE_PIXELS, decode_image, image_size, image_to_array
 
 RAMP16 = (np.arange(64 * 256).reshape(64, 256) * 4).astype(np.uint16)  # 0 .. 65532

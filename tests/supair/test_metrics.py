@@ -6,7 +6,6 @@ import itertools
 
 import pytest
 import torch
-
 from supair.metrics import accuracy_by_count, box_iou, match_boxes, matched_iou
 
 

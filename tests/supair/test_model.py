@@ -6,8 +6,7 @@ import math
 
 import pytest
 import torch
-
-from supair.config import ModelConfig, SPNConfig, InferenceConfig
+from supair.config import InferenceConfig, ModelConfig, SPNConfig
 from supair.inference import check_images, count_posterior
 from supair.model import Supair
 from supair.transform import box_coverage, cut_glimpses, paste_glimpses
@@ -51,9 +50,8 @@ def test_identity_glimpse_equals_image() -> None:
 def test_glimpses_match_affine_grid_in_values_and_gradients() -> None:
     """cut/paste build their sampling grids by broadcasting (the maps are axis-aligned); they equal
     F.affine_grid of the documented theta, values and gradients, boxes partly outside the canvas included."""
-    from torch.nn import functional as F
-
     from supair.transform import box_to_theta, glimpse_to_image_theta
+    from torch.nn import functional as F
 
     gen = torch.Generator().manual_seed(0)
     where = torch.rand(5, 4, generator=gen, dtype=torch.float64) * torch.tensor([8.0, 10.0, 14.0, 14.0], dtype=torch.float64)

@@ -8,12 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from supair.cli import main
 from supair.data import SceneSet
 from supair.data.objectsize import HIGH, LOW, estimate_object_size
-
-
 
 TINY = [  # a small model (the user's images are 24x24 here)
     "--set", "model.scene_size=24", "--set", "model.glimpse_size=6", "--set", "model.max_steps=2",

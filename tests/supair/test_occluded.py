@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from supair import data as D
 from supair.completion import completion_errors
 from supair.data.occluded import MIN_VISIBLE

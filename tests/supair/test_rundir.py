@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from supair.config import SupairConfig
 from supair.files import atomic_write, check_writable, describe_os_error, remove_stale_temporaries, temporaries_of
 from supair.rundir import RunLock, check_config_json, check_new_run, check_resumable, default_run_dir

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from supair.runtime import keep_freed_memory
 
 # A loop that allocates, writes and frees the same 40 MB tensor, as a training step does with its

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from benchmark_scripts import load_benchmark
-
 from supair.config import InferenceConfig, ModelConfig, SPNConfig
 from supair.model import Supair
 

@@ -6,8 +6,7 @@ import dataclasses
 
 import pytest
 import torch
-
-from supair.config import InferenceConfig, SPNConfig, ModelConfig
+from supair.config import InferenceConfig, ModelConfig, SPNConfig
 from supair.model import Supair
 
 SPATIAL = InferenceConfig(encoder="spatial", conv_channels=4, position_max_std=1.0)

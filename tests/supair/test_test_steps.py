@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from supair.checkpoint import load_model
 from supair.cli import main
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .generate import FORMAT_VERSION, generate_dataset, validate_request
+from .generate import generate_dataset, validate_request
 from .scenes import Log, SceneSet
 
 __all__ = ["load_dataset", "default_cache_dir"]

@@ -35,16 +35,17 @@ uses MNIST's validation digits), read with :func:`spnkit.datasets.load_mnist`.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 import torch
+
 from spnkit.datasets import load_mnist
 
 from ..names import DATASET_DEFAULTS, DATASETS
 from .occluded import occluded_chunk
 from .render import CHUNK_SIZE, UniformPool, bright_colours, compose, digit_patches, grey, stream, tight_boxes_list
-from .scenes import LUMA, MAX_SCENE_SIZE, SceneSet
+from .scenes import MAX_SCENE_SIZE, SceneSet
 
 __all__ = ["DATASETS", "SPLITS", "CHUNK_SIZE", "FORMAT_VERSION", "GRID_LEVEL", "generate_dataset", "validate_request", "mnist_digits"]
 
@@ -109,7 +110,7 @@ def _mnist_chunk(
     return images, counts[:keep].astype(np.int64), boxes
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sprite_mask(shape: int, s: int) -> np.ndarray:
     """``(s, s)`` uint8 mask (0 or 255) of a circle (0), square (1) or diamond (2)."""
     c = (s - 1) / 2.0
@@ -270,5 +271,5 @@ def generate_dataset(
         elif name == "grid-mnist":
             _add_grid(part[0], stream(seed, "mnist", split, chunk, "grid"))
         parts.append(part)
-    cat = lambda k: torch.from_numpy(np.concatenate([q[k] for q in parts]))  # noqa: E731
+    cat = lambda k: torch.from_numpy(np.concatenate([q[k] for q in parts]))
     return SceneSet(images=cat(0), counts=cat(1), boxes=cat(2), name=f"{name}/{split}", layers=cat(3) if layers else None)

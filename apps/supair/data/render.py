@@ -7,7 +7,7 @@ added later gets a new family id, so that the streams of the existing families n
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
