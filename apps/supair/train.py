@@ -144,14 +144,17 @@ class Trainer:
             return  # nothing to train: no model, no data, nothing written
         self._set_up_process()
         self._load_data()
+        said: list[str] = []  # said once the folder is locked: a run refused for a busy folder prints one line
         if ckpt is None:
-            self.cfg = self._sized_to_data(self.cfg)
+            self.cfg = self._sized_to_data(self.cfg, said.append)
         self._build_model_and_optimizer(ckpt)
         if ckpt is not None:
             self._restore(ckpt)
         # the loss: model.loss, or under torchrun this process's shard of it through DDP
         self._loss = self.model.loss if self.dist is None else self.dist.wrap(self.model)
         self._prepare_folder(ckpt, overwrite)
+        for line in said:
+            self.log(line)
 
     def close(self) -> None:
         """Release the run folder's lock (the trainer writes nothing more)."""
@@ -225,18 +228,18 @@ class Trainer:
             self.train_set, self.test_set = self.dist.main_first(lambda: load_data(cfg, log=self.log))
         self._check_data(self.train_set)
 
-    def _sized_to_data(self, cfg: SupairConfig) -> SupairConfig:
-        """A new run on the user's images without a box size range: the range that covers their objects (said in the log)."""
+    def _sized_to_data(self, cfg: SupairConfig, say: Callable[[str], None]) -> SupairConfig:
+        """A new run on the user's images without a box size range: the range that covers their objects (told to ``say``)."""
         icfg = cfg.model.inference
         if cfg.train.data_path is None or icfg.object_size is not None or cfg.model_type != "supair":
             return cfg
         size = estimate_object_size(self.train_set, ratio_max=icfg.ratio_range[1])
         if size is None:
             lo, hi = (r * cfg.model.glimpse_size for r in icfg.scale_range)
-            self.log(f"object size: found no objects to measure in the images; boxes {lo:.1f} to {hi:.1f} px wide "
+            say(f"object size: found no objects to measure in the images; boxes {lo:.1f} to {hi:.1f} px wide "
                      "(the default; --object-size MIN MAX sets it)")
             return cfg
-        self.log(size.describe())
+        say(size.describe())
         return cfg.replace(**{"model.inference.object_size": (size.least, size.most)})
 
     def _finished(self) -> bool:

@@ -120,6 +120,8 @@ class SPNBase(BaseEstimator):
     def _validate(self, X: Any, y: Any = None, *, reset: bool, with_y: bool = False) -> Any:
         """scikit-learn's input checks: 2-D float64, NaN allowed (missing values), inf refused; ``(X, y)`` when ``with_y``."""
         kwargs: dict[str, Any] = {"dtype": np.float64, "reset": reset}
+        if reset:
+            kwargs["ensure_min_samples"] = 2  # fitting a circuit's structure and leaves takes two rows at least
         if _validate_data is not None:
             kwargs["ensure_all_finite"] = "allow-nan"
             return _validate_data(self, X, y, **kwargs) if with_y else _validate_data(self, X, **kwargs)
