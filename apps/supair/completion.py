@@ -53,7 +53,8 @@ def completion_errors(model: torch.nn.Module, scenes: SceneSet, batch_size: int 
 
     Returns:
         ``objects`` (matched objects with measured pixels), ``pixels`` (pixel-channel values
-        measured), ``occluded_objects`` (true objects whose box is partly covered by a card in front), and the mean absolute and root mean squared errors ``mae_<fill>``,
+        measured), ``occluded_objects`` (true objects whose box is partly covered by a card in
+        front), and the mean absolute and root mean squared errors ``mae_<fill>``,
         ``rmse_<fill>`` of the fills ``spn`` (the completion), ``mean`` and ``zero``.
 
     Raises:
