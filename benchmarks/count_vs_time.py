@@ -406,7 +406,8 @@ def summarize(rows: list[dict], args: argparse.Namespace, command: str, ctx: dic
         *[f"- note: {n}" for n in _as_list(ctx.get("note"))],
         (f"- budgets and evaluation intervals: the training calls' above (this call only collected); tables and figure read every {args.eval_seconds:g} CPU s"
          if args.collect_only else
-         f"- budgets of this call (CPU minutes): {', '.join(f'{m}={args.budgets[m]:g}' for m in args.model_list)}; evaluation every {args.eval_seconds:g} CPU s"),
+         f"- budgets of this call (CPU minutes): {', '.join(f'{m}={args.budgets[m]:g}' for m in args.model_list)};"
+         f" evaluation every {args.eval_seconds:g} CPU s"),
         "",
     ]
     longest = max((r["train_seconds"] for r in rows), default=0.0)

@@ -206,36 +206,41 @@ def spn_density_configs(args: argparse.Namespace, image: bool, num_features: int
 
 def tabular(args: argparse.Namespace) -> list[dict]:
     from sklearn.datasets import load_breast_cancer, load_wine
+
+    rows: list[dict] = []
+    for name, load in (("breast-cancer", load_breast_cancer), ("wine", load_wine)):
+        rows += _tabular_dataset(args, name, load)
+    return rows
+
+
+def _tabular_dataset(args: argparse.Namespace, name: str, load: Callable[..., Any]) -> list[dict]:
     from sklearn.preprocessing import StandardScaler
 
     from spnkit.sklearn import SPNDensity
 
-    rows: list[dict] = []
-    for name, load in (("breast-cancer", load_breast_cancer), ("wine", load_wine)):
-        x, y = load(return_X_y=True)
-        (xr, _), (xv, _), (xt, _) = splits(x, y, args.seed, stratify=False)
-        scaler = StandardScaler().fit(xr)
-        xr, xv, xt = scaler.transform(xr), scaler.transform(xv), scaler.transform(xt)
-        mine: list[dict] = []
+    x, y = load(return_X_y=True)
+    (xr, _), (xv, _), (xt, _) = splits(x, y, args.seed, stratify=False)
+    scaler = StandardScaler().fit(xr)
+    xr, xv, xt = scaler.transform(xr), scaler.transform(xv), scaler.transform(xt)
+    mine: list[dict] = []
 
-        def add(method: str, config: str, score: Callable[[np.ndarray], float], seconds: float) -> None:
-            mine.append({"task": "tabular", "dataset": name, "method": method, "config": config, "metric": "test log-likelihood",
-                         "valid": score(xv), "test": score(xt), "seconds": seconds})
-            print(f"tabular {name:<14} {method:<18} {config:<56} valid {mine[-1]['valid']:9.3f} test {mine[-1]['test']:9.3f}", flush=True)
+    def add(method: str, config: str, score: Callable[[np.ndarray], float], seconds: float) -> None:
+        mine.append({"task": "tabular", "dataset": name, "method": method, "config": config, "metric": "test log-likelihood",
+                     "valid": score(xv), "test": score(xt), "seconds": seconds})
+        print(f"tabular {name:<14} {method:<18} {config:<56} valid {mine[-1]['valid']:9.3f} test {mine[-1]['test']:9.3f}", flush=True)
 
-        for k in ((1, 2) if args.smoke else range(1, 9)):
-            gmm, s = timed(lambda k=k: fit_gmm(xr, k, args.seed))
-            add("Gaussian mixture", f"full covariance, {k} components", gmm.score, s)
-        for config, params in spn_density_configs(args, image=False, num_features=x.shape[1]):
-            try:
-                est, s = timed(lambda p=params: SPNDensity(random_state=args.seed, **p).fit(xr))
-            except ValueError as err:  # e.g. a structure the data cannot take
-                print(f"tabular {name}: {config}: {err}")
-                continue
-            add("spnkit", config, est.score, s)
-        mark_selected(mine, higher_is_better=True)
-        rows += mine
-    return rows
+    for k in ((1, 2) if args.smoke else range(1, 9)):
+        gmm, s = timed(lambda k=k: fit_gmm(xr, k, args.seed))
+        add("Gaussian mixture", f"full covariance, {k} components", gmm.score, s)
+    for config, params in spn_density_configs(args, image=False, num_features=x.shape[1]):
+        try:
+            est, s = timed(lambda p=params: SPNDensity(random_state=args.seed, **p).fit(xr))
+        except ValueError as err:  # e.g. a structure the data cannot take
+            print(f"tabular {name}: {config}: {err}")
+            continue
+        add("spnkit", config, est.score, s)
+    mark_selected(mine, higher_is_better=True)
+    return mine
 
 
 def classification(args: argparse.Namespace) -> list[dict]:

@@ -175,7 +175,8 @@ def bench_fit(args: argparse.Namespace, rows: list[dict]) -> None:
                 for method, r in res.items():
                     ref = {k: torch.tensor(v) for k, v in results[1][0][method]["params"].items()}
                     mine = {k: torch.tensor(v) for k, v in r["params"].items()}
-                    rows.append({"task": f"spnkit.fit {method}", "setting": f"{procs} process{'es' if procs > 1 else ''} x {2 // procs} thread{'s' if procs == 1 else ''}",
+                    setting = f"{procs} process{'es' if procs > 1 else ''} x {2 // procs} thread{'s' if procs == 1 else ''}"
+                    rows.append({"task": f"spnkit.fit {method}", "setting": setting,
                                  "processes": procs, "threads_per_process": 2 // procs, "repeat": repeat,
                                  "throughput": round(r["samples_per_second"], 1), "unit": "samples/s", "load_avg": round(load, 2),
                                  "max_param_diff_vs_1proc": f"{_max_diff(mine, ref):.2e}", "final_elbo": round(r["train_ll"], 4),
@@ -187,7 +188,8 @@ def bench_fit(args: argparse.Namespace, rows: list[dict]) -> None:
 
 
 def _fmt(row: dict) -> str:
-    return f"{row['task']:<20} {row['setting']:<36} repeat {row['repeat']}: {row['throughput']:>9} {row['unit']}  (load {row['load_avg']}, max |param diff| vs 1 process {row['max_param_diff_vs_1proc']})"
+    return (f"{row['task']:<20} {row['setting']:<36} repeat {row['repeat']}: {row['throughput']:>9} {row['unit']}"
+            f"  (load {row['load_avg']}, max |param diff| vs 1 process {row['max_param_diff_vs_1proc']})")
 
 
 def write_results(args: argparse.Namespace, rows: list[dict], ctx: dict) -> None:

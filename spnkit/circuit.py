@@ -29,7 +29,7 @@ Example:
 from __future__ import annotations
 
 import os
-from typing import Literal, overload
+from typing import Literal, cast, overload
 
 import networkx as nx
 import torch
@@ -175,7 +175,7 @@ class SPN(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.sum_layers[0].logits.dtype
+        return cast(SumWeights, self.sum_layers[0]).logits.dtype
 
     @property
     def device(self) -> torch.device:

@@ -68,8 +68,8 @@ def check_compiled(spn: "SPN") -> None:
                 if len(used) != 1:
                     raise InvalidStructureError(f"height {lv.height}, region {lv.regions[r]}: its partitions have different scopes")
                 region_scopes.append(used.pop())
-        for r, s in zip(lv.regions, region_scopes):
-            if s != frozenset(spn.region_graph.regions[r]):
+        for r, scope in zip(lv.regions, region_scopes):
+            if scope != frozenset(spn.region_graph.regions[r]):
                 raise InvalidStructureError(f"height {lv.height}: compiled scope of region {r} differs from the region graph")
         scopes.extend(region_scopes)
     if scopes[-1] != frozenset(range(D)):
@@ -83,6 +83,8 @@ def node_graph(spn: "SPN") -> nx.DiGraph:
     g.graph["num_vars"] = spn.num_vars
     g.graph["layer"] = spn.layer
     unit: dict[int, list[tuple]] = {}  # buffer row -> the node of each entry
+    node: tuple
+    out: list[tuple]
     for row, r in enumerate(spn.leaf_regions):
         unit[row] = []
         for k in range(spn.num_leaves):
@@ -133,17 +135,17 @@ def node_graph(spn: "SPN") -> nx.DiGraph:
                     node = ("product", pj, k)
                     g.add_node(node, kind="product", scope=scope, partition=pj, region=r)
                     out.append(node)
-                for row, s in slots[pos]:
-                    if s is None:
+                for row, slot in slots[pos]:
+                    if slot is None:
                         for k in range(layer.k_out):
                             g.add_edge(out[k], unit[row][k])
                         continue
                     for k in range(layer.k_out):
-                        proj = ("proj", pj, s, k)
+                        proj = ("proj", pj, slot, k)
                         g.add_node(proj, kind="sum", scope=_scope_of(g, unit[row][0]), region=r)
                         g.add_edge(out[k], proj)
                         for i, child in enumerate(unit[row]):
-                            g.add_edge(proj, child, weight=float(w[s, i, k]))
+                            g.add_edge(proj, child, weight=float(w[slot, i, k]))
                 heads.append(out)
         mix_w = lv.mixing.weights().detach() if lv.mixing is not None else None
         for i, r in enumerate(lv.regions):

@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["expectation", "impute", "leaf_posterior"]
 
 
-def _hard_mask(x: object, marginalized: object) -> object:
+def _hard_mask(x: object, marginalized: Tensor | None) -> Tensor | None:
     """A float mask of 0s and 1s as bool; soft masks are refused (other checks are :meth:`SPN.prepare`'s)."""
     if isinstance(marginalized, Tensor) and marginalized.is_floating_point():
         if bool(((marginalized > 0) & (marginalized < 1)).any()):

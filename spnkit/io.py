@@ -42,7 +42,7 @@ import typing
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -81,7 +81,7 @@ def _leaf_meta(leaf: LeafFamily) -> dict:
     name = type(leaf).__name__
     if _LEAVES.get(name) is not type(leaf):
         raise ValueError(f"leaf family {name} is not registered; call spnkit.io.register_leaf({name}) before saving")
-    return {"family": name, "fields": {f.name: getattr(leaf, f.name) for f in dataclasses.fields(leaf)}}
+    return {"family": name, "fields": {f.name: getattr(leaf, f.name) for f in dataclasses.fields(cast(Any, leaf))}}  # families are dataclasses
 
 
 def _leaf_from_meta(meta: dict) -> LeafFamily:
@@ -214,7 +214,7 @@ def _build(meta: dict, path: Path, budget: int | None = None) -> SPN:
             int(g["num_vars"]),
             tuple(tuple(int(v) for v in r) for r in g["regions"]),
             tuple(Partition(int(p), tuple(int(c) for c in kids)) for p, kids in g["partitions"]),
-            None if shape is None else tuple(int(v) for v in shape),
+            None if shape is None else cast("tuple[int, int, int]", tuple(int(v) for v in shape)),  # RegionGraph checks the length
             None if g.get("tree_edges") is None else tuple((int(a), int(b)) for a, b in g["tree_edges"]),
         )
         leaf = _leaf_from_meta(meta["leaf"])
@@ -356,7 +356,7 @@ def _check_leaf(leaf: object, where: str, path: Path, malformed, need, nested: b
         hints = typing.get_type_hints(cls)
     except Exception:  # annotations this module cannot resolve: the leaf's own checks decide
         return
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cast(Any, cls))}
     unknown = sorted(set(fields) - names)
     if unknown:
         raise ValueError(f"{str(path)!r} has a malformed {_JSON}: leaf {family} has no field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")

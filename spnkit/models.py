@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .circuit import SPN
-from .layers import LeafLayer, MixedLeafLayer, MVNLeafLayer
+from .layers import LeafLayer, LeafLayerBase, MixedLeafLayer, MVNLeafLayer
 from .leaves import Leaf, LeafFamily
 from .structure import chow_liu_region_graph, learn_spn_structure
 
@@ -147,9 +147,9 @@ def _fit_leaves(spn: SPN, x: Tensor, observed: Tensor, leaf_rows: dict[int, np.n
     keep = observed[rws, cls]
     reg, vals, cls = reg[keep], x[rws[keep], cls[keep]], cls[keep]
     layer = spn.leaf_layer
-    parts = [(spn.leaf, layer, None)]
-    if isinstance(layer, MixedLeafLayer):
-        parts = [(fam, sub, torch.as_tensor(c)) for sub, (fam, c) in zip(layer.layers, spn.leaf.parts)]
+    parts: list[tuple[LeafFamily, LeafLayerBase, Tensor | None]] = [(spn.leaf, layer, None)]
+    if isinstance(layer, MixedLeafLayer):  # its family is spn.leaf
+        parts = [(fam, sub, torch.as_tensor(c)) for sub, (fam, c) in zip(layer.family_layers(), layer.leaf.parts)]
     for family, sub, columns in parts:
         mine = torch.ones_like(cls, dtype=torch.bool) if columns is None else torch.isin(cls, columns)
         _fit_part(family, sub, reg[mine], vals[mine])

@@ -246,6 +246,7 @@ def run_classify(args: argparse.Namespace) -> int:
     history = fit(spn, model_input(tx, leaf, gen), model_input(vx, leaf, gen), labels=ty, valid_labels=vy,
                   objective="discriminative", **_fit_kwargs(args))
     _, test_acc = evaluate(spn, model_input(sx, leaf, gen), labels=sy, objective="discriminative")
+    assert test_acc is not None  # evaluated with labels
     best = max(history, key=lambda h: h["valid_ll"]) if history else {}
     metrics = {
         "command": "classify mnist",

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from spnkit import Leaf, Normal
+from spnkit import LeafFamily, Normal
 from spnkit.datasets import load_mnist
 
 __all__ = ["Splits", "mnist_splits", "model_input", "bits_per_dim", "is_discrete", "D", "SHAPE", "VALID_SIZE"]
@@ -53,12 +53,12 @@ def mnist_splits(subset: int | None = None, seed: int = 0) -> Splits:
     return Splits(*out)
 
 
-def is_discrete(leaf: Leaf) -> bool:
+def is_discrete(leaf: LeafFamily) -> bool:
     """Whether a leaf family models the integer pixels (else dequantized pixels in [0, 1))."""
     return not isinstance(leaf, Normal)
 
 
-def model_input(pixels: Tensor, leaf: Leaf, generator: torch.Generator | None = None) -> Tensor:
+def model_input(pixels: Tensor, leaf: LeafFamily, generator: torch.Generator | None = None) -> Tensor:
     """Pixels ``(N, 784)`` uint8 as a circuit's input: ``k`` as floats for discrete leaves, ``(k + u) / 256`` for Normal ones."""
     if pixels.dtype != torch.uint8:
         raise ValueError(f"expected uint8 pixels, got {pixels.dtype}")
@@ -68,7 +68,7 @@ def model_input(pixels: Tensor, leaf: Leaf, generator: torch.Generator | None = 
     return (pixels.to(torch.float32) + u) / 256
 
 
-def bits_per_dim(mean_log_likelihood: float, leaf: Leaf) -> float:
+def bits_per_dim(mean_log_likelihood: float, leaf: LeafFamily) -> float:
     """Bits per dimension of a mean per-image log-likelihood: exact for discrete leaves, the dequantization bound for Normal ones."""
     if is_discrete(leaf):
         return -mean_log_likelihood / (D * math.log(2))

@@ -36,6 +36,7 @@ glimpse side, ``D`` = ``z_what`` size.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -112,6 +113,12 @@ class Air(nn.Module):
             ``cfg.inference.lstm_units`` the LSTM size, ``cfg.glimpse_size`` the
             window side, ``cfg.max_steps`` the most objects.
     """
+
+    where_prior_loc: Tensor
+    where_prior_sd: Tensor
+    updates: Tensor
+    signal_mean: Tensor
+    signal_var: Tensor
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -195,7 +202,7 @@ class Air(nn.Module):
             e = self.encode(glimpse.reshape(B, C * G * G))
             what_loc, what_scale = e[:, : a.z_what_size], F.softplus(e[:, a.z_what_size :])
             z_what = what_loc + what_scale * torch.randn_like(what_scale) if sample else what_loc
-            if sample:
+            if bl_gates is not None:  # sampling
                 # the baseline sees the same inputs, detached: its loss must not reach the guide
                 bl_h, bl_c = self.bl_rnn.step(bl_gates, extra.detach(), bl_h, bl_c)
                 out["baseline"].append(self.bl_predict(bl_h)[:, 0] * z_pres[:, 0])
@@ -315,7 +322,7 @@ class Air(nn.Module):
         return self.infer(images)[0]
 
     @torch.no_grad()
-    def explain(self, images: Tensor) -> dict[str, Tensor]:
+    def explain(self, images: Tensor) -> dict[str, Any]:
         """What AIR sees in ``images``, with the keys of ``Supair.explain``.
 
         Returns:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
 from torch import nn
@@ -26,6 +26,13 @@ from torch import nn
 from .config import SupairConfig
 from .files import atomic_write
 from .rundir import resolve_checkpoint
+
+if TYPE_CHECKING:
+    from .air import Air
+    from .model import Supair
+
+#: the models a run trains: SuPAIR, or AIR as its baseline
+SceneModel: TypeAlias = "Supair | Air"
 
 __all__ = [
     "CHECKPOINT_FORMAT", "READABLE_FORMATS", "build_model", "save_checkpoint", "load_checkpoint", "load_model", "load_state",
@@ -43,7 +50,7 @@ _KEYS = {  # key -> the types its value may have
 }
 
 
-def build_model(cfg: SupairConfig) -> nn.Module:
+def build_model(cfg: SupairConfig) -> SceneModel:
     """The model named by ``cfg.model_type``, with its seeded structure."""
     if cfg.model_type == "air":
         from .air import Air
@@ -157,20 +164,20 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def load_model(path: str | Path, device: str = "cpu", detect_steps: int | None = None) -> tuple[nn.Module, SupairConfig]:
+def load_model(path: str | Path, device: str = "cpu", detect_steps: int | None = None) -> tuple[SceneModel, SupairConfig]:
     """The trained model and its config from a checkpoint file or run folder (``detect_steps``: see :func:`config_of`)."""
     ckpt = load_checkpoint(path)
     return model_of(ckpt, path, device, detect_steps), config_of(ckpt, path, detect_steps)
 
 
-def model_of(ckpt: dict, path: str | Path, device: str = "cpu", detect_steps: int | None = None) -> nn.Module:
+def model_of(ckpt: dict, path: str | Path, device: str = "cpu", detect_steps: int | None = None) -> SceneModel:
     """The trained model held by a checkpoint read by :func:`load_checkpoint` (in eval mode; ``detect_steps``: see :func:`config_of`)."""
     model = build_stored_model(config_of(ckpt, path, detect_steps), ckpt, path)
     load_state(model, ckpt["model"], path)
     return model.to(device).eval()
 
 
-def build_stored_model(cfg: SupairConfig, ckpt: dict, path: str | Path) -> nn.Module:
+def build_stored_model(cfg: SupairConfig, ckpt: dict, path: str | Path) -> SceneModel:
     """:func:`build_model` for a checkpoint's config, within an allocation budget set by the tensors the checkpoint holds.
 
     A config edited to describe a far larger model than the checkpoint's tensors

@@ -82,12 +82,16 @@ def _add_train(sub) -> None:
     p.add_argument("--glimpse-size", type=_integer(1))
     p.add_argument("--colour", action="store_true", help="RGB scenes (sprites in colour, or RGB user images)")
     p.add_argument("--encoder", choices=("flat", "cnn", "spatial"), help="image encoder of the inference network")
-    p.add_argument("--detect-steps", type=_integer(1, MAX_OBJECTS), help="attention steps when detecting (evaluation, detect, show); default --max-steps")
-    p.add_argument("--objects", nargs=2, type=_integer(0, MAX_OBJECTS), metavar=("LEAST", "MOST"), help="objects per generated training scene (default: the data set's)")
-    p.add_argument("--test-objects", nargs=2, type=_integer(0, MAX_OBJECTS), metavar=("LEAST", "MOST"), help="objects per held-out scene (default: as --objects)")
+    p.add_argument("--detect-steps", type=_integer(1, MAX_OBJECTS),
+                   help="attention steps when detecting (evaluation, detect, show); default --max-steps")
+    p.add_argument("--objects", nargs=2, type=_integer(0, MAX_OBJECTS), metavar=("LEAST", "MOST"),
+                   help="objects per generated training scene (default: the data set's)")
+    p.add_argument("--test-objects", nargs=2, type=_integer(0, MAX_OBJECTS), metavar=("LEAST", "MOST"),
+                   help="objects per held-out scene (default: as --objects)")
     p.add_argument("--object-size", nargs=2, type=_number(0, strict=True), metavar=("MIN", "MAX"),
                    help="box width range in pixels (default for --data: chosen from a look at the images; else the data set's)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field, e.g. --set model.prior.count_rate=1.0 (JSON values)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set model.prior.count_rate=1.0 (JSON values)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
@@ -116,7 +120,8 @@ def config_from_args(args: argparse.Namespace, saved=None):
         "data": "train.data_path", "steps": "train.steps", "minutes": "train.minutes", "batch_size": "train.batch_size",
         "lr": "train.learning_rate", "eval_every": "train.eval_every", "checkpoint_every": "train.checkpoint_every",
         "train_images": "train.train_images", "test_images": "train.test_images", "seed": "train.seed",
-        "threads": "train.threads", "cpu_minutes": "train.cpu_minutes", "eval_seconds": "train.eval_cpu_seconds", "max_steps": "model.max_steps", "glimpse_size": "model.glimpse_size",
+        "threads": "train.threads", "cpu_minutes": "train.cpu_minutes", "eval_seconds": "train.eval_cpu_seconds",
+        "max_steps": "model.max_steps", "glimpse_size": "model.glimpse_size",
         "encoder": "model.inference.encoder", "detect_steps": "model.inference.detect_steps",
     }
     for flag, key in flag_map.items():

@@ -15,6 +15,7 @@ on average) and zeros (the background of the digits' cards).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -22,6 +23,9 @@ from torch import Tensor
 from .data import SceneSet
 from .metrics import match_boxes
 from .transform import box_coverage, cut_glimpses
+
+if TYPE_CHECKING:
+    from .checkpoint import SceneModel
 
 __all__ = ["MIN_IOU", "completion_errors"]
 
@@ -44,7 +48,7 @@ def _true_occlusion(boxes: Tensor, count: int, size: int) -> tuple[Tensor, Tenso
 
 
 @torch.no_grad()
-def completion_errors(model: torch.nn.Module, scenes: SceneSet, batch_size: int = 250) -> dict[str, float | int]:
+def completion_errors(model: SceneModel, scenes: SceneSet, batch_size: int = 250) -> dict[str, float | int]:
     """Errors of the completions of truly occluded pixels, against the hidden truth, with the two fills beside them.
 
     Args:
@@ -53,7 +57,8 @@ def completion_errors(model: torch.nn.Module, scenes: SceneSet, batch_size: int 
 
     Returns:
         ``objects`` (matched objects with measured pixels), ``pixels`` (pixel-channel values
-        measured), ``occluded_objects`` (true objects whose box is partly covered by a card in front), and the mean absolute and root mean squared errors ``mae_<fill>``,
+        measured), ``occluded_objects`` (true objects whose box is partly covered by a card in
+        front), and the mean absolute and root mean squared errors ``mae_<fill>``,
         ``rmse_<fill>`` of the fills ``spn`` (the completion), ``mean`` and ``zero``.
 
     Raises:

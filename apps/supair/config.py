@@ -92,7 +92,9 @@ class InferenceConfig:
     max_std: float = 0.3  # z_where posterior std is max_std * sigmoid(.), in (scale, scale, pixel, pixel) units
     position_max_std: float | None = None  # a separate bound for the corner's std in pixels (None: max_std)
     residual_margin: float = 0.0  # residual input: the earlier boxes are filled grown by this many pixels on every side
-    fill: str = "background"  # residual input: earlier boxes filled with the background SPN's MPE reconstruction ("background"), each image's own ("conditional") or zeros ("zero")
+    # residual input: earlier boxes filled with the background SPN's MPE reconstruction
+    # ("background"), each image's own ("conditional") or zeros ("zero")
+    fill: str = "background"
     # detection (evaluation, detect, show; not training): the first box's corner is also tried on a search_grid x search_grid
     # grid of offsets within +-search_radius pixels, and the hypothesis with the highest ELBO over counts is kept (0: off)
     search_radius: float = 6.0
@@ -198,7 +200,9 @@ class ModelConfig:
     max_steps: int = 3  # N_max
     background_model: bool = True  # False: fixed Normal background (the paper's ablation)
     fixed_background_mean: float = 0.0
-    fixed_background_var: float = 0.02  # variance of the fixed background; 0.1 made a digit pixel cost only ~5 nats in the background and training stayed at count 0
+    # variance of the fixed background; 0.1 made a digit pixel cost only ~5 nats in the
+    # background and training stayed at count 0
+    fixed_background_var: float = 0.02
     object_spn: SPNConfig = field(default_factory=SPNConfig)
     background_spn: SPNConfig = field(
         default_factory=lambda: SPNConfig(depth=1, repetitions=3, num_leaves=6, num_sums=3, min_var=0.002, max_var=0.12)

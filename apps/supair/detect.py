@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Callable, Sequence
@@ -140,7 +141,7 @@ def detect_files(checkpoint: str | Path, paths: Sequence[str | Path], out_dir: s
             scale = max(1, 256 // max(w, h))
             target = Path(out_dir) / drawing_name(path)
             drawing = draw_boxes(arr[..., 0] if C == 1 else arr, drawn, scale)
-            atomic_write(target, lambda fh: drawing.save(fh, format="PNG"))
+            atomic_write(target, functools.partial(drawing.save, format="PNG"))
             entry["drawing"] = str(target)
         results.append(entry)
     return results

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -54,6 +54,9 @@ from spnkit.distributed import DistInfo, rank_slice
 from .data import SceneSet
 from .evaluation import detections, searches, summarize
 from .model import Supair
+
+if TYPE_CHECKING:
+    from .checkpoint import SceneModel
 
 __all__ = ["DataParallel", "ShardedLoss", "GlobalBatchNoise", "init_from_env", "shard_loss", "evaluate_sharded"]
 
@@ -123,7 +126,7 @@ class GlobalBatchNoise(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def shard_loss(model: nn.Module, images: Tensor, rows: slice, total: int) -> tuple[Tensor, dict[str, Tensor]]:
+def shard_loss(model: SceneModel, images: Tensor, rows: slice, total: int) -> tuple[Tensor, dict[str, Tensor]]:
     """``model.loss`` of this process's rows ``rows`` of a global batch of ``total`` images.
 
     The draws are those of a single process (see :class:`GlobalBatchNoise`):
@@ -156,7 +159,7 @@ class ShardedLoss(nn.Module):
         world_size: number of processes; every shard has ``len(images)`` rows.
     """
 
-    def __init__(self, model: nn.Module, rank: int, world_size: int) -> None:
+    def __init__(self, model: SceneModel, rank: int, world_size: int) -> None:
         super().__init__()
         self.model = model
         self.rank, self.world_size = rank, world_size
@@ -168,8 +171,8 @@ class ShardedLoss(nn.Module):
 
 
 @torch.no_grad()
-def evaluate_sharded(model: nn.Module, test: SceneSet, info: DistInfo, batch_size: int = 500, elbo_images: int = 500,
-                     device: str = "cpu") -> dict[str, float | None]:
+def evaluate_sharded(model: SceneModel, test: SceneSet, info: DistInfo, batch_size: int = 500, elbo_images: int = 500,
+                     device: str = "cpu") -> dict[str, Any]:
     """:func:`supair.train.evaluate` with each batch of ``test`` split over the processes.
 
     Detections are computed on this process's shard of every batch of
@@ -262,7 +265,7 @@ class DataParallel:
         """This process's contiguous rows of a global batch (indices or images)."""
         return batch[rank_slice(batch.shape[0], self.rank, self.world_size)]
 
-    def wrap(self, model: nn.Module) -> nn.Module:
+    def wrap(self, model: SceneModel) -> nn.Module:
         """DDP around :class:`ShardedLoss`: calling it returns ``(loss, stats)`` and its backward averages gradients.
 
         Every parameter of SuPAIR and AIR enters the loss, so DDP does not search
@@ -300,7 +303,7 @@ class DataParallel:
         """Rank 0's ``obj`` everywhere."""
         return sd.broadcast_object(obj)
 
-    def evaluate(self, model: nn.Module, test: SceneSet, device: str = "cpu") -> dict[str, float]:
+    def evaluate(self, model: SceneModel, test: SceneSet, device: str = "cpu") -> dict[str, Any]:
         """Metrics on the whole test set, computed on shards (see :func:`evaluate_sharded`)."""
         return evaluate_sharded(model, test, self.info, device=device)
 

@@ -7,34 +7,37 @@ per-image detections and calls :func:`summarize`), and the benchmarks.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
-from torch import nn
 
 from .data import SceneSet
 from .metrics import accuracy_by_count, count_accuracy, matched_iou
 
+if TYPE_CHECKING:
+    from .checkpoint import SceneModel
+    from .model import Supair
+
 __all__ = ["searches", "detections", "evaluate", "summarize"]
 
 
-def searches(model: nn.Module) -> bool:
+def searches(model: SceneModel) -> bool:
     """Whether ``model.detect`` refines the attention network's detections (SuPAIR's detection search)."""
-    return hasattr(model, "detect_with_network") and len(model.search_offsets()) > 0
+    return hasattr(model, "detect_with_network") and len(cast("Supair", model).search_offsets()) > 0
 
 
-def detections(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def detections(model: SceneModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Counts ``(B,)`` and boxes ``(B, N, 4)`` of ``model.detect``, and the attention network's own counts where a
     detection search refines them (SuPAIR with ``inference.search_radius > 0``; else None)."""
     if searches(model):
-        inf, network = model.detect_with_network(x)
+        inf, network = cast("Supair", model).detect_with_network(x)
         return inf.count(), inf.boxes(), network.count()
     inf = model.detect(x)
     return inf.count(), inf.boxes(), None
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, test: SceneSet, batch_size: int = 500, elbo_images: int = 500, device: str = "cpu") -> dict[str, float]:
+def evaluate(model: SceneModel, test: SceneSet, batch_size: int = 500, elbo_images: int = 500, device: str = "cpu") -> dict[str, Any]:
     """Count accuracy and box IoU on ``test``, and the mean ELBO on its first ``elbo_images``."""
     model.eval()
     counts, boxes, elbos, network = [], [], [], []
@@ -62,7 +65,7 @@ def summarize(count: torch.Tensor, box: torch.Tensor, elbo_sum: float, test: Sce
         elbo_sum: the summed ELBO of the first ``elbo_images`` images.
         network_count: ``(len(test),)`` the attention network's counts before a detection search, or None.
     """
-    out = {"elbo": elbo_sum / min(len(test), elbo_images)}
+    out: dict[str, Any] = {"elbo": elbo_sum / min(len(test), elbo_images)}
     # None (JSON null) where the data set cannot tell: no true counts or boxes, or no image counted right
     out["count_accuracy"] = count_accuracy(count, test.counts) if test.counts is not None else None
     iou = matched_iou(box, count, test.boxes, test.counts) if test.counts is not None and test.boxes is not None else math.nan

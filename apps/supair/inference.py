@@ -98,6 +98,8 @@ class InferenceNet(nn.Module):
     and the skill the first step learns carries over to the later ones.
     """
 
+    max_std: Tensor
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         icfg = cfg.inference
@@ -133,9 +135,10 @@ class InferenceNet(nn.Module):
         # largest product of the step, features x gates, is 3/4 as large; same function and gradients).
         self.input_gates = nn.Linear(features, (4 if self.recurrent else 3) * units)  # gates i, f, g, o (i, g, o)
         self.hidden_gates = nn.Linear(units, 4 * units, bias=False) if self.recurrent else None
-        self.head = nn.Sequential(nn.Linear(units, icfg.head_units), nn.ReLU(), nn.Linear(icfg.head_units, 9))
+        hidden, out = nn.Linear(units, icfg.head_units), nn.Linear(icfg.head_units, 9)  # created in this order: the seeded init
+        self.head = nn.Sequential(hidden, nn.ReLU(), out)
         with torch.no_grad():
-            self.head[2].bias[0] = icfg.presence_bias
+            out.bias[0] = icfg.presence_bias
 
     def forward(self, images: Tensor, sample: bool = True, fill: Tensor | None = None,
                 first_offset: Tensor | None = None, steps: int | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -168,7 +171,8 @@ class InferenceNet(nn.Module):
             else:
                 if residual:
                     x_gates = self.input_gates(self.encoder(shown))
-                if self.recurrent:
+                assert x_gates is not None  # computed once above, or for this step
+                if self.hidden_gates is not None:  # recurrent
                     i, f, g, o = (x_gates + self.hidden_gates(h)).chunk(4, dim=1)
                     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
                 else:

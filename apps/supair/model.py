@@ -14,6 +14,7 @@ glimpse side.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +46,8 @@ class Supair(nn.Module):
         cfg: the model configuration.
         seed: seed of the random region graphs.
     """
+
+    updates: Tensor
 
     def __init__(self, cfg: ModelConfig, seed: int = 0) -> None:
         super().__init__()
@@ -217,7 +220,7 @@ class Supair(nn.Module):
         return torch.logsumexp(torch.stack(logs), 0) - math.log(num_samples)
 
     # ------------------------------------------------------- harness interface
-    def loss(self, images: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, images: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Training loss (mean negative ELBO per image) and the ELBO tensor for logging."""
         elbo, _ = self.elbo(images)
         if self.training and torch.is_grad_enabled():
@@ -281,7 +284,7 @@ class Supair(nn.Module):
         return (log_qn.exp() * (log_joint - log_qn)).sum(1)
 
     @torch.no_grad()
-    def explain(self, images: Tensor) -> dict[str, Tensor]:
+    def explain(self, images: Tensor) -> dict[str, Any]:
         """What the model sees in ``images`` ``(B, C, S, S)``, for figures.
 
         Returns:

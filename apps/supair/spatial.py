@@ -46,6 +46,8 @@ class SpatialAttention(nn.Module):
     max_offset_cells = 2.0
     window = 2  # cells on each side of the peak that the softmax weighs
 
+    centres: Tensor
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         icfg = cfg.inference
@@ -59,6 +61,7 @@ class SpatialAttention(nn.Module):
         )
         self.maps = nn.Conv2d(K, 10, 1)  # attention, presence, scale, ratio, dx, dy, 4 raw stds
         with torch.no_grad():
+            assert self.maps.bias is not None
             self.maps.bias[1] = icfg.presence_bias
         self.saliency_gain = nn.Parameter(torch.tensor(_SALIENCY_GAIN))
         cells = math.ceil(math.ceil(S / p) / 2)

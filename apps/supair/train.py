@@ -108,6 +108,8 @@ class Trainer:
             ``config.json`` does not fit, or the config or data are invalid.
     """
 
+    _next_eval_cpu: float  # process CPU seconds at which the next evaluation is due
+
     def __init__(self, cfg: SupairConfig, run_dir: str | Path, device: str = "cpu", resume: bool = False,
                  progress: bool = True, log: Callable[[str], None] = print, dist: DataParallel | None = None,
                  overwrite: bool = False) -> None:

@@ -65,6 +65,10 @@ class CPLayer(SumWeights):
     slot_rows: Tensor
     direct_partition: Tensor
     direct_rows: Tensor
+    slot_order: Tensor
+    slot_ptr: Tensor
+    direct_order: Tensor
+    direct_ptr: Tensor
 
     def __init__(self, children: ChildRows, num_partitions: int, slot_partition: Tensor, slot_rows: Tensor,
                  direct_partition: Tensor, direct_rows: Tensor, k_in: int, k_out: int, valid: Tensor | None = None) -> None:

@@ -133,7 +133,7 @@ def _outer_matmul_backward(ea: Tensor, eb: Tensor, w: Tensor, grad: Tensor, g_a:
                 torch.bmm(w4[blk].reshape(c, I, J * K), z, out=g_a[blk])  # (c, I, B)
             if g_w is not None:
                 torch.bmm(a, z.transpose(1, 2), out=g_w[blk].view(c, I, J * K))  # (c, I, J*K) = (c, I*J, K)
-        if g_b is not None:
+        if g_b is not None and w_b is not None:
             z = torch.mul(a.unsqueeze(2), gr.unsqueeze(1), out=ws[: c * I * K * B].view(c, I, K, B))  # (c, I, K, B)
             torch.bmm(w_b[blk], z.view(c, I * K, B), out=g_b[blk])  # (c, J, B)
 

@@ -9,11 +9,18 @@ from torch import Tensor, nn
 
 from ..leaves import Leaf, natural_to_layer
 from .kernels import GatherMatmul
-from .leaf_base import LeafLayerBase
+from .leaf_base import LeafLayerBase, Natural
 from .leaf_kernels import GatherLeaf, GatherSoftmaxLeaf
 from .leaf_kernels import WeightedStatistics as _WeightedStatistics
 
 __all__ = ["LeafLayer", "GatherLeaf", "GatherSoftmaxLeaf"]
+
+
+def _one_tensor(value: Natural) -> Tensor:
+    """A factorized leaf layer's natural parameters (or counts): one tensor, never a tuple."""
+    if isinstance(value, tuple):
+        raise TypeError(f"a LeafLayer's natural parameters are one tensor, got a tuple of {len(value)}")
+    return value
 
 
 class LeafLayer(LeafLayerBase):
@@ -45,6 +52,8 @@ class LeafLayer(LeafLayerBase):
         num_leaves: ``K``, distributions per leaf region.
         layout: "dense", "gather" or "auto".
     """
+
+    slot_valid: Tensor
 
     def __init__(self, leaf: Leaf, scopes: list[tuple[int, ...]], num_vars: int, num_leaves: int, layout: str = "auto") -> None:
         super().__init__()
@@ -136,9 +145,9 @@ class LeafLayer(LeafLayerBase):
         index = getattr(self, f"stat_rows_{S}")  # (R, S*n): the first S statistics, statistic-major
         return GatherMatmul.apply(feats.reshape(-1, B)[: S * D1], coef, index, bias).transpose(1, 2)  # (R, K, B) -> (R, B, K)
 
-    def forward(self, x: Tensor, w: Tensor | None, eta: Tensor | None = None, finite: bool = False) -> Tensor:
+    def forward(self, x: Tensor, w: Tensor | None, eta: Natural | None = None, finite: bool = False) -> Tensor:
         """Leaf log-densities ``(R, B, K)``; see :meth:`_forward` (the family's base measure added, where it has one)."""
-        out = self._forward(x, w, eta, finite)
+        out = self._forward(x, w, None if eta is None else _one_tensor(eta), finite)
         return out if not self.leaf.has_base_measure else out + self._base_measure(x, w).unsqueeze(-1)
 
     def _base_measure(self, x: Tensor, w: Tensor | None) -> Tensor:
@@ -173,7 +182,7 @@ class LeafLayer(LeafLayerBase):
         if self.leaf.indexed:  # one-hot statistics: gather the log-probabilities instead
             return self._indexed(x, w, eta, False)
         hard = w is not None and w.dtype == torch.bool
-        if hard and x.requires_grad and torch.is_grad_enabled():  # differentiable in x: the weighted path
+        if w is not None and hard and x.requires_grad and torch.is_grad_enabled():  # differentiable in x: the weighted path
             x, w, hard = torch.where(w, x, 0.0), w.to(x.dtype), False
         # every weight 1 and a constant last statistic: its share is one bias per (region, component)
         split = w is None and self.leaf.constant_last
@@ -181,13 +190,14 @@ class LeafLayer(LeafLayerBase):
             coef, const = self.leaf.layer_coefficients(self.param_dict(), split)  # (R, S'*n, K), (R, n, K)
         else:
             coef, const = natural_to_layer(eta, split)
-        if hard:
+        if w is not None and hard:
             return self._linear(self._observed_statistics(x, w, finite), coef)
         cols = self._columns(x)
         if w is None:
             feats = self.leaf.varying_statistics(cols) if split else self.leaf.statistics(cols)  # (S or S - 1, D + 1, B), a fresh tensor
             feats[:, self.num_vars] = 0.0  # the padding row (a constant statistic would be 1 there)
             if split:
+                assert const is not None  # split: the constant statistic's coefficients come apart
                 bias = torch.bmm(self.slot_valid.transpose(1, 2), const).squeeze(1)  # (R, K): padding slots excluded
                 return self._linear(feats, coef, bias)
             return self._linear(feats, coef)
@@ -315,7 +325,8 @@ class LeafLayer(LeafLayerBase):
             self.params[name].copy_(value)
 
     @torch.no_grad()
-    def m_step(self, counts: Tensor, step_size: float, pseudocount: float) -> None:
+    def m_step(self, counts: Natural, step_size: float, pseudocount: float) -> None:
+        counts = _one_tensor(counts)
         leaf = self.leaf
         old = self.param_dict()
         new = leaf.m_step(counts, old, pseudocount) if pseudocount else leaf.m_step(counts, old)

@@ -10,6 +10,8 @@ family's leaves over the region. The only loop runs over the (few) families.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 
@@ -51,14 +53,17 @@ class MixedLeafLayer(LeafLayerBase):
     def _cols(self, i: int) -> Tensor:
         return getattr(self, f"cols_{i}")
 
-    def _split(self, eta: Natural | None) -> list[Natural | None]:
+    def family_layers(self) -> list[LeafLayerBase]:
+        """The families' layers: :attr:`layers` as a typed list."""
+        return cast("list[LeafLayerBase]", list(self.layers))
+
+    def _split(self, eta: Natural) -> list[Natural]:
         """The families' natural parameters (or counts) from the flat tuple."""
-        if eta is None:
-            return [None] * len(self.layers)
         tensors = flat(eta)
         if len(tensors) != sum(self._sizes):
             raise ValueError(f"natural parameters of this mixed layer are {sum(self._sizes)} tensors, got {len(tensors)}")
-        out, start = [], 0
+        out: list[Natural] = []
+        start = 0
         for tupled, n in zip(self._tupled, self._sizes):
             out.append(unflat((), tensors[start : start + n]) if tupled else tensors[start])
             start += n
@@ -67,34 +72,37 @@ class MixedLeafLayer(LeafLayerBase):
     def counts_match(self, counts: object) -> bool:
         if not isinstance(counts, tuple) or len(counts) != sum(self._sizes):
             return False
-        return all(layer.counts_match(c) for layer, c in zip(self.layers, self._split(counts)))
+        return all(layer.counts_match(c) for layer, c in zip(self.family_layers(), self._split(counts)))
 
     def natural(self) -> tuple[Tensor, ...]:
-        return tuple(t for layer in self.layers for t in flat(layer.natural()))
+        return tuple(t for layer in self.family_layers() for t in flat(layer.natural()))
 
     def effective_parameter_counts(self) -> Tensor:
-        return sum(layer.effective_parameter_counts() for layer in self.layers)  # type: ignore[return-value]
+        return sum(layer.effective_parameter_counts() for layer in self.family_layers())  # type: ignore[return-value]
 
     def forward(self, x: Tensor, w: Tensor | None, eta: Natural | None = None, finite: bool = False) -> Tensor:
-        out = None
-        for i, (layer, e) in enumerate(zip(self.layers, self._split(eta))):
+        parts: list[Natural | None] = [None] * len(self.layers) if eta is None else list(self._split(eta))
+        out: Tensor | None = None
+        for i, (layer, e) in enumerate(zip(self.family_layers(), parts)):
             cols = self._cols(i)
             lp = layer(x.index_select(1, cols), None if w is None else w.index_select(1, cols), e, finite)
             out = lp if out is None else out + lp
+        assert out is not None  # a mixed family has at least one part
         return out
 
     def forward_max(self, x: Tensor, w: Tensor | None) -> Tensor:
-        out = None
-        for i, layer in enumerate(self.layers):
+        out: Tensor | None = None
+        for i, layer in enumerate(self.family_layers()):
             cols = self._cols(i)
             lp = layer.forward_max(x.index_select(1, cols), None if w is None else w.index_select(1, cols))
             out = lp if out is None else out + lp
+        assert out is not None  # a mixed family has at least one part
         return out
 
     def fill(self, region: Tensor, choice: Tensor, sample: Tensor, x: Tensor, m: Tensor, greedy: bool,
              generator: torch.Generator | None, out: Tensor) -> None:
         # every variable lies in exactly one chosen region per sample: each family's columns are written whole
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.family_layers()):
             cols = self._cols(i)
             part = out.new_zeros(out.shape[0], cols.numel() + 1)
             layer.fill(region, choice, sample, x.index_select(1, cols), m.index_select(1, cols), greedy, generator, part)
@@ -102,17 +110,17 @@ class MixedLeafLayer(LeafLayerBase):
 
     def moments(self, x: Tensor, hidden: Tensor, posterior: Tensor) -> tuple[Tensor, Tensor]:
         first, second = x.new_zeros(x.shape), x.new_zeros(x.shape)
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.family_layers()):
             cols = self._cols(i)
             a, b = layer.moments(x.index_select(1, cols), hidden.index_select(1, cols), posterior)
             first[:, cols], second[:, cols] = a, b
         return first, second
 
     def init_from_data(self, x: Tensor, observed: Tensor, weights: Tensor, pseudocount: float) -> None:
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.family_layers()):
             cols = self._cols(i)
             layer.init_from_data(x.index_select(1, cols), observed.index_select(1, cols), weights, pseudocount)
 
     def m_step(self, counts: Natural, step_size: float, pseudocount: float) -> None:
-        for layer, c in zip(self.layers, self._split(counts)):
+        for layer, c in zip(self.family_layers(), self._split(counts)):
             layer.m_step(c, step_size, pseudocount)

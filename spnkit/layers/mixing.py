@@ -23,6 +23,7 @@ class MixingLayer(SumWeights):
     """
 
     table: Tensor
+    valid: Tensor
 
     def __init__(self, table: Tensor, k: int) -> None:
         super().__init__((table.shape[0], table.shape[1], k), (table >= 0).unsqueeze(-1))

@@ -78,6 +78,10 @@ class MVNLeafLayer(LeafLayerBase):
         num_leaves: ``K``.
     """
 
+    group: Tensor
+    local: Tensor
+    order: Tensor
+
     def __init__(self, leaf: MultivariateNormal, scopes: list[tuple[int, ...]], num_vars: int, num_leaves: int) -> None:
         super().__init__()
         self.leaf = leaf
@@ -296,9 +300,9 @@ class MVNLeafLayer(LeafLayerBase):
             old = {k: v.detach() for k, v in self.group_params(d).items()}
             new = leaf.m_step(stats, old, pseudocount)
             if step_size < 1:  # stochastic EM: mix E[T] of the old and the new parameters, map back
-                mixed = tuple((1 - step_size) * a + step_size * b
+                m0, m1, m2 = ((1 - step_size) * a + step_size * b
                               for a, b in zip(leaf.mean_statistics(old), leaf.mean_statistics(new)))
-                back = leaf.m_step(mixed, old)
+                back = leaf.m_step((m0, m1, m2), old)
                 seen = stats[2] > 1e-12  # components without data keep their parameters exactly
                 new = {"loc": torch.where(seen.unsqueeze(-1), back["loc"], old["loc"]),
                        "factor": torch.where(seen.unsqueeze(-1).unsqueeze(-1), back["factor"], old["factor"])}

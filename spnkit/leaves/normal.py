@@ -117,7 +117,8 @@ class _NormalNatural(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        return (*_normal_natural_grads(ctx.saved_tensors, *grad.unbind(-1), ctx.span, ctx.needs_input_grad[:2]), None, None)
+        g0, g1, g2 = grad.unbind(-1)
+        return (*_normal_natural_grads(ctx.saved_tensors, g0, g1, g2, ctx.span, ctx.needs_input_grad[:2]), None, None)
 
 
 class _NormalLayerNatural(torch.autograd.Function):
@@ -136,7 +137,7 @@ class _NormalLayerNatural(torch.autograd.Function):
         R, n, K = loc.shape
         coef = loc.new_empty(R, 2 if split else 3, n, K)
         const = loc.new_empty(R, n, K) if split else None
-        _, saved = _normal_natural(loc, raw, lo, hi, out=(coef[:, 0], coef[:, 1], const if split else coef[:, 2]))
+        _, saved = _normal_natural(loc, raw, lo, hi, out=(coef[:, 0], coef[:, 1], coef[:, 2] if const is None else const))
         ctx.save_for_backward(*saved)
         ctx.span, ctx.split = hi - lo, split
         return coef.view(R, -1, K), const
@@ -146,6 +147,7 @@ class _NormalLayerNatural(torch.autograd.Function):
     def backward(ctx, g_coef: Tensor | None, g_const: Tensor | None):
         R, n, K = ctx.saved_tensors[0].shape
         if g_coef is None:
+            assert g_const is not None  # backward runs with a gradient for at least one output
             g_coef = g_const.new_zeros(R, (2 if ctx.split else 3) * n, K)
         g = g_coef.reshape(R, -1, n, K)  # (R, S', n, K)
         g2 = g_const if ctx.split else g[:, 2]

@@ -348,9 +348,8 @@ def goodness_of_fit(
     n = samples.shape[0]
     expected = n * p
     small = expected < min_expected
-    obs_bins = list(counts[~small]) + ([counts[small].sum()] if small.any() else [])
-    exp_bins = list(expected[~small]) + ([expected[small].sum()] if small.any() else [])
-    obs_bins, exp_bins = np.array(obs_bins), np.array(exp_bins)
+    obs_bins = np.array(list(counts[~small]) + ([counts[small].sum()] if small.any() else []))
+    exp_bins = np.array(list(expected[~small]) + ([expected[small].sum()] if small.any() else []))
     keep = exp_bins > 0
     chi2 = float((((obs_bins - exp_bins) ** 2)[keep] / exp_bins[keep]).sum())
     dof = max(int(keep.sum()) - 1, 1)

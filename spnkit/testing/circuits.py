@@ -16,11 +16,13 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import networkx as nx
 import torch
 
 from ..circuit import SPN
+from ..layers import LeafLayer
 from ..leaves import Bernoulli, Categorical, Leaf, Normal
 from ..region_graph import RegionGraph
 
@@ -74,7 +76,7 @@ class GraphSpec:
         """The explicit graph of a "networkx" spec, in the format of :meth:`RegionGraph.to_networkx`."""
         if self.builder != "networkx":
             raise ValueError(f"only 'networkx' specs hold an explicit graph, this one is {self.builder!r}")
-        kw = dict(self.kwargs)
+        kw: dict[str, Any] = dict(self.kwargs)
         g = nx.DiGraph(num_vars=kw["num_vars"])
         for i, scope in enumerate(kw["regions"]):
             g.add_node(f"region {i}", kind="region", scope=scope)
@@ -86,7 +88,7 @@ class GraphSpec:
         return g
 
     def build(self) -> RegionGraph:
-        kw = dict(self.kwargs)
+        kw: dict[str, Any] = dict(self.kwargs)
         if self.builder == "networkx":
             return RegionGraph.from_networkx(self.to_networkx())
         if self.builder == "hclt":
@@ -186,7 +188,7 @@ def make_deterministic(spn: SPN, seed: int = 0, big: float = 1e4) -> SPN:
         raise ValueError(f"{inputs} inputs of the first sums cannot be shared among num_sums={spn.num_sums} sums")
     randomize_parameters(spn, seed)
     with torch.no_grad():
-        params = spn.leaf_layer.params
+        params = cast(LeafLayer, spn.leaf_layer).params  # discrete leaves: a factorized layer
         K = spn.num_leaves
         if isinstance(leaf, Bernoulli):
             if K == 2:
@@ -195,7 +197,7 @@ def make_deterministic(spn: SPN, seed: int = 0, big: float = 1e4) -> SPN:
             logits = params["logits"]  # (R, n, K, C)
             logits[:, 0] = -big
             logits[:, 0, torch.arange(K), torch.arange(K)] = 0.0
-        layers = list(spn.sum_layers)
+        layers = [lv.product for lv in spn.levels]  # spn.sum_layers
         if spn.root_sum is None:
             layers = layers[:-1]  # Tucker root sums: any weights over disjoint products
         for layer in layers:
@@ -205,7 +207,7 @@ def make_deterministic(spn: SPN, seed: int = 0, big: float = 1e4) -> SPN:
             owner = rank % layer.k_out
             keep = owner.unsqueeze(-1) == torch.arange(layer.k_out).view(1, 1, -1)  # (A, I, K_out)
             logits.masked_fill_(~keep, -big)
-        for mix in spn.mixing_layers:
+        for mix in (lv.mixing for lv in spn.levels if lv.mixing is not None):  # spn.mixing_layers
             mix.logits.fill_(-big)
             mix.logits[:, 0, :] = 0.0
     return spn

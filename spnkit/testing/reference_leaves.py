@@ -112,7 +112,7 @@ def _factorized(layer: LeafLayer, cols: list[int]) -> dict[int, tuple[list[int],
     """Per leaf-layer row: its (global) variables and the evaluator of its product of factors."""
     params = {k: v.detach().to(torch.float64).cpu().numpy() for k, v in layer.params.items()}  # (R0, n, K, ...)
     index = layer.var_index.cpu().numpy()
-    out = {}
+    out: dict[int, tuple[list[int], Evaluator]] = {}
     for row in range(index.shape[0]):
         slots = [(j, int(v)) for j, v in enumerate(index[row]) if int(v) < layer.num_vars]
         per_var = [(cols[v], {k: p[row, j] for k, p in params.items()}) for j, v in slots]
@@ -133,7 +133,7 @@ def _factorized(layer: LeafLayer, cols: list[int]) -> dict[int, tuple[list[int],
 
 def _gaussian(layer: MVNLeafLayer, cols: list[int]) -> dict[int, tuple[list[int], Evaluator]]:
     """Per leaf-layer row with variables: the Gaussian log-density of the observed sub-vector (max: times the hidden peak)."""
-    out = {}
+    out: dict[int, tuple[list[int], Evaluator]] = {}
     for d in layer.sizes:
         rows, index = layer.group_index(d)
         params = layer.group_params(d)
@@ -187,7 +187,7 @@ def region_evaluators(spn: "SPN") -> dict[int, tuple[list[int], Evaluator]]:
             raise ValueError(f"the brute-force evaluator knows factorized, multivariate Normal and mixed leaf layers, got {type(sub).__name__}")
         for row, item in found.items():
             per_row.setdefault(row, []).append(item)
-    out = {}
+    out: dict[int, tuple[list[int], Evaluator]] = {}
     for row, region in enumerate(spn.leaf_regions):
         items = per_row.get(row, [])
         variables = [v for vs, _ in items for v in vs]

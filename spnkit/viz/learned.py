@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -149,8 +149,13 @@ def _family_mean(leaf: object, params: dict[str, Tensor]) -> Tensor | None:
 def leaf_means(spn: "SPN") -> np.ndarray | None:
     """The mean of every leaf factor, ``(R0, n, K)`` in the leaf layer's order (rows: :attr:`SPN.leaf_regions`,
     slots: ``leaf_layer.var_index``); None for leaf families whose mean is not known here."""
+    from ..layers import LeafLayer
+
+    layer = spn.leaf_layer
+    if not isinstance(layer, LeafLayer):  # full-covariance and mixed leaf layers have no per-factor parameters
+        return None
     with torch.no_grad():
-        m = _family_mean(spn.leaf, spn.leaf_layer.param_dict())
+        m = _family_mean(spn.leaf, layer.param_dict())
     return None if m is None else m.detach().double().cpu().numpy()
 
 
@@ -177,7 +182,7 @@ def region_means(spn: "SPN", regions: Sequence[int] | None = None, flows: Flows 
     flows = flows or circuit_flows(spn)
     regions = list(range(len(rg.regions))) if regions is None else list(regions)
     D = spn.num_vars
-    index = cast(Tensor, spn.leaf_layer.var_index)
+    index = spn.leaf_layer.var_index
     var_index = index.cpu().numpy()  # (R0, n), padding = D
     leaf_rows = np.array([spn.row_of(r) for r in spn.leaf_regions])
     out: dict[int, np.ndarray] = {}

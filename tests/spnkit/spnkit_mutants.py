@@ -259,7 +259,7 @@ def _run_all(paths: list[str]) -> int:
     """Run the given test paths once per mutant; print which tests fail."""
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", SPNKIT_HYPOTHESIS_PROFILE="mutation")
     survivors = []
-    for name, mutant in MUTANTS.items():
+    for name in MUTANTS:
         env["SPNKIT_MUTANT"] = name
         proc = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "--tb=no", "-rf", *paths],

@@ -465,13 +465,18 @@ BAD = {
     "sample-root-out-of-range": (lambda: _bern().sample(3, root=1), r"root must index one of the 1 root sums"),
     "mpe-root-negative": (lambda: _bern().mpe(_OK, root=-1), r"root must index"),
     "conditional-query-float": (lambda: _bern().conditional_log_prob(_OK, torch.ones(2, 4)), r"query must be a bool tensor"),
-    "conditional-query-shape": (lambda: _bern().conditional_log_prob(_OK, torch.ones(2, 3, dtype=torch.bool)), r"query must be a bool tensor of the shape of x"),
+    "conditional-query-shape": (lambda: _bern().conditional_log_prob(_OK, torch.ones(2, 3, dtype=torch.bool)),
+                                r"query must be a bool tensor of the shape of x"),
     "conditional-x-list": (lambda: _bern().conditional_log_prob([[0, 1, 1, 0]], torch.ones(1, 4, dtype=torch.bool)), r"x must be a torch.Tensor"),
-    "conditional-mask-list": (lambda: _bern().conditional_log_prob(_OK, torch.ones(2, 4, dtype=torch.bool), [[0] * 4] * 2), r"marginalized must be None or a bool tensor"),
-    "conditional-mask-soft": (lambda: _bern().conditional_log_prob(_OK, torch.ones(2, 4, dtype=torch.bool), torch.full((2, 4), 0.5)), r"marginalized must be None or a bool tensor"),
+    "conditional-mask-list": (lambda: _bern().conditional_log_prob(_OK, torch.ones(2, 4, dtype=torch.bool), [[0] * 4] * 2),
+                              r"marginalized must be None or a bool tensor"),
+    "conditional-mask-soft": (lambda: _bern().conditional_log_prob(_OK, torch.ones(2, 4, dtype=torch.bool), torch.full((2, 4), 0.5)),
+                              r"marginalized must be None or a bool tensor"),
     "sample-evidence-list": (lambda: _bern().sample(evidence=[[0, 1, 1, 0]]), r"evidence must be a torch.Tensor"),
-    "sample-root-float": (lambda: _circuit(GRAPHS["random"], "bernoulli", num_classes=2).sample(3, root=0.5), r"root must be None, an int or an integer tensor"),
-    "sample-root-wrong-length": (lambda: _circuit(GRAPHS["random"], "bernoulli", num_classes=2).sample(3, root=torch.tensor([0, 1])), r"integer tensor of shape \(\) or \(3,\)"),
+    "sample-root-float": (lambda: _circuit(GRAPHS["random"], "bernoulli", num_classes=2).sample(3, root=0.5),
+                          r"root must be None, an int or an integer tensor"),
+    "sample-root-wrong-length": (lambda: _circuit(GRAPHS["random"], "bernoulli", num_classes=2).sample(3, root=torch.tensor([0, 1])),
+                                 r"integer tensor of shape \(\) or \(3,\)"),
     "mpe-root-bool": (lambda: _circuit(GRAPHS["random"], "bernoulli", num_classes=2).mpe(_x([0] * 6), root=True), r"root must be None, an int"),
     # constructors
     "num_sums-zero": (lambda: SPN(GRAPHS["random"].build(), Bernoulli(), num_sums=0), r"num_sums must be a positive int, got 0"),
@@ -633,10 +638,13 @@ def test_compiling_never_changes_the_graph():
 
 CHECK_VALID = {
     "overlap": (RegionGraph(3, ((0, 1, 2), (0, 1), (1, 2)), (Partition(0, (1, 2)),)), r"not decomposable: partition 0 of region 0 .*\[1\]"),
-    "not-smooth": (RegionGraph(4, ((0, 1, 2, 3), (0, 1), (2,), (0,), (1,)), (Partition(0, (1, 2)), Partition(1, (3, 4)))), r"not smooth: partition 0 of region 0"),
+    "not-smooth": (RegionGraph(4, ((0, 1, 2, 3), (0, 1), (2,), (0,), (1,)), (Partition(0, (1, 2)), Partition(1, (3, 4)))),
+                   r"not smooth: partition 0 of region 0"),
     "inner-not-smooth": (RegionGraph(3, ((0, 1, 2), (0, 1), (2,), (0,), (2,)), (Partition(0, (1, 2)), Partition(1, (3, 4)))), r"region 1"),
-    "root-misses-variable": (RegionGraph(4, ((0, 1, 2), (0,), (1, 2)), (Partition(0, (1, 2)),)), r"root region 0 does not cover every variable; missing e.g. \[3\]"),
-    "cycle": (RegionGraph(3, ((0, 1, 2), (0, 1), (2,), (0,), (1,)), (Partition(0, (1, 2)), Partition(1, (3, 4)), Partition(3, (1, 4)))), r"cycle"),
+    "root-misses-variable": (RegionGraph(4, ((0, 1, 2), (0,), (1, 2)), (Partition(0, (1, 2)),)),
+                             r"root region 0 does not cover every variable; missing e.g. \[3\]"),
+    "cycle": (RegionGraph(3, ((0, 1, 2), (0, 1), (2,), (0,), (1,)), (Partition(0, (1, 2)), Partition(1, (3, 4)), Partition(3, (1, 4)))),
+              r"cycle"),
 }
 
 

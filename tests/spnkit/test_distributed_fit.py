@@ -139,7 +139,7 @@ def _load(out: Path, name: str, rank: int) -> dict:
 def _assert_close(got: dict, want: dict, rtol: float = 1e-9, atol: float = 1e-11) -> None:
     assert got.keys() == want.keys()
     for k in want:
-        torch.testing.assert_close(got[k], want[k], rtol=rtol, atol=atol, msg=lambda m: f"{k}: {m}")
+        torch.testing.assert_close(got[k], want[k], rtol=rtol, atol=atol, msg=lambda m, k=k: f"{k}: {m}")
 
 
 @pytest.mark.parametrize("name", [*FIT_SCENARIOS, "manual"])

@@ -148,7 +148,6 @@ def test_expectation_keeps_observed_entries_and_takes_nan_at_hidden_ones():
 @pytest.mark.parametrize("leaf", [spnkit.Normal(0.5, 2.0), spnkit.MultivariateNormal(0.5, 2.0)], ids=["normal", "mvn"])
 def test_leaf_moments_do_not_cancel_far_from_zero(leaf):
     """The layers combine moments about a centre: shifting every mean by 1e8 shifts the mean and keeps the variance."""
-    rg = spnkit.RegionGraph.random(num_vars=6, depth=1, repetitions=2, seed=0)
     spn = CircuitSpec(GraphSpec.random(num_vars=6, depth=1, repetitions=2, seed=0), leaf, 2, 3, seed=1).build()
     layer = spn.leaf_layer
     x = torch.rand(4, 6, generator=_gen(0), dtype=F64)

@@ -98,6 +98,14 @@ def test_region_means_match_the_node_graph(layer, make_rg, classes):
         assert np.allclose(means[r], want)
 
 
+@pytest.mark.parametrize("leaf", [spnkit.MultivariateNormal(), spnkit.Mixed({spnkit.Normal(): [0, 1, 2], spnkit.Bernoulli(): [3, 4, 5]})],
+                         ids=["mvn", "mixed"])
+def test_means_of_leaf_layers_without_factors_are_unknown(leaf):
+    spn = spnkit.SPN(spnkit.RegionGraph.random(6, 1, 2, seed=0), leaf, num_sums=2, num_leaves=3).double()
+    assert leaf_means(spn) is None
+    assert region_means(spn) == {}
+
+
 def test_region_level_graph_carries_what_was_learned():
     spn = _spn("tucker", CIRCUITS[0][1], 1)
     g = region_level_graph(spn, means=True)

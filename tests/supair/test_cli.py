@@ -82,7 +82,8 @@ def test_resume_continues_without_duplicates(tmp_path: Path, scenes: Path) -> No
     before = load_checkpoint(run)
     with open(run / "metrics.jsonl", "a") as f:  # a row written after the checkpoint by a killed run
         f.write(json.dumps({"step": 3, "train_seconds": 1.0}) + "\n{\"step\": 4, \"trunc")
-    assert main(["train", "--resume", str(run), "--steps", "6", "--eval-every", "2", "--checkpoint-every", "2", "--no-progress", "--threads", "1", "--batch-size", "8"]) == 0
+    assert main(["train", "--resume", str(run), "--steps", "6", "--eval-every", "2", "--checkpoint-every", "2",
+                 "--no-progress", "--threads", "1", "--batch-size", "8"]) == 0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4, 6]
     after = load_checkpoint(run)

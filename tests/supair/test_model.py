@@ -59,7 +59,8 @@ def test_glimpses_match_affine_grid_in_values_and_gradients() -> None:
     img = torch.rand(5, 2, 12, 12, generator=gen, dtype=torch.float64, requires_grad=True)
     glimpse = torch.rand(5, 2, 6, 7, generator=gen, dtype=torch.float64, requires_grad=True)
     cases = [
-        (cut_glimpses(img, where, 6), lambda: F.grid_sample(img, F.affine_grid(box_to_theta(where, 12), [5, 2, 6, 6], align_corners=False), align_corners=False), img),
+        (cut_glimpses(img, where, 6),
+         lambda: F.grid_sample(img, F.affine_grid(box_to_theta(where, 12), [5, 2, 6, 6], align_corners=False), align_corners=False), img),
         (paste_glimpses(glimpse, where, 12),
          lambda: F.grid_sample(glimpse, F.affine_grid(glimpse_to_image_theta(where, 12), [5, 2, 12, 12], align_corners=False), align_corners=False), glimpse),
     ]
@@ -74,7 +75,7 @@ def test_glimpses_match_affine_grid_in_values_and_gradients() -> None:
 def _direct_elbo(model: Supair, images: torch.Tensor, inf) -> torch.Tensor:
     """The ELBO formula evaluated image by image and alternative by alternative."""
     cfg = model.cfg
-    N, G, S, C = cfg.max_steps, cfg.glimpse_size, cfg.scene_size, cfg.channels
+    N, G, S = cfg.max_steps, cfg.glimpse_size, cfg.scene_size
     out = []
     for b in range(images.shape[0]):
         x = images[b : b + 1]
@@ -91,7 +92,8 @@ def _direct_elbo(model: Supair, images: torch.Tensor, inf) -> torch.Tensor:
             overlap_terms.append(math.log(cfg.prior.overlap_rate) - cfg.prior.overlap_rate * f)
             x0, y0 = float(where[0, 2]), float(where[0, 3])
             x1, y1 = x0 + float(where[0, 0]), y0 + float(where[0, 1])
-            cover = torch.tensor([[max(0.0, min(r + 1, y1) - max(r, y0)) * max(0.0, min(c + 1, x1) - max(c, x0)) for c in range(S)] for r in range(S)], dtype=x.dtype)
+            cover = torch.tensor([[max(0.0, min(r + 1, y1) - max(r, y0)) * max(0.0, min(c + 1, x1) - max(c, x0)) for c in range(S)]
+                                  for r in range(S)], dtype=x.dtype)
             visible = visible * (1 - cover.clamp(max=1))
             vis_after.append(visible)
         total = torch.zeros((), dtype=x.dtype)

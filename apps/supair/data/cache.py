@@ -13,7 +13,7 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -157,8 +157,8 @@ def load_dataset(
             return scenes
         log(f"cache file {path} is corrupt or stale ({reason}); rebuilding it")
     scenes = generate_dataset(
-        name, split, num_images=params["num_images"], seed=int(seed), scene_size=params["scene_size"],
-        max_objects=params["max_objects"], colour=bool(colour), min_objects=int(min_objects), layers=bool(layers),
+        name, split, num_images=cast(int, params["num_images"]), seed=int(seed), scene_size=cast(int, params["scene_size"]),
+        max_objects=cast(int, params["max_objects"]), colour=bool(colour), min_objects=int(min_objects), layers=bool(layers),
     )
     try:
         _write_cache(path, params, scenes)

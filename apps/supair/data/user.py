@@ -190,7 +190,7 @@ def _fit_size(
     resized = 0
     sizes_seen: list[str] = []
     for (h, w), idx in groups.items():
-        part = batch[idx] if batch is not None else np.stack([singles[i] for i in idx])
+        part = batch[idx] if batch is not None else np.stack([frames[i] for i in idx])  # frames: the singles
         if (h, w) != (scene_size, scene_size):
             part = _resize_batch(part, scene_size)
             resized += len(idx)
