@@ -201,6 +201,10 @@ def spn_density_configs(args: argparse.Namespace, image: bool, num_features: int
             if 2**depth <= num_features:
                 out.append((f"random depth {depth}, R={reps}, multivariate-normal, K={k}",
                             {"leaf": "multivariate-normal", "depth": depth, "repetitions": reps, "num_sums": k, "num_leaves": k, **train}))
+        for reps, k in ((10, 5), (20, 8)) if image else ():  # pixels in [0, 1]: eigenvalues down to 1e-4 and a weak prior: the regressions between pixels kept
+            out.append((f"random depth 1, R={reps}, multivariate-normal(min_var=1e-4), leaf prior 0.01, K={k}",
+                        {"leaf": _mvn()(min_var=1e-4, max_var=1.0), "depth": 1, "repetitions": reps, "num_sums": k, "num_leaves": k,
+                         "leaf_pseudocount": 0.01, **train}))
     return out
 
 

@@ -14,7 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ..circuit import SPN
 from ..learn import fit as _fit
-from ..leaves import Bernoulli, Binomial, Categorical, Leaf, Normal
+from ..leaves import Bernoulli, Binomial, Categorical, LeafFamily, Normal
 from ..models import hclt, learn_spn
 from ..region_graph import RegionGraph
 
@@ -58,7 +58,7 @@ def normal_for(x: np.ndarray) -> Normal:
     return Normal(min_var=floor, max_var=max(top, 10 * floor), loc_range=(lo, hi))
 
 
-def _leaf_from_name(name: str, x: np.ndarray) -> Leaf:
+def _leaf_from_name(name: str, x: np.ndarray) -> LeafFamily:
     """The leaf family called ``name``, with the parameters the data needs (categories, counts, bounds)."""
     import spnkit
 
@@ -100,7 +100,7 @@ class SPNBase(BaseEstimator):
         s = self.structure
         if not (isinstance(s, RegionGraph) or callable(s) or s in STRUCTURES):
             raise ValueError(f"structure must be one of {STRUCTURES}, a spnkit.RegionGraph or a callable X -> RegionGraph, got {s!r}")
-        if not (isinstance(self.leaf, Leaf) or self.leaf in LEAVES):
+        if not (isinstance(self.leaf, LeafFamily) or self.leaf in LEAVES):
             raise ValueError(f"leaf must be one of {LEAVES} or a spnkit leaf family such as spnkit.Normal(), got {self.leaf!r}")
         for name in ("num_sums", "num_leaves", "repetitions", "batch_size"):
             v = getattr(self, name)
@@ -140,8 +140,8 @@ class SPNBase(BaseEstimator):
     def _seed(self) -> int:
         return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
 
-    def _leaf(self, x: np.ndarray) -> Leaf:
-        return self.leaf if isinstance(self.leaf, Leaf) else _leaf_from_name(self.leaf, x)
+    def _leaf(self, x: np.ndarray) -> LeafFamily:
+        return self.leaf if isinstance(self.leaf, LeafFamily) else _leaf_from_name(self.leaf, x)
 
     def _structure_name(self) -> str | None:
         s = self.structure

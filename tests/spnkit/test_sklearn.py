@@ -119,6 +119,16 @@ def test_given_region_graph_and_callable():
     assert len(est.spn_.region_graph.partitions) == 1
 
 
+@pytest.mark.parametrize("leaf", [spnkit.MultivariateNormal(min_var=1e-3, max_var=4.0), spnkit.Poisson(),
+                                  spnkit.Normal(min_var=0.01, max_var=4.0)])
+def test_leaf_family_instances(leaf):
+    x, _ = _blobs(d=8)
+    x = np.abs(np.round(x)) if isinstance(leaf, spnkit.Poisson) else x
+    est = SPNDensity(leaf=leaf, **TINY).fit(x)
+    assert est.spn_.leaf is leaf
+    assert np.isfinite(est.score_samples(x)).all()
+
+
 @pytest.mark.parametrize("leaf, family, data", [
     ("categorical", spnkit.Categorical, lambda rng: rng.integers(0, 5, (60, 6))),
     ("bernoulli", spnkit.Bernoulli, lambda rng: rng.integers(0, 2, (60, 6))),
