@@ -18,6 +18,7 @@ Usage::
 
     .venv/bin/python benchmarks/structure_learning.py               # both tasks, 3 repeats
     .venv/bin/python benchmarks/structure_learning.py --no-mnist --rows 2000 --repeats 1   # seconds
+    .venv/bin/python benchmarks/structure_learning.py --out benchmarks/results/structure_learning   # writes .csv and .md
 """
 
 from __future__ import annotations
@@ -28,11 +29,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import atomic_write, context, context_lines, csv_text
 
 from spnkit.structure import (
     chow_liu_region_graph,
@@ -50,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rows", type=int, default=10_000, help="LearnSPN rows (default: 10000)")
     p.add_argument("--cols", type=int, default=30, help="LearnSPN columns, a multiple of 5 (default: 30)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None,
+                   help="write the figures to OUT.csv and OUT.md with the run's context (e.g. benchmarks/results/structure_learning)")
     return p.parse_args(argv)
 
 
@@ -77,9 +85,26 @@ def timed(fn: Callable[[], object], repeats: int) -> tuple[list[float], object]:
     return times, out
 
 
-def report(name: str, times: list[float], detail: str) -> None:
-    print(f"{name:<34} median {statistics.median(times):7.2f} s  (min {min(times):.2f}, max {max(times):.2f}, "
+def report(rows: list[dict], task: str, data: str, times: list[float], detail: str) -> None:
+    """Print one task's times and keep them as a row."""
+    print(f"{task + ' ' + data:<34} median {statistics.median(times):7.2f} s  (min {min(times):.2f}, max {max(times):.2f}, "
           f"{len(times)} runs)  {detail}", flush=True)
+    rows.append({"task": task, "data": data, "median_seconds": round(statistics.median(times), 2), "min_seconds": round(min(times), 2),
+                 "max_seconds": round(max(times), 2), "runs": len(times), "result": detail})
+
+
+FIELDS = ["task", "data", "median_seconds", "min_seconds", "max_seconds", "runs", "result"]
+
+
+def write(out: Path, rows: list[dict], threads: int) -> None:
+    """``out``.csv and ``out``.md, each headed by the run's context."""
+    ctx = context(threads=threads)
+    atomic_write(out.with_suffix(".csv"), csv_text(FIELDS, rows, ctx).encode())
+    lines = ["# Structure learning time", "", context_lines(ctx, "- "), "| task | data | median s | min s | max s | runs | result |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['task']} | {r['data']} | {r['median_seconds']} | {r['min_seconds']} | {r['max_seconds']} | {r['runs']} | {r['result']} |"
+              for r in rows]
+    atomic_write(out.with_suffix(".md"), ("\n".join(lines) + "\n").encode())
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[float]]:
@@ -88,21 +113,24 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     print(f"threads={args.threads} OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} "
           f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
     results: dict[str, list[float]] = {}
+    rows: list[dict] = []
     if not args.no_mnist:
         from spnkit.datasets import load_mnist
 
         x = torch.cat([load_mnist("train")[0], load_mnist("valid")[0]])
         times, rg = timed(lambda: chow_liu_region_graph(x, image_shape=(28, 28, 1)), args.repeats)
         depth0 = hclt_region_graph(784, chow_liu_tree(x, root=0)).depth
-        report(f"chow_liu {tuple(x.shape)} uint8", times,
+        report(rows, "chow_liu", f"MNIST {tuple(x.shape)} uint8", times,
                f"regions={len(rg.regions)} depth={rg.depth} (rooted at pixel 0: {depth0})")
         results["chow_liu_mnist"] = times
     data = tabular_blocks(args.rows, args.cols, args.seed)
     times, ls = timed(lambda: learn_spn_structure(data, seed=args.seed), args.repeats)
     rg = ls.region_graph
-    report(f"learn_spn {data.shape} float64", times,
+    report(rows, "learn_spn", f"tabular {data.shape} float64", times,
            f"regions={len(rg.regions)} partitions={len(rg.partitions)} sums={len(ls.partition_weights)} depth={rg.depth}")
     results["learn_spn_tabular"] = times
+    if args.out is not None:
+        write(args.out, rows, args.threads)
     return results
 
 
