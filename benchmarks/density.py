@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import atomic_write, context, csv_text, read_csv
 
-FIELDS = ["dataset", "structure", "layer", "leaf", "method", "sums", "parameters", "budget_minutes", "train_seconds",
+FIELDS = ["dataset", "structure", "layer", "leaf", "method", "sums", "parameters", "budget_minutes", "threads", "train_seconds",
           "epochs", "test_bits_per_dim", "likelihood", "test_accuracy", "objective", "config"]
 
 #: name -> (command, flags); flags are those of `spnkit fit mnist` / `spnkit classify mnist`
@@ -98,6 +98,7 @@ def _run_one(name: str, minutes: float, out: Path, extra: list[str]) -> dict:
         "sums": model["sums"],
         "parameters": m["parameters"],
         "budget_minutes": minutes,
+        "threads": m.get("threads", ""),
         "train_seconds": round(m["train_seconds"], 1),
         "epochs": m["epochs_run"],
         "test_bits_per_dim": round(m["test_bits_per_dim"], 4) if "test_bits_per_dim" in m else "",
@@ -119,17 +120,46 @@ def markdown(ctx: dict, rows: list[dict]) -> str:
              "Bits/dim on the 10,000 test digits after training on 55,000 (5,000 held out for validation) within the budget "
              "on the stated threads. Exact discrete bits/dim for Categorical and Binomial leaves; Normal leaves on "
              "dequantized pixels give an upper bound.", "",
-             "| structure | layer | leaf | method | K | parameters | budget (min) | trained (s) | epochs | test bits/dim | accuracy |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| structure | layer | leaf | method | K | parameters | budget (min) | threads | trained (s) | epochs | test bits/dim | accuracy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         bpd = r["test_bits_per_dim"]
         bpd = f"{bpd}" + (" (bound)" if r["likelihood"] == "dequantized bound" else "") if bpd != "" else "-"
         acc = f"{100 * float(r['test_accuracy']):.2f}%" if r["test_accuracy"] not in ("", None) else "-"
         lines.append(f"| {r['structure']} | {r['layer']} | {r['leaf']} | {r['method']} | {r['sums']} | {int(r['parameters']):,} | "
-                     f"{r['budget_minutes']} | {r['train_seconds']} | {r['epochs']} | {bpd} | {acc} |")
+                     f"{r['budget_minutes']} | {r.get('threads', '')} | {r['train_seconds']} | {r['epochs']} | {bpd} | {acc} |")
     lines += ["", "Published figures:", "", "| model | figure | source |", "|---|---|---|"]
     lines += [f"| {m} | {f} | {s} |" for m, f, s in PUBLISHED]
     return "\n".join(lines) + "\n"
+
+
+def _commands(ctx: dict) -> list[str]:
+    c = ctx.get("command", [])
+    return list(c) if isinstance(c, list) else [str(c)]
+
+
+def _with_commands(ctx: dict, *others: dict) -> dict:
+    """``ctx`` with every command of ``others`` too (the rows of one table may come from several runs); threads are per row."""
+    commands = [c for o in others for c in _commands(o)]
+    commands += [c for c in _commands(ctx) if c not in commands]
+    out = {k: v for k, v in ctx.items() if k != "threads"}
+    out["command"] = commands if len(commands) > 1 else commands[0]
+    return out
+
+
+def _merged(paths: list[Path]) -> tuple[dict, list[dict]]:
+    """Context and rows of several density.csv files (a configuration's last row wins; rows without threads take their file's)."""
+    ctx: dict = {}
+    by_config: dict[str, dict] = {}
+    for path in paths:
+        c, rows = read_csv(path)
+        for r in rows:
+            r.setdefault("threads", "")
+            r["threads"] = r["threads"] or str(c.get("threads", ""))
+            by_config[r["config"]] = r
+        ctx = _with_commands(c, ctx) if ctx else _with_commands(c)
+    order = [n for n in [*CONFIGS, *CLASSIFY] if n in by_config]
+    return ctx, [by_config[n] for n in order]
 
 
 def main() -> int:
@@ -142,11 +172,18 @@ def main() -> int:
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "benchmarks" / "out" / "density")
     parser.add_argument("--report", action="store_true", help="rebuild density.md from density.csv")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="CSV",
+                        help="add the rows of these density.csv files (runs made side by side) to --out-dir's, then rebuild the table")
     parser.add_argument("--smoke", action="store_true", help="two tiny configurations on 300 digits (a test of the script)")
     args = parser.parse_args()
     csv_path, md_path = args.out_dir / "density.csv", args.out_dir / "density.md"
     if args.report:
         ctx, rows = read_csv(csv_path)
+        atomic_write(md_path, markdown(ctx, rows).encode())
+        return 0
+    if args.merge:
+        ctx, rows = _merged([csv_path, *args.merge])
+        atomic_write(csv_path, csv_text(FIELDS, rows, ctx).encode())
         atomic_write(md_path, markdown(ctx, rows).encode())
         return 0
     names = args.only or [*CONFIGS, *(CLASSIFY if args.classify else {})]
@@ -155,7 +192,8 @@ def main() -> int:
         names = args.only or ["hclt-categorical-em", "classify-rat-normal"]
         extra += ["--subset", "300", "--sums", "4", "--leaves", "4", "--depth", "2", "--repetitions", "2"]
     args.runs_dir.mkdir(parents=True, exist_ok=True)
-    old = {r["config"]: r for r in read_csv(csv_path)[1]} if csv_path.exists() and not args.smoke else {}
+    old_ctx, old_rows = _merged([csv_path]) if csv_path.exists() and not args.smoke else ({}, [])
+    old = {r["config"]: r for r in old_rows}
     for name in names:
         minutes = 0.05 if args.smoke else (args.flagship_minutes or args.minutes) if name == FLAGSHIP else args.minutes
         row = _run_one(name, minutes, args.runs_dir, extra)
@@ -166,7 +204,7 @@ def main() -> int:
             curve_path = args.out_dir / f"density_curve_{name}.csv"
             atomic_write(curve_path, csv_text(["epoch", "seconds", "valid_bits_per_dim"], curve, context(threads=args.threads)).encode())
         rows = [old[n] for n in [*CONFIGS, *CLASSIFY] if n in old]
-        ctx = context(threads=args.threads)
+        ctx = _with_commands(context(threads=args.threads), old_ctx)
         atomic_write(csv_path, csv_text(FIELDS, rows, ctx).encode())
         atomic_write(md_path, markdown(ctx, rows).encode())
     return 0

@@ -96,9 +96,9 @@ def report(rows: list[dict], task: str, data: str, times: list[float], detail: s
 FIELDS = ["task", "data", "median_seconds", "min_seconds", "max_seconds", "runs", "result"]
 
 
-def write(out: Path, rows: list[dict], threads: int) -> None:
+def write(out: Path, rows: list[dict], threads: int, argv: list[str] | None) -> None:
     """``out``.csv and ``out``.md, each headed by the run's context."""
-    ctx = context(threads=threads)
+    ctx = context(threads=threads, argv=None if argv is None else [__file__, *argv])
     atomic_write(out.with_suffix(".csv"), csv_text(FIELDS, rows, ctx).encode())
     lines = ["# Structure learning time", "", context_lines(ctx, "- "), "| task | data | median s | min s | max s | runs | result |",
              "|---|---|---|---|---|---|---|"]
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
            f"regions={len(rg.regions)} partitions={len(rg.partitions)} sums={len(ls.partition_weights)} depth={rg.depth}")
     results["learn_spn_tabular"] = times
     if args.out is not None:
-        write(args.out, rows, args.threads)
+        write(args.out, rows, args.threads, argv)
     return results
 
 

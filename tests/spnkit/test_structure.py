@@ -425,9 +425,14 @@ def test_nan_at_missing_entries_is_allowed():
     learn_spn_structure(x, m, min_rows=1).region_graph.check_valid()
 
 
-def test_benchmark_script_smoke(capsys):
+def test_benchmark_script_smoke(capsys, tmp_path):
     from benchmark_scripts import load_benchmark
 
-    results = load_benchmark("structure_learning").main(["--no-mnist", "--rows", "400", "--cols", "10", "--repeats", "1"])
+    out = tmp_path / "structure_learning"
+    results = load_benchmark("structure_learning").main(["--no-mnist", "--rows", "400", "--cols", "10", "--repeats", "1", "--out", str(out)])
     assert len(results["learn_spn_tabular"]) == 1
-    assert "learn_spn (400, 10)" in capsys.readouterr().out
+    assert "learn_spn tabular (400, 10)" in capsys.readouterr().out
+    table = out.with_suffix(".md").read_text()
+    assert "| learn_spn | tabular (400, 10) float64 |" in table and "- threads: 2" in table
+    text = out.with_suffix(".csv").read_text()
+    assert 'learn_spn,"tabular (400, 10) float64"' in text and "# command: python benchmarks/structure_learning.py --no-mnist" in text
