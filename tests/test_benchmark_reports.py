@@ -30,7 +30,7 @@ def test_context_names_the_command_and_the_machine() -> None:
 
 
 @pytest.mark.parametrize("name", ["count_vs_time_multi-mnist", "count_vs_time_sprites", "count_vs_time_noisy-mnist",
-                                  "count_vs_time_grid-mnist", "spn_speed", "scaling", "em_vs_adam"])
+                                  "count_vs_time_grid-mnist", "spn_speed", "scaling", "em_vs_adam", "practical"])
 def test_every_results_csv_starts_with_its_context(name: str) -> None:
     ctx, rows = benchlib.read_csv(RESULTS / f"{name}.csv")
     assert rows
@@ -53,3 +53,11 @@ def test_em_vs_adam_report_from_its_csv(tmp_path: Path) -> None:
     assert "| em | " in md and "| adam | " in md and "- command: python benchmarks/em_vs_adam.py" in md
     assert benchlib.read_csv(tmp_path / "em_vs_adam.csv") == benchlib.read_csv(RESULTS / "em_vs_adam.csv")
     assert (tmp_path / "em_vs_adam.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_practical_report_from_its_csv(tmp_path: Path) -> None:
+    practical = load_benchmark("practical")
+    assert practical.main(["--from-csv", str(RESULTS / "practical.csv"), "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "practical.md").read_text()
+    assert md == (RESULTS / "practical.md").read_text()
+    assert "| imputation | digits | RMSE |" in md and "| classification | digits | accuracy |" in md
