@@ -72,9 +72,14 @@ class RegionGraph:
         for i, scope in enumerate(self.regions):
             if len(scope) == 0:
                 raise ValueError(f"region {i} has an empty scope")
+            if not all(isinstance(v, (int, np.integer)) for v in scope):
+                raise ValueError(f"region {i} must be a collection of variable indices (ints), got {scope!r}")
             if any(not 0 <= v < self.num_vars for v in scope):
                 raise ValueError(f"region {i} has variables outside 0..{self.num_vars - 1}: {scope}")
         for j, p in enumerate(self.partitions):
+            if not all(isinstance(r, (int, np.integer)) for r in (p.parent, *p.children)):
+                raise ValueError(f"partition {j} must name regions by their index in regions (ints), got parent {p.parent!r} and "
+                                 f"children {p.children!r}")
             if not 0 <= p.parent < len(self.regions):
                 raise ValueError(f"partition {j} names parent region {p.parent}, which does not exist")
             if len(p.children) < 2:
