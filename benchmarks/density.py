@@ -31,7 +31,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import atomic_write, context, csv_text, read_csv
+from benchlib import atomic_write, context, context_lines, csv_text, read_csv
 
 FIELDS = ["dataset", "structure", "layer", "leaf", "method", "sums", "parameters", "budget_minutes", "threads", "train_seconds",
           "epochs", "test_bits_per_dim", "likelihood", "test_accuracy", "objective", "config"]
@@ -116,7 +116,7 @@ def _bpd(ll: float, leaf: str) -> float:
 
 
 def markdown(ctx: dict, rows: list[dict]) -> str:
-    lines = ["# MNIST density and classification", "", *[f"- {k}: {v}" for k, v in ctx.items()], "",
+    lines = ["# MNIST density and classification", "", *context_lines(ctx, "- ").splitlines(), "",
              "Bits/dim on the 10,000 test digits after training on 55,000 (5,000 held out for validation) within the budget "
              "on the stated threads. Exact discrete bits/dim for Categorical and Binomial leaves; Normal leaves on "
              "dequantized pixels give an upper bound.", "",
@@ -168,6 +168,7 @@ def main() -> int:
     parser.add_argument("--flagship-minutes", type=float, default=None, help=f"budget of {FLAGSHIP} (default: --minutes)")
     parser.add_argument("--only", nargs="+", choices=sorted({**CONFIGS, **CLASSIFY}), help="run only these configurations")
     parser.add_argument("--classify", action="store_true", help="also the classification rows")
+    parser.add_argument("--curve", action="store_true", help=f"write every configuration's validation curve (always for {FLAGSHIP})")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "benchmarks" / "out" / "density")
@@ -200,7 +201,7 @@ def main() -> int:
         curve = row.pop("curve")
         old[name] = row
         print(json.dumps(row), flush=True)
-        if name == FLAGSHIP and curve:  # bits/dim against training time
+        if (name == FLAGSHIP or args.curve) and curve:  # bits/dim against training time
             curve_path = args.out_dir / f"density_curve_{name}.csv"
             atomic_write(curve_path, csv_text(["epoch", "seconds", "valid_bits_per_dim"], curve, context(threads=args.threads)).encode())
         rows = [old[n] for n in [*CONFIGS, *CLASSIFY] if n in old]
