@@ -30,7 +30,8 @@ def test_context_names_the_command_and_the_machine() -> None:
 
 
 @pytest.mark.parametrize("name", ["count_vs_time_multi-mnist", "count_vs_time_sprites", "count_vs_time_noisy-mnist",
-                                  "count_vs_time_grid-mnist", "spn_speed", "scaling", "em_vs_adam", "practical"])
+                                  "count_vs_time_grid-mnist", "spn_speed", "scaling", "em_vs_adam", "practical",
+                                  "structure_learning"])
 def test_every_results_csv_starts_with_its_context(name: str) -> None:
     ctx, rows = benchlib.read_csv(RESULTS / f"{name}.csv")
     assert rows
@@ -61,3 +62,19 @@ def test_practical_report_from_its_csv(tmp_path: Path) -> None:
     md = (tmp_path / "practical.md").read_text()
     assert md == (RESULTS / "practical.md").read_text()
     assert "| imputation | digits | RMSE |" in md and "| classification | digits | accuracy |" in md
+
+
+def test_density_report_from_its_csv(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copy(RESULTS / "density.csv", tmp_path / "density.csv")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "density.py"), "--report", "--out-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    md = (tmp_path / "density.md").read_text()
+    assert md == (RESULTS / "density.md").read_text()
+    ctx, rows = benchlib.read_csv(RESULTS / "density.csv")
+    assert ctx.get("command") and ctx.get("date") and all(r["threads"] for r in rows)
+    assert {r["config"] for r in rows} >= {"hclt-categorical-em", "classify-rat-normal"}
