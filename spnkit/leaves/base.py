@@ -33,7 +33,7 @@ from torch import Tensor
 if TYPE_CHECKING:  # pragma: no cover
     from ..layers.leaf_base import LeafLayerBase
 
-__all__ = ["LeafFamily", "Leaf", "natural_to_layer", "zero_unobserved", "has_data"]
+__all__ = ["LeafFamily", "Leaf", "CountStatistics", "natural_to_layer", "zero_unobserved", "has_data"]
 
 
 def zero_unobserved(x: Tensor, observed: Tensor, weight: Tensor, finite: bool, out: Tensor | None = None) -> Tensor:
@@ -268,3 +268,35 @@ def natural_to_layer(eta: Tensor, split_constant: bool) -> tuple[Tensor, Tensor 
 
 def has_data(count: Tensor, eps: float = 1e-12) -> Tensor:
     return count > eps
+
+
+class CountStatistics:
+    """The sufficient statistics ``(x, 1)`` of Bernoulli, Binomial and Poisson leaves (mixed into their :class:`Leaf`).
+
+    ``log p(x) = a x + b`` (plus the family's base measure) for natural parameters ``(a, b)``.
+    ``x_gradient``: whether a gradient flows to ``x`` (soft binary inputs of a Bernoulli leaf;
+    counts have none).
+    """
+
+    num_stats = 2
+    constant_last = True
+    x_gradient = False
+
+    def statistics(self, x: Tensor) -> Tensor:
+        return torch.stack([x, torch.ones_like(x)])
+
+    def varying_statistics(self, x: Tensor) -> Tensor:
+        return x.unsqueeze(0).clone()
+
+    def observed_statistics(self, x: Tensor, observed: Tensor, out: Tensor, finite: bool = False) -> None:
+        out[1].copy_(observed)
+        zero_unobserved(x, observed, out[1], finite, out=out[0])
+
+    def weighted_statistics(self, x: Tensor, w: Tensor) -> Tensor:
+        out = x.new_empty((2, *x.shape))
+        torch.mul(x, w, out=out[0])
+        out[1].copy_(w)
+        return out
+
+    def statistics_grads(self, x: Tensor, grad: Tensor, wrt_x: bool) -> tuple[Tensor, Tensor | None]:
+        return torch.addcmul(grad[1], grad[0], x), grad[0].clone() if wrt_x and self.x_gradient else None

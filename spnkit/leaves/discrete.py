@@ -9,40 +9,20 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .base import Leaf, has_data, zero_unobserved
+from .base import CountStatistics, Leaf, has_data
 
 __all__ = ["Bernoulli", "Categorical", "Binomial"]
 
 
 @dataclass(frozen=True)
-class Bernoulli(Leaf):
+class Bernoulli(CountStatistics, Leaf):
     """Binary factors over ``{0, 1}``, parameterized by logits."""
 
-    num_stats = 2
-    constant_last = True
     discrete = True
+    x_gradient = True  # soft binary inputs in [0, 1]
 
     def init_params(self, shape, dtype):
         return {"logits": torch.randn(shape, dtype=dtype)}
-
-    def statistics(self, x):
-        return torch.stack([x, torch.ones_like(x)])
-
-    def varying_statistics(self, x):
-        return x.unsqueeze(0).clone()
-
-    def observed_statistics(self, x, observed, out, finite=False):
-        out[1].copy_(observed)
-        zero_unobserved(x, observed, out[1], finite, out=out[0])
-
-    def weighted_statistics(self, x, w):
-        out = x.new_empty((2, *x.shape))
-        torch.mul(x, w, out=out[0])
-        out[1].copy_(w)
-        return out
-
-    def statistics_grads(self, x, grad, wrt_x):
-        return torch.addcmul(grad[1], grad[0], x), grad[0].clone() if wrt_x else None
 
     def natural(self, params):
         logits = params["logits"]
@@ -168,7 +148,7 @@ class Categorical(Leaf):
 
 
 @dataclass(frozen=True)
-class Binomial(Leaf):
+class Binomial(CountStatistics, Leaf):
     """Counts in ``{0, ..., total_count}`` (e.g. 8-bit pixels with ``total_count=255``), parameterized by logits.
 
     ``log p(x) = x logit(p) + N log(1 - p) + log C(N, x)``: statistics ``(x, 1)``
@@ -176,8 +156,6 @@ class Binomial(Leaf):
     """
 
     total_count: int = 1
-    num_stats = 2
-    constant_last = True
     has_base_measure = True
     discrete = True
 
@@ -187,25 +165,6 @@ class Binomial(Leaf):
 
     def init_params(self, shape, dtype):
         return {"logits": torch.randn(shape, dtype=dtype)}
-
-    def statistics(self, x):
-        return torch.stack([x, torch.ones_like(x)])
-
-    def varying_statistics(self, x):
-        return x.unsqueeze(0).clone()
-
-    def observed_statistics(self, x, observed, out, finite=False):
-        out[1].copy_(observed)
-        zero_unobserved(x, observed, out[1], finite, out=out[0])
-
-    def weighted_statistics(self, x, w):
-        out = x.new_empty((2, *x.shape))
-        torch.mul(x, w, out=out[0])
-        out[1].copy_(w)
-        return out
-
-    def statistics_grads(self, x, grad, wrt_x):
-        return torch.addcmul(grad[1], grad[0], x), None  # x is discrete: no derivative
 
     def log_base_measure(self, x):
         n = float(self.total_count)

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import Leaf, has_data, zero_unobserved
+from .base import CountStatistics, Leaf, has_data
 
 __all__ = ["Poisson"]
 
 
 @dataclass(frozen=True)
-class Poisson(Leaf):
+class Poisson(CountStatistics, Leaf):
     """Counts in ``{0, 1, 2, ...}`` with a rate bounded in ``[min_rate, max_rate]``.
 
     ``log p(x) = x log(rate) - rate - log x!``: statistics ``(x, 1)`` with
@@ -29,8 +29,6 @@ class Poisson(Leaf):
 
     min_rate: float = 1e-3
     max_rate: float = 1e4
-    num_stats = 2
-    constant_last = True
     has_base_measure = True
     discrete = True
 
@@ -53,25 +51,6 @@ class Poisson(Leaf):
     def rate(self, params: dict[str, Tensor]) -> Tensor:
         """The bounded rate ``(*P)``."""
         return torch.exp(self.log_rate(params))
-
-    def statistics(self, x):
-        return torch.stack([x, torch.ones_like(x)])
-
-    def varying_statistics(self, x):
-        return x.unsqueeze(0).clone()
-
-    def observed_statistics(self, x, observed, out, finite=False):
-        out[1].copy_(observed)
-        zero_unobserved(x, observed, out[1], finite, out=out[0])
-
-    def weighted_statistics(self, x, w):
-        out = x.new_empty((2, *x.shape))
-        torch.mul(x, w, out=out[0])
-        out[1].copy_(w)
-        return out
-
-    def statistics_grads(self, x, grad, wrt_x):
-        return torch.addcmul(grad[1], grad[0], x), None  # x is discrete: no derivative
 
     def log_base_measure(self, x):
         return -torch.lgamma(x + 1)
