@@ -7,8 +7,8 @@ group ``spnkit.commands`` when this package is installed.
   bits/dim (exact discrete likelihood for Categorical and Binomial leaves, the
   dequantization bound for Normal ones; see :mod:`spnkit_mnist.data`), writes
   the model, a grid of samples and ``metrics.json``. The default is the best
-  configuration measured (``benchmarks/density.py``): a hidden Chow-Liu tree
-  with 32 latent states and Categorical leaves, trained by mini-batch EM.
+  configuration measured (``benchmarks/density.py``): a 4-ary quad tree with
+  CP layers, 32 sums per region and Categorical leaves, trained by mini-batch EM.
 * ``inpaint``: completes test digits whose left half, top half or a random 50%
   of pixels are hidden, by conditional sampling and by MPE; writes a PNG grid.
 * ``classify``: a classifier (one root per digit) trained discriminatively;
@@ -38,7 +38,7 @@ from .images import grid, pad_tiles, to_images, write_json, write_png
 __all__ = ["add_parsers", "run_fit", "run_inpaint", "run_classify", "masks", "train_density", "FIT_DEFAULTS", "CLASSIFY_DEFAULTS"]
 
 #: the defaults of ``spnkit fit mnist``: the best density model measured (benchmarks/density.py)
-FIT_DEFAULTS = dict(structure="hclt", layer="cp", leaf="categorical", sums=32, leaves=32, method="em",
+FIT_DEFAULTS = dict(structure="quad-tree", arity=4, layer="cp", leaf="categorical", sums=32, leaves=32, method="em",
                     batch_size=512, step_size=(0.5, 0.05), minutes=60.0, lr=0.02)
 #: the defaults of ``spnkit classify mnist``
 CLASSIFY_DEFAULTS = dict(structure="random", layer="tucker", leaf="normal", sums=10, leaves=10, depth=3, repetitions=10,
@@ -103,7 +103,7 @@ def _model_args(p: argparse.ArgumentParser, d: dict) -> None:
     g.add_argument("--depth", type=_positive_int, default=d.get("depth", 4), help="RAT-SPN split levels (default: %(default)s)")
     g.add_argument("--repetitions", type=_positive_int, default=d.get("repetitions", 10), help="RAT-SPN trees (default: %(default)s)")
     g.add_argument("--delta", type=_positive_int, default=7, help="Poon-Domingos cut spacing (default: 7)")
-    g.add_argument("--arity", type=int, choices=(2, 4), default=2, help="quad-tree product arity (default: 2)")
+    g.add_argument("--arity", type=int, choices=(2, 4), default=d.get("arity", 2), help="quad-tree product arity (default: %(default)s)")
     g.add_argument("--min-var", type=float, default=1e-4, help="Normal leaves' lower variance bound (default: 1e-4)")
     g.add_argument("--max-var", type=float, default=0.25, help="Normal leaves' upper variance bound (default: 0.25)")
 

@@ -25,9 +25,10 @@ NORMAL_RAT = ["--structure", "random", "--layer", "tucker", "--leaf", "normal"]
 def test_cli_fit_inpaint_and_classify_mnist_end_to_end(tmp_path, capsys):
     from PIL import Image
 
-    assert main(["fit", "mnist", *SMALL, "--out", str(tmp_path / "hclt")]) == 0  # the default: an HCLT, exact discrete
-    metrics = json.loads((tmp_path / "hclt" / "metrics.json").read_text())
-    assert metrics["model"]["structure"] == "hclt" and metrics["likelihood"].startswith("discrete")
+    assert main(["fit", "mnist", *SMALL, "--out", str(tmp_path / "quad")]) == 0  # the default: a 4-ary CP quad tree, exact discrete
+    metrics = json.loads((tmp_path / "quad" / "metrics.json").read_text())
+    assert metrics["model"]["structure"] == "quad-tree" and metrics["model"]["arity"] == 4 and metrics["model"]["layer"] == "cp"
+    assert metrics["likelihood"].startswith("discrete")
     assert metrics["test_bits_per_dim"] == pytest.approx(-metrics["test_log_likelihood_nats"] / (784 * math.log(2)))
     assert 0 < metrics["test_bits_per_dim"] < 8
     assert main(["fit", "mnist", *SMALL, *NORMAL_RAT, "--out", str(tmp_path / "fit")]) == 0
