@@ -205,6 +205,12 @@ def spn_density_configs(args: argparse.Namespace, image: bool, num_features: int
             out.append((f"random depth 1, R={reps}, multivariate-normal(min_var=1e-4), leaf prior 0.01, K={k}",
                         {"leaf": _mvn()(min_var=1e-4, max_var=1.0), "depth": 1, "repetitions": reps, "num_sums": k, "num_leaves": k,
                          "leaf_pseudocount": 0.01, **train}))
+        # LearnSPN ending in full-covariance Gaussians over each cluster's dependent variables, then EM
+        for min_rows in (100, 200, 400) if image else (50, 100, 200):
+            leaf: Any = _mvn()(min_var=1e-4, max_var=1.0) if image else "multivariate-normal"
+            name = "multivariate-normal(min_var=1e-4)" if image else "multivariate-normal"
+            out.append((f"learnspn min_rows={min_rows}, {name}, EM with leaf prior 0.1",
+                        {"structure": "learnspn", "structure_params": {"min_rows": min_rows}, "leaf": leaf, "leaf_pseudocount": 0.1, **train}))
     return out
 
 

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .circuit import SPN
 from .layers import LeafLayer, LeafLayerBase, MixedLeafLayer, MVNLeafLayer
-from .leaves import Leaf, LeafFamily
+from .leaves import Leaf, LeafFamily, MultivariateNormal
 from .structure import chow_liu_region_graph, learn_spn_structure
 
 __all__ = ["hclt", "learn_spn"]
@@ -91,7 +91,10 @@ def learn_spn(
     one node per region (``num_sums = num_leaves = 1``, CP layers: a
     product's children in one product of any arity); each sum's weights are
     its clusters' proportions and each leaf is fitted (the family's M-step) to
-    the rows of its cluster.
+    the rows of its cluster. With :class:`~spnkit.MultivariateNormal` leaves a
+    slice that is not split further is one full-covariance Gaussian over its
+    variables (``multivariate=True`` of the structure learner) instead of a
+    product of univariate leaves: the correlations within a cluster are kept.
 
     Args:
         data: ``(N, D)`` data.
@@ -106,7 +109,7 @@ def learn_spn(
     """
     learned = learn_spn_structure(data, marginalized, discrete=discrete, min_rows=min_rows, threshold=threshold,
                                   num_clusters=num_clusters, clustering=clustering, max_depth=max_depth,
-                                  num_bins=num_bins, seed=seed)
+                                  num_bins=num_bins, seed=seed, multivariate=isinstance(leaf, MultivariateNormal))
     rg = learned.region_graph
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -132,8 +135,11 @@ def _set_mixing_weights(spn: SPN, weights: dict[int, np.ndarray]) -> None:
 
 
 def _fit_leaves(spn: SPN, x: Tensor, observed: Tensor, leaf_rows: dict[int, np.ndarray]) -> None:
-    """Fit every (univariate) leaf region's distribution to its rows: one M-step on their statistics (per family of a mixed circuit)."""
+    """Fit every leaf region's distribution to its rows: one M-step on their statistics (per family of a mixed circuit)."""
     rg = spn.region_graph
+    if isinstance(spn.leaf_layer, MVNLeafLayer):
+        _fit_joint(spn.leaf_layer, x, observed, [leaf_rows.get(r, np.zeros(0, dtype=np.int64)) for r in spn.leaf_regions])
+        return
     regions, rows, cols = [], [], []
     for row, r in enumerate(spn.leaf_regions):  # construction, not a forward pass
         v = rg.regions[r][0]
@@ -153,6 +159,33 @@ def _fit_leaves(spn: SPN, x: Tensor, observed: Tensor, leaf_rows: dict[int, np.n
     for family, sub, columns in parts:
         mine = torch.ones_like(cls, dtype=torch.bool) if columns is None else torch.isin(cls, columns)
         _fit_part(family, sub, reg[mine], vals[mine])
+
+
+def _fit_joint(layer: MVNLeafLayer, x: Tensor, observed: Tensor, rows_of: list[np.ndarray]) -> None:
+    """Fit each multivariate Normal leaf region (leaf-layer row ``i``) to the data rows ``rows_of[i]``.
+
+    A region without rows is fitted to every row on which its variables are all observed.
+    """
+    for d in layer.sizes:
+        rows, idx = layer.group_index(d)  # (R_d,), (R_d, d)
+        picked = []
+        for i, r in enumerate(rows.tolist()):  # construction, not a forward pass
+            mine = torch.as_tensor(rows_of[r], dtype=torch.long)
+            if mine.numel() == 0:
+                mine = torch.nonzero(observed[:, idx[i]].all(1)).squeeze(1)
+            picked.append(mine)
+        reg = torch.cat([torch.full((t.numel(),), i, dtype=torch.long) for i, t in enumerate(picked)])
+        xs = x[torch.cat(picked).unsqueeze(1), idx[reg]]  # (P, d)
+        R = rows.numel()
+        count = xs.new_zeros(R).index_add_(0, reg, torch.ones_like(xs[:, 0]))
+        s1 = xs.new_zeros(R, d).index_add_(0, reg, xs)
+        s2 = xs.new_zeros(R, d, d).index_add_(0, reg, xs.unsqueeze(2) * xs.unsqueeze(1))
+        params = layer.group_params(d)
+        dt = params["loc"].dtype
+        k = params["loc"].shape[1]
+        stats = ((-0.5 * s2).unsqueeze(1).expand(R, k, d, d).to(dt), s1.unsqueeze(1).expand(R, k, d).to(dt),
+                 count.unsqueeze(1).expand(R, k).to(dt))
+        layer.set_group_params(d, layer.leaf.m_step(stats, params))
 
 
 def _fit_part(family: object, layer: object, reg: Tensor, vals: Tensor) -> None:

@@ -3,7 +3,10 @@
 A *region* is a non-empty set of variable indices (its scope). A *partition*
 splits one region (its parent) into child regions whose scopes are disjoint and
 whose union is the parent's scope. A region graph is a rooted DAG of regions and
-partitions; the root region covers every variable exactly once.
+partitions; the root region covers every variable exactly once. A partition
+with a single child (of the parent's whole scope) makes that child one mixture
+component of the parent: LearnSPN's clusters that end in a joint leaf (e.g. a
+multivariate Normal over the cluster's variables) are such partitions.
 
 Regions are identified by their position in :attr:`RegionGraph.regions`, not by
 their scope: RAT-SPN repetitions hold distinct regions that may share a scope.
@@ -82,8 +85,8 @@ class RegionGraph:
                                  f"children {p.children!r}")
             if not 0 <= p.parent < len(self.regions):
                 raise ValueError(f"partition {j} names parent region {p.parent}, which does not exist")
-            if len(p.children) < 2:
-                raise ValueError(f"partition {j} has {len(p.children)} children; a partition needs at least 2")
+            if len(p.children) < 1:
+                raise ValueError(f"partition {j} has no children; a partition needs at least 1")
             for c in p.children:
                 if not 0 <= c < len(self.regions):
                     raise ValueError(f"partition {j} names child region {c}, which does not exist")

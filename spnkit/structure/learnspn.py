@@ -4,7 +4,9 @@ The algorithm works on a *slice*, a set of variables (scope) and of rows:
 
 * a single variable is a leaf region (its distribution is fitted on the rows);
 * a slice with fewer than ``min_rows`` rows (or at ``max_depth``) is a naive
-  factorization: a product of one univariate leaf region per variable;
+  factorization: a product of one univariate leaf region per variable, or,
+  with ``multivariate=True`` (for a joint leaf family such as the
+  multivariate Normal), one leaf region over the slice's whole scope;
 * otherwise the variables are split into groups with no dependent pair across
   groups (:func:`~spnkit.structure.independence.independent_groups`); two or
   more groups make a product of one child region per group, on the same rows;
@@ -54,10 +56,11 @@ class LearnedStructure:
             its mixing weights, ``(len(region_graph.partitions_of[r]),)``
             float64 in the order of ``partitions_of[r]``, summing to 1: the
             proportions of the clusters the partitions come from.
-        leaf_rows: for each leaf region (always a single variable), the sorted
+        leaf_rows: for each leaf region (a single variable, or with
+            ``multivariate=True`` possibly a slice's whole scope), the sorted
             int64 indices of the data rows its distribution should be fitted
-            on: the rows of its slice on which its variable is observed (may be
-            empty when the variable is missing on every row of the slice).
+            on: the rows of its slice on which all its variables are observed
+            (may be empty when none is fully observed).
     """
 
     region_graph: RegionGraph
@@ -76,8 +79,9 @@ class _Slice:
 
 class _Learner:
     def __init__(self, d: Data, min_rows: int, threshold: float, num_clusters: int, clustering: str,
-                 max_depth: int | None, num_bins: int, seed: int) -> None:
+                 max_depth: int | None, num_bins: int, seed: int, multivariate: bool = False) -> None:
         self.d = d
+        self.multivariate = multivariate
         self.min_rows, self.threshold, self.k = min_rows, threshold, num_clusters
         self.clustering, self.max_depth, self.num_bins = clustering, max_depth, num_bins
         self.gen = torch.Generator().manual_seed(int(seed))
@@ -87,13 +91,14 @@ class _Learner:
         self.leaf_rows: dict[int, np.ndarray] = {}
         self.stack: deque[_Slice] = deque()
 
-    def new_region(self, scope: np.ndarray, rows: np.ndarray, depth: int, tested: bool) -> int:
+    def new_region(self, scope: np.ndarray, rows: np.ndarray, depth: int, tested: bool, leaf: bool = False) -> int:
         self.regions.append(tuple(int(v) for v in scope))
         idx = len(self.regions) - 1
-        if len(scope) == 1:
-            rows_t = torch.from_numpy(rows)
+        ends = len(rows) < self.min_rows or (self.max_depth is not None and depth >= self.max_depth)
+        if len(scope) == 1 or leaf or (self.multivariate and depth > 0 and ends):
             if self.d.observed is not None:
-                rows = rows[self.d.observed[rows_t, int(scope[0])].numpy()]
+                full = self.d.observed[torch.from_numpy(rows)][:, torch.from_numpy(scope)].all(1)
+                rows = rows[full.numpy()]
             self.leaf_rows[idx] = rows.astype(np.int64)
         else:
             self.stack.append(_Slice(scope, rows, depth, idx, tested))
@@ -110,6 +115,9 @@ class _Learner:
         return Data(values, observed, self.d.discrete)
 
     def naive(self, scope: np.ndarray, rows: np.ndarray, depth: int) -> tuple[int, ...]:
+        """The children of a slice that is not split further: one joint leaf (``multivariate``) or one leaf per variable."""
+        if self.multivariate and len(scope) > 1:
+            return (self.new_region(scope, rows, depth + 1, False, leaf=True),)
         return tuple(self.new_region(scope[i : i + 1], rows, depth + 1, False) for i in range(len(scope)))
 
     def expand(self, s: _Slice) -> None:
@@ -163,6 +171,7 @@ def learn_spn_structure(
     max_depth: int | None = None,
     num_bins: int = DEFAULT_BINS,
     seed: int = 0,
+    multivariate: bool = False,
 ) -> LearnedStructure:
     """Learn a region graph and its mixing weights with LearnSPN.
 
@@ -192,6 +201,9 @@ def learn_spn_structure(
             :func:`~spnkit.structure.mutual_information`).
         seed: seeds the RDC features and the clustering; the same seed gives
             the same structure.
+        multivariate: a slice that is not split further becomes one leaf
+            region over its whole scope (for joint leaf families, e.g. the
+            multivariate Normal) instead of one leaf region per variable.
 
     Returns:
         the :class:`LearnedStructure`.
@@ -216,5 +228,5 @@ def learn_spn_structure(
             raise ValueError(f"threshold (a G-test p-value) must lie strictly between 0 and 1, got {threshold!r}")
     else:
         check_float("threshold (an RDC)", threshold, 0.0, 1.0)
-    learner = _Learner(d, min_rows, float(threshold), num_clusters, clustering, max_depth, num_bins, seed)
+    learner = _Learner(d, min_rows, float(threshold), num_clusters, clustering, max_depth, num_bins, seed, multivariate)
     return learner.run()

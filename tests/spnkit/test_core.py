@@ -507,7 +507,7 @@ BAD = {
     "quad-depth-zero": (lambda: RegionGraph.quad_tree(2, 2, depth=0), r"depth must be an int >= 1"),
     "rg-empty-scope": (lambda: RegionGraph(2, ((0, 1), ()), ()), r"region 1 has an empty scope"),
     "rg-var-out-of-range": (lambda: RegionGraph(2, ((0, 1), (2,)), ()), r"region 1 has variables outside 0..1"),
-    "rg-one-child": (lambda: RegionGraph(2, ((0, 1), (0, 1)), (Partition(0, (1,)),)), r"partition 0 has 1 children"),
+    "rg-no-child": (lambda: RegionGraph(2, ((0, 1), (0, 1)), (Partition(0, ()),)), r"partition 0 has no children"),
     "rg-missing-child": (lambda: RegionGraph(2, ((0, 1), (0,)), (Partition(0, (1, 5)),)), r"child region 5, which does not exist"),
     "rg-two-roots": (lambda: RegionGraph(2, ((0, 1), (0,), (1,)), ()), r"exactly one root region.*found 3"),
     "rg-partition-by-scope": (lambda: RegionGraph(2, ((0, 1), (0,), (1,)), (Partition((0, 1), ((0,), (1,))),)),

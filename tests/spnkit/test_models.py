@@ -80,6 +80,55 @@ def test_learn_spn_finds_the_blocks_and_beats_a_random_structure() -> None:
     assert spn.log_prob(x.double()).mean() > rat.log_prob(x.double()).mean() + 0.5
 
 
+def test_a_one_child_partition_makes_its_child_a_mixture_component() -> None:
+    rg = spnkit.RegionGraph(3, ((0, 1, 2), (0, 1, 2), (0, 1, 2)), (spnkit.Partition(0, (1,)), spnkit.Partition(0, (2,))))
+    rg.check_valid()
+    torch.manual_seed(0)
+    spn = spnkit.SPN(rg, spnkit.MultivariateNormal(min_var=0.05, max_var=3.0), num_sums=1, num_leaves=1, layer="cp").double()
+    leaf = spn.leaf_layer
+    params = leaf.group_params(3)
+    cov = spn.leaf.covariance(params)[:, 0]
+    mean = params["loc"][:, 0]
+    w = spn.levels[-1].mixing.weights()[0, :, 0]
+    comps = torch.distributions.MultivariateNormal(mean.detach(), covariance_matrix=cov.detach())
+    x = torch.randn(7, 3, dtype=torch.float64)
+    order = [spn.row_of(r) for r in (1, 2)]  # leaf-layer rows of the two components, in partition order
+    ref = torch.logsumexp(torch.log(w.detach()) + comps.log_prob(x.unsqueeze(1))[:, order], 1)
+    torch.testing.assert_close(spn.log_prob(x).detach(), ref)
+    m = torch.zeros(7, 3, dtype=torch.bool)
+    m[:, 1] = True
+    sub = torch.distributions.MultivariateNormal(mean.detach()[:, [0, 2]], covariance_matrix=cov.detach()[:, [0, 2]][:, :, [0, 2]])
+    ref_m = torch.logsumexp(torch.log(w.detach()) + sub.log_prob(x[:, [0, 2]].unsqueeze(1))[:, order], 1)
+    torch.testing.assert_close(spn.log_prob(x, marginalized=m).detach(), ref_m)
+
+
+def test_learn_spn_with_multivariate_normal_leaves_keeps_each_block_joint() -> None:
+    x = _blocks(3000, 0)
+    joint = spnkit.learn_spn(x, leaf=spnkit.MultivariateNormal.from_data(x), min_rows=500, seed=0)
+    joint.check_valid()
+    rg = joint.region_graph
+    leaf_scopes = {frozenset(rg.regions[r]) for r in rg.leaf_regions}
+    assert leaf_scopes == {frozenset({0, 1, 2}), frozenset({3, 4, 5})}  # one Gaussian per block and cluster, no univariate leaf
+    univariate = spnkit.learn_spn(x, leaf=spnkit.Normal(min_var=1e-3, max_var=4.0, loc_range=(-3.0, 3.0)), min_rows=500, seed=0)
+    assert joint.log_prob(x.double()).mean() > univariate.log_prob(x.double()).mean() + 0.5
+    g = torch.Generator().manual_seed(1)
+    m = torch.rand(x.shape, generator=g) < 0.3
+    filled = spnkit.impute(joint, x.double(), m)
+    err_joint = float(((filled - x.double())[m] ** 2).mean())
+    err_uni = float(((spnkit.impute(univariate, x.double(), m) - x.double())[m] ** 2).mean())
+    assert err_joint < 0.8 * err_uni  # the correlations within a block fill its hidden entries
+
+
+def test_learn_spn_structure_multivariate_fits_joint_leaves_on_fully_observed_rows() -> None:
+    x = _blocks(1000, 2)
+    m = torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) < 0.1
+    ls = spnkit.structure.learn_spn_structure(x, m, min_rows=300, multivariate=True, seed=0)
+    ls.region_graph.check_valid()
+    for r, rows in ls.leaf_rows.items():
+        scope = list(ls.region_graph.regions[r])
+        assert not bool(m[torch.as_tensor(rows)][:, scope].any())
+
+
 def test_learn_spn_on_discrete_data_normalizes_and_uses_cluster_proportions() -> None:
     x, _ = _tree_data(1500, 3)
     spn = spnkit.learn_spn(x, leaf=spnkit.Categorical(num_categories=2), min_rows=100, seed=0)
