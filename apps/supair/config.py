@@ -203,6 +203,9 @@ class ModelConfig:
     # variance of the fixed background; 0.1 made a digit pixel cost only ~5 nats in the
     # background and training stayed at count 0
     fixed_background_var: float = 0.02
+    # multiplies the variance bounds of both SPNs (and the fixed background's variance); None: 1 for the
+    # built-in data, chosen from the foreground's contrast for the user's images (supair.data.objectsize)
+    variance_scale: float | None = None
     object_spn: SPNConfig = field(default_factory=SPNConfig)
     background_spn: SPNConfig = field(
         default_factory=lambda: SPNConfig(depth=1, repetitions=3, num_leaves=6, num_sums=3, min_var=0.002, max_var=0.12)
@@ -219,6 +222,8 @@ class ModelConfig:
         _check_range("model.", self, ("max_steps",), 1, MAX_OBJECTS)
         if not self.fixed_background_var > 0:
             raise ValueError(f"fixed_background_var must be positive, got {self.fixed_background_var}")
+        if self.variance_scale is not None and not (isinstance(self.variance_scale, (int, float)) and 0 < self.variance_scale <= 100):
+            raise ValueError(f"model.variance_scale must be a number in (0, 100] or null, got {self.variance_scale!r}")
         self.object_spn.assert_valid("model.object_spn")
         self.background_spn.assert_valid("model.background_spn")
         self.inference.assert_valid()

@@ -29,13 +29,15 @@ from .transform import box_coverage, cut_glimpses, paste_glimpses
 __all__ = ["Supair", "build_spn"]
 
 
-def build_spn(cfg: SPNConfig, height: int, width: int, channels: int, seed: int) -> spnkit.SPN:
-    """An spnkit circuit over an image with ``(row, col, channel)`` variable order."""
+def build_spn(cfg: SPNConfig, height: int, width: int, channels: int, seed: int, variance_scale: float = 1.0) -> spnkit.SPN:
+    """An spnkit circuit over an image with ``(row, col, channel)`` variable order, its leaf variances scaled by ``variance_scale``."""
     if cfg.structure == "random":
         rg = spnkit.RegionGraph.random(height * width * channels, depth=cfg.depth, repetitions=cfg.repetitions, seed=seed)
     else:
         rg = spnkit.RegionGraph.poon_domingos(height, width, delta=cfg.delta, channels=channels)
-    leaf = spnkit.Normal(min_var=cfg.min_var, max_var=cfg.max_var, loc_range=cfg.init_loc, init_var=cfg.init_var)
+    init_var = None if cfg.init_var is None else (cfg.init_var[0] * variance_scale, cfg.init_var[1] * variance_scale)
+    leaf = spnkit.Normal(min_var=cfg.min_var * variance_scale, max_var=cfg.max_var * variance_scale, loc_range=cfg.init_loc,
+                         init_var=init_var)
     return spnkit.SPN(rg, leaf=leaf, num_sums=cfg.num_sums, num_leaves=cfg.num_leaves, validate_args=False)
 
 
@@ -55,8 +57,9 @@ class Supair(nn.Module):
         self.cfg = cfg
         self.inference = InferenceNet(cfg)
         G, S, C = cfg.glimpse_size, cfg.scene_size, cfg.channels
-        self.object_spn = build_spn(cfg.object_spn, G, G, C, seed)
-        self.background_spn = build_spn(cfg.background_spn, S, S, C, seed + 1) if cfg.background_model else None
+        scale = 1.0 if cfg.variance_scale is None else float(cfg.variance_scale)
+        self.object_spn = build_spn(cfg.object_spn, G, G, C, seed, scale)
+        self.background_spn = build_spn(cfg.background_spn, S, S, C, seed + 1, scale) if cfg.background_model else None
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))  # training steps taken, for the count prior's ramp
 
     # ------------------------------------------------------------ inference
@@ -188,7 +191,8 @@ class Supair(nn.Module):
         if self.background_spn is not None:
             return self.background_spn.log_prob(x, marginalized=m)
         cfg = self.cfg
-        ll = -0.5 * (x - cfg.fixed_background_mean) ** 2 / cfg.fixed_background_var - 0.5 * math.log(2 * math.pi * cfg.fixed_background_var)
+        var = cfg.fixed_background_var * (1.0 if cfg.variance_scale is None else float(cfg.variance_scale))
+        ll = -0.5 * (x - cfg.fixed_background_mean) ** 2 / var - 0.5 * math.log(2 * math.pi * var)
         return ((1 - m) * ll).sum(-1)
 
     def elbo(self, images: Tensor, inf: Inference | None = None) -> tuple[Tensor, Inference]:

@@ -33,7 +33,7 @@ import torch
 from .checkpoint import build_model, build_stored_model, config_of, load_checkpoint, load_state, save_checkpoint, upgrade_optimizer_state
 from .config import SupairConfig
 from .data import SceneSet, load_dataset, load_user_images
-from .data.objectsize import estimate_object_size
+from .data.objectsize import REFERENCE_CONTRAST, estimate_object_size, variance_scale
 from .evaluation import evaluate
 from .files import atomic_write
 from .names import DATASET_DEFAULTS
@@ -86,7 +86,7 @@ class Trainer:
     requested one and ``config.json``), :meth:`_set_up_process` (threads,
     allocator, seed), :meth:`_load_data` (training and held-out scenes),
     :meth:`_sized_to_data` (a new run on the user's images: the box sizes that
-    cover their objects, unless given), :meth:`_build_model_and_optimizer`
+    cover their objects and the SPN variance scale of their contrast, unless given), :meth:`_build_model_and_optimizer`
     (and the loss, sharded under torchrun), :meth:`_restore` (checkpoint state
     on resume) and :meth:`_prepare_folder` (the lock, then the first writes). Any error before the last step leaves
     the disk as it was. The lock is released by :meth:`close`, at the end of
@@ -231,18 +231,28 @@ class Trainer:
         self._check_data(self.train_set)
 
     def _sized_to_data(self, cfg: SupairConfig, say: Callable[[str], None]) -> SupairConfig:
-        """A new run on the user's images without a box size range: the range that covers their objects (told to ``say``)."""
+        """A new run on the user's images: the box size range and SPN variance scale their objects need, unless given (told to ``say``)."""
         icfg = cfg.model.inference
-        if cfg.train.data_path is None or icfg.object_size is not None or cfg.model_type != "supair":
+        need_size, need_scale = icfg.object_size is None, cfg.model.variance_scale is None
+        if cfg.train.data_path is None or cfg.model_type != "supair" or not (need_size or need_scale):
             return cfg
         size = estimate_object_size(self.train_set, ratio_max=icfg.ratio_range[1])
         if size is None:
-            lo, hi = (r * cfg.model.glimpse_size for r in icfg.scale_range)
-            say(f"object size: found no objects to measure in the images; boxes {lo:.1f} to {hi:.1f} px wide "
-                     "(the default; --object-size MIN MAX sets it)")
+            if need_size:
+                lo, hi = (r * cfg.model.glimpse_size for r in icfg.scale_range)
+                say(f"object size: found no objects to measure in the images; boxes {lo:.1f} to {hi:.1f} px wide "
+                    "(the default; --object-size MIN MAX sets it)")
             return cfg
-        say(size.describe())
-        return cfg.replace(**{"model.inference.object_size": (size.least, size.most)})
+        changes: dict[str, object] = {}
+        if need_size:
+            say(size.describe())
+            changes["model.inference.object_size"] = (size.least, size.most)
+        if need_scale:
+            scale = round(variance_scale(size.contrast), 3)
+            say(f"contrast: objects stand out of their background by {size.contrast:.2f} (median; multi-MNIST {REFERENCE_CONTRAST:.2f}): "
+                f"SPN variance bounds scaled by {scale:.3f} (--set model.variance_scale=1 keeps the preset's)")
+            changes["model.variance_scale"] = scale
+        return cfg.replace(**changes)
 
     def _finished(self) -> bool:
         """Whether the resumed run has spent its budget and recorded its final evaluation (the same answer in every process)."""
