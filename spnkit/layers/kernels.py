@@ -15,7 +15,7 @@ from torch.autograd.function import once_differentiable
 
 __all__ = [
     "CHUNK_BYTES", "blocks_of", "GatherMatmul", "GatherPart", "GatherRows", "LogMatmul", "LogOuterMatmul", "LogProjectProduct",
-    "log_matmul_exp", "log_max_matmul", "log_project_product", "shifted_exp",
+    "grad_over_sums", "log_matmul_exp", "log_max_matmul", "log_project_product", "shifted_exp",
 ]
 
 
@@ -138,6 +138,20 @@ def _outer_matmul_backward(ea: Tensor, eb: Tensor, w: Tensor, grad: Tensor, g_a:
             torch.bmm(w_b[blk], z.view(c, I * K, B), out=g_b[blk])  # (c, J, B)
 
 
+def grad_over_sums(grad: Tensor, s: Tensor) -> Tensor:
+    """``grad / s`` (broadcast), zero where ``s`` is zero: a sum of probability zero passes a zero gradient, not NaN or inf.
+
+    On the CPU one sum of the quotient tells whether any entry is not finite
+    (every zero ``s`` makes one); only then are the zero sums masked, which
+    costs several times the division. On other devices they are always
+    masked (no synchronization).
+    """
+    q = torch.div(grad, s)
+    if q.device.type == "cpu" and bool(torch.isfinite(q.sum())):
+        return q
+    return q.masked_fill_(s == 0, 0.0)
+
+
 def shifted_exp(log_x: Tensor) -> tuple[Tensor, Tensor]:
     """``exp(log_x - m)`` and the shift ``m``: the max over dim 1, 0 where it is not finite (detached)."""
     m = torch.nan_to_num(log_x.detach().amax(1, keepdim=True), nan=0.0, posinf=0.0, neginf=0.0)  # (P, 1, B)
@@ -177,7 +191,7 @@ class LogOuterMatmul(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         need_a, need_b, need_w = ctx.needs_input_grad
         *inputs, w, s = ctx.saved_tensors
-        g_s = torch.div(grad, s).masked_fill_(s == 0, 0.0)  # (P, K, B): zero where the sum is zero
+        g_s = grad_over_sums(grad, s)  # (P, K, B): zero where the sum is zero
         if ctx.stacked:
             (e,) = inputs
             P = e.shape[0] // 2
@@ -298,7 +312,7 @@ class LogMatmul(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
         e, w, s = ctx.saved_tensors
-        g_s = torch.div(grad, s).masked_fill_(s == 0, 0.0)  # (S, K, B)
+        g_s = grad_over_sums(grad, s)  # (S, K, B)
         g_a = torch.bmm(w, g_s).mul_(e) if ctx.needs_input_grad[0] else None  # (S, I, B)
         g_w = torch.bmm(e, g_s.transpose(1, 2)) if ctx.needs_input_grad[1] else None  # (S, I, K)
         return g_a, g_w
@@ -341,7 +355,7 @@ class LogProjectProduct(torch.autograd.Function):
         S, K, B = s.shape
         a = ctx.arity
         s4 = s.view(S // a, a, K, B)
-        g_s = torch.div(grad.unsqueeze(1), s4).masked_fill_(s4 == 0, 0.0).view(S, K, B)  # each partition's gradient, per slot
+        g_s = grad_over_sums(grad.unsqueeze(1), s4).view(S, K, B)  # each partition's gradient, per slot
         g_c = torch.bmm(w, g_s).mul_(e) if ctx.needs_input_grad[0] else None  # (S, I, B)
         g_w = torch.bmm(e, g_s.transpose(1, 2)) if ctx.needs_input_grad[1] else None  # (S, I, K)
         return g_c, g_w, None
