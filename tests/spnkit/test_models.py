@@ -194,14 +194,17 @@ def test_root_only_upward_equals_the_full_pass(leaf: str, mask: str) -> None:
     x = torch.randint(0, 3, (5, 7), generator=gen).double() if leaf == "categorical" else torch.randn(5, 7, generator=gen, dtype=torch.float64)
     m = {"none": None, "bool": torch.rand(5, 7, generator=gen) < 0.3,
          "soft": torch.rand(5, 7, generator=gen, dtype=torch.float64)}[mask]
+    if leaf != "categorical":  # values are differentiable too
+        x.requires_grad_()
     ev = spn.prepare(x, m)
     full = spn.upward(ev)
     torch.testing.assert_close(full.root, bf.log_prob(spn, x, m).unsqueeze(-1), rtol=1e-9, atol=1e-9)
-    fused = spn.upward(ev, root_only=True)
+    fused = spn.upward(spn.prepare(x, m), root_only=True)  # its own evidence: a graph of its own from x
     assert fused.blocks == () and fused.parts == () and fused.leaf is None
     torch.testing.assert_close(fused.root, full.root, rtol=1e-12, atol=1e-12)
-    names = [n for n, _ in spn.named_parameters()]
-    grads = [torch.autograd.grad(t.root.sum(), list(spn.parameters()), allow_unused=True) for t in (full, fused)]
+    names = [n for n, _ in spn.named_parameters()] + ["x"] * x.requires_grad
+    inputs = list(spn.parameters()) + [x] * x.requires_grad
+    grads = [torch.autograd.grad(t.root.sum(), inputs, allow_unused=True) for t in (full, fused)]
     for name, a, b in zip(names, *grads):
         assert (a is None) == (b is None), name
         if a is not None:
