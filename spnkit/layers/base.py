@@ -91,7 +91,8 @@ class ChildRows(nn.Module):
             self._meta.append((distinct, covers))
         # one source read whole, in order: the output is the block itself (when it has k entries per row)
         only = sources[0] if len(sources) == 1 else None
-        self.whole = (only is not None and only.dest == slice(0, n) and only.rows.numel() == n == block_sizes[only.block]
+        self.whole = (only is not None and isinstance(only.dest, slice) and only.dest == slice(0, n)
+                      and only.rows.numel() == n == block_sizes[only.block]
                       and bool(torch.equal(only.rows.long(), torch.arange(n))))
 
     def parts(self) -> tuple[GatherPart, ...]:

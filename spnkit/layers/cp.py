@@ -86,8 +86,8 @@ class CPLayer(SumWeights):
         self.one_direct_each = bool(torch.equal(self.direct_partition, torch.arange(num_partitions)))
         # every partition has `arity` projected slots, consecutive, and no direct one: one fused kernel
         a = S // num_partitions if num_partitions else 0
-        grouped = a > 0 and not len(direct_partition) and torch.equal(self.slot_partition, torch.arange(num_partitions).repeat_interleave(a))
-        self.arity = a if grouped else 0
+        regular = a > 0 and not len(direct_partition) and torch.equal(self.slot_partition, torch.arange(num_partitions).repeat_interleave(a))
+        self.arity = a if regular else 0
         for name, part in (("slot", self.slot_partition), ("direct", self.direct_partition)):
             order, ptr = _by_partition(part, num_partitions)
             self.register_buffer(f"{name}_order", order, persistent=False)
