@@ -87,6 +87,7 @@ class SPN(nn.Module):
 
     leaf_layer: LeafLayerBase
     root_sum: CPLayer | None
+    _leaf_groups: Tensor | None
 
     def __init__(
         self,
@@ -140,6 +141,34 @@ class SPN(nn.Module):
         self._row = compiled.row
         self.num_rows = compiled.num_rows
         self.k_max = compiled.k_max
+        self.register_buffer("_leaf_groups", self._leaf_product_groups(), persistent=False)
+
+    def _leaf_product_groups(self) -> Tensor | None:
+        """The leaf rows of each first-level product, ``(P, a)`` padded with ``R0``, where the two layers can be fused.
+
+        That is when the first product layer is a CP layer whose children are
+        all leaf vectors entered unprojected and no other layer reads the leaf
+        block: its products are then sums of leaf log-densities, which
+        :meth:`LeafLayerBase.grouped <spnkit.layers.LeafLayerBase.grouped>`
+        computes without the leaf block. None otherwise.
+        """
+        if not self._levels or len(self._chunks[0]) != 1:
+            return None
+        readers = [lv.product for lv in self._levels[1:]] + ([self.root_sum] if self.root_sum is not None else [])
+        if any(0 in layer.children_rows.blocks for layer in readers):
+            return None
+        first = self._levels[0].product
+        if not isinstance(first, CPLayer) or first.num_slots or not first.direct_partition.shape[0]:
+            return None
+        R0 = len(self._leaf_regions)
+        if int(first.direct_rows.max()) >= R0:
+            return None
+        counts = first.direct_ptr.diff()  # (P,) leaf children per product
+        a = int(counts.max())
+        groups = torch.full((first.num_partitions, a), R0, dtype=torch.long)
+        member = torch.arange(first.direct_partition.shape[0]) - first.direct_ptr[:-1].repeat_interleave(counts)
+        groups[first.direct_partition[first.direct_order], member] = first.direct_rows[first.direct_order]
+        return groups
 
     # ----------------------------------------------------------- public face
     @property
@@ -200,7 +229,7 @@ class SPN(nn.Module):
                         check_values=self.validate_args, name=name)
 
     def upward(self, evidence: Evidence, *, mode: str = "sum", params: CircuitParams | None = None,
-               leaf_grad: bool = False) -> Trace:
+               leaf_grad: bool = False, root_only: bool = False) -> Trace:
         """One bottom-up pass over prepared evidence.
 
         Args:
@@ -212,6 +241,11 @@ class SPN(nn.Module):
                 (``"sum"`` mode): differentiating the summed root log-likelihood
                 by it gives each leaf component's posterior probability of
                 lying in a sample's induced tree.
+            root_only: only ``trace.root`` is wanted (a log-likelihood, a
+                gradient of it): the trace comes back without blocks, parts and
+                leaf values, and where the first product layer multiplies
+                unprojected leaf vectors, leaf and product layer are computed
+                as one (the leaf block is never built).
 
         Returns:
             the :class:`~spnkit.evidence.Trace`; ``trace.root`` is ``(B, num_classes)``.
@@ -220,26 +254,39 @@ class SPN(nn.Module):
             raise ValueError(f"mode must be 'sum' or 'max', got {mode!r}")
         if (params is not None or leaf_grad) and mode != "sum":
             raise ValueError("params and leaf_grad are taken by the sum pass only")
+        if leaf_grad and root_only:
+            raise ValueError("leaf_grad returns the leaf values, which root_only leaves out")
         x, w = evidence.leaf_input()
         weights = None
         if params is not None and params.log_weights is not None:
             if len(params.log_weights) != len(self.weighted_layers):
                 raise ValueError(f"params.log_weights has {len(params.log_weights)} tensors; this circuit has {len(self.weighted_layers)} sum layers")
             weights = iter(params.log_weights)
-        if mode == "sum":
+        blocks: list[Tensor] = []  # batch-fastest (rows, K_max, B) chunks of the blocks
+        groups = self._leaf_groups if root_only and mode == "sum" else None  # leaf and first product layer as one
+        fused = groups is not None
+        leaf: Tensor | None = None
+        leaf_natural = None if params is None else params.leaf_natural
+        if fused:
+            blocks.append(x.new_empty(0))  # the leaf block, never read
+        elif mode == "sum":
             with torch.set_grad_enabled(torch.is_grad_enabled() and not leaf_grad):
-                leaf = self.leaf_layer(x, w, None if params is None else params.leaf_natural, finite=evidence.finite)  # (R0, B, K_leaf)
+                leaf = self.leaf_layer(x, w, leaf_natural, finite=evidence.finite)  # (R0, B, K_leaf)
             if leaf_grad:
                 leaf = leaf.detach().requires_grad_()
         else:
             leaf = self.leaf_layer.forward_max(x, w)
-        blocks: list[Tensor] = []  # batch-fastest (rows, K_max, B) chunks of the blocks
-        self._add_block(blocks, self._pad_t(leaf), 0)
+        if leaf is not None:
+            self._add_block(blocks, self._pad_t(leaf), 0)
         parts: list[Tensor] = []
-        out = leaf
         keep_top = self.root_sum is not None
+        out = x  # replaced by the first level's output
         for i, lv in enumerate(self._levels):
-            if mode == "sum":
+            if groups is not None and i == 0:
+                part = self.leaf_layer.grouped(x, w, groups, leaf_natural, finite=evidence.finite)  # (P, B, K_out)
+                if weights is not None:
+                    next(weights)  # the first layer's (empty) weights
+            elif mode == "sum":
                 part = lv.product(blocks, None if weights is None else next(weights))  # (P, B, K_out)
             else:
                 part = lv.product.forward_max(blocks)
@@ -257,6 +304,8 @@ class SPN(nn.Module):
                 out = self.root_sum(blocks, None if weights is None else next(weights))  # (1, B, C)
             else:
                 out = self.root_sum.forward_max(blocks)
+        if root_only:
+            return Trace(blocks=(), parts=(), root=out[0])
         return Trace(blocks=tuple(blocks), parts=tuple(parts), root=out[0], leaf=leaf)
 
     def _add_block(self, blocks: list[Tensor], block: Tensor, index: int) -> None:
@@ -292,7 +341,7 @@ class SPN(nn.Module):
         Returns:
             ``(B,)``, or ``(B, num_classes)`` when ``num_classes > 1``.
         """
-        return self._out(self.upward(self.prepare(x, marginalized)).root)
+        return self._out(self.upward(self.prepare(x, marginalized), root_only=True).root)
 
     def forward(self, x: Tensor, marginalized: Tensor | None = None) -> Tensor:
         """Same as :meth:`log_prob`."""

@@ -58,6 +58,8 @@ class RowSource(NamedTuple):
 class ChildRows(nn.Module):
     """Gathers a layer's input rows from the blocks of the upward pass: ``(n, k, B)``, batch-fastest and contiguous.
 
+    A layer that reads one whole block in order gets the block itself (no copy).
+
     The upward pass keeps one block per height (the leaf layer's rows, then each
     level's regions), each ``(rows, K_max, B)``; a layer whose children lie in
     several blocks reads each with one ``index_select`` and never concatenates
@@ -87,6 +89,11 @@ class ChildRows(nn.Module):
             sole = self.blocks.count(s.block) == 1
             covers = sole and distinct and s.rows.numel() == block_sizes[s.block]
             self._meta.append((distinct, covers))
+        # one source read whole, in order: the output is the block itself (when it has k entries per row)
+        only = sources[0] if len(sources) == 1 else None
+        self.whole = (only is not None and isinstance(only.dest, slice) and only.dest == slice(0, n)
+                      and only.rows.numel() == n == block_sizes[only.block]
+                      and bool(torch.equal(only.rows.long(), torch.arange(n))))
 
     def parts(self) -> tuple[GatherPart, ...]:
         """The gather parts, with this module's (device-resident) index tensors."""
@@ -98,4 +105,7 @@ class ChildRows(nn.Module):
 
     def forward(self, blocks: list[Tensor]) -> Tensor:
         """``(n, k, B)`` from the upward pass's blocks ``(rows, K_max, B)`` each."""
+        first = blocks[self.blocks[0]]
+        if self.whole and first.shape[1] == self.k and first.is_contiguous():
+            return first  # no copy: the gradient flows into the block directly
         return GatherRows.apply(self.parts(), self.n, self.k, *(blocks[b] for b in self.blocks))

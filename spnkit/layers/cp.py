@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .base import ChildRows, SumWeights
-from .kernels import LogMatmul, log_max_matmul
+from .kernels import LogMatmul, log_max_matmul, log_project_product
 
 __all__ = ["CPLayer"]
 
@@ -84,6 +84,10 @@ class CPLayer(SumWeights):
         self.register_buffer("direct_rows", direct_rows.long(), persistent=False)
         # a hidden Chow-Liu tree: each product has its variable's leaves as its one unprojected child
         self.one_direct_each = bool(torch.equal(self.direct_partition, torch.arange(num_partitions)))
+        # every partition has `arity` projected slots, consecutive, and no direct one: one fused kernel
+        a = S // num_partitions if num_partitions else 0
+        regular = a > 0 and not len(direct_partition) and torch.equal(self.slot_partition, torch.arange(num_partitions).repeat_interleave(a))
+        self.arity = a if regular else 0
         for name, part in (("slot", self.slot_partition), ("direct", self.direct_partition)):
             order, ptr = _by_partition(part, num_partitions)
             self.register_buffer(f"{name}_order", order, persistent=False)
@@ -121,6 +125,8 @@ class CPLayer(SumWeights):
         c = self.children_rows(blocks)  # (S + S_direct, k_in, B)
         S = self.num_slots
         w = self.weights() if log_w is None else torch.exp(log_w)  # (S, k_in, K)
+        if self.arity:
+            return log_project_product(c, w, self.arity).transpose(1, 2)  # (P, K, B) -> (P, B, K)
         proj = LogMatmul.apply(c[:S], w) if S else c[:0, :0]  # (S, K, B)
         return self._combine(proj, c[S:])
 

@@ -14,8 +14,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 __all__ = [
-    "CHUNK_BYTES", "blocks_of", "GatherMatmul", "GatherPart", "GatherRows", "LogMatmul", "LogOuterMatmul",
-    "log_matmul_exp", "log_max_matmul", "shifted_exp",
+    "CHUNK_BYTES", "blocks_of", "GatherMatmul", "GatherPart", "GatherRows", "LogMatmul", "LogOuterMatmul", "LogProjectProduct",
+    "grad_over_sums", "log_matmul_exp", "log_max_matmul", "log_project_product", "shifted_exp",
 ]
 
 
@@ -138,6 +138,20 @@ def _outer_matmul_backward(ea: Tensor, eb: Tensor, w: Tensor, grad: Tensor, g_a:
             torch.bmm(w_b[blk], z.view(c, I * K, B), out=g_b[blk])  # (c, J, B)
 
 
+def grad_over_sums(grad: Tensor, s: Tensor) -> Tensor:
+    """``grad / s`` (broadcast), zero where ``s`` is zero: a sum of probability zero passes a zero gradient, not NaN or inf.
+
+    On the CPU one sum of the quotient tells whether any entry is not finite
+    (every zero ``s`` makes one); only then are the zero sums masked, which
+    costs several times the division. On other devices they are always
+    masked (no synchronization).
+    """
+    q = torch.div(grad, s)
+    if q.device.type == "cpu" and bool(torch.isfinite(q.sum())):
+        return q
+    return q.masked_fill_(s == 0, 0.0)
+
+
 def shifted_exp(log_x: Tensor) -> tuple[Tensor, Tensor]:
     """``exp(log_x - m)`` and the shift ``m``: the max over dim 1, 0 where it is not finite (detached)."""
     m = torch.nan_to_num(log_x.detach().amax(1, keepdim=True), nan=0.0, posinf=0.0, neginf=0.0)  # (P, 1, B)
@@ -177,7 +191,7 @@ class LogOuterMatmul(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         need_a, need_b, need_w = ctx.needs_input_grad
         *inputs, w, s = ctx.saved_tensors
-        g_s = torch.div(grad, s).masked_fill_(s == 0, 0.0)  # (P, K, B): zero where the sum is zero
+        g_s = grad_over_sums(grad, s)  # (P, K, B): zero where the sum is zero
         if ctx.stacked:
             (e,) = inputs
             P = e.shape[0] // 2
@@ -298,10 +312,63 @@ class LogMatmul(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
         e, w, s = ctx.saved_tensors
-        g_s = torch.div(grad, s).masked_fill_(s == 0, 0.0)  # (S, K, B)
+        g_s = grad_over_sums(grad, s)  # (S, K, B)
         g_a = torch.bmm(w, g_s).mul_(e) if ctx.needs_input_grad[0] else None  # (S, I, B)
         g_w = torch.bmm(e, g_s.transpose(1, 2)) if ctx.needs_input_grad[1] else None  # (S, I, K)
         return g_a, g_w
+
+
+def _shifted_projections(log_c: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``e = exp(log_c - m)`` ``(S, I, B)``, its shift ``m`` ``(S, 1, B)`` and the shifted sums ``s = w^T e`` ``(S, K, B)``."""
+    e, m = shifted_exp(log_c)
+    return e, m, torch.bmm(w.transpose(1, 2), e)  # the transpose is BLAS's, not a copy
+
+
+class LogProjectProduct(torch.autograd.Function):
+    """Log-space projections of ``a`` consecutive slots multiplied per partition: a CP layer of uniform arity, one Function.
+
+    ``out[p, k, b] = sum_{j < a} log sum_i w[s, i, k] exp(log_c[s, i, b])`` with
+    ``s = a p + j``: ``(P a, I, B), (P a, I, K) -> (P, K, B)``, batch-fastest.
+    Each column is shifted by its max over ``i`` before ``exp`` (exact down to
+    ``-inf``), as in :class:`LogMatmul`; the slots' shifts are summed per
+    partition and added once to the ``a`` times smaller output. The product
+    over a partition's slots is a sum over a reshape, and the backward pass
+    broadcasts each partition's gradient over its slots (``d/d log_c = e * (w
+    @ (g / s))``, ``d/dw = e @ (g / s)^T``, ``s`` the shifted sums; a zero
+    ``s`` passes a zero gradient): no gather or scatter of slot rows.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, log_c: Tensor, w: Tensor, arity: int) -> Tensor:
+        S, _, B = log_c.shape
+        P, K = S // arity, w.shape[2]
+        e, m, s = _shifted_projections(log_c, w)
+        ctx.save_for_backward(e, w, s)
+        ctx.arity = arity
+        out = torch.log(s).view(P, arity, K, B).sum(1)
+        return out.add_(m.view(P, arity, 1, B).sum(1))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        e, w, s = ctx.saved_tensors
+        S, K, B = s.shape
+        a = ctx.arity
+        s4 = s.view(S // a, a, K, B)
+        g_s = grad_over_sums(grad.unsqueeze(1), s4).view(S, K, B)  # each partition's gradient, per slot
+        g_c = torch.bmm(w, g_s).mul_(e) if ctx.needs_input_grad[0] else None  # (S, I, B)
+        g_w = torch.bmm(e, g_s.transpose(1, 2)) if ctx.needs_input_grad[1] else None  # (S, I, K)
+        return g_c, g_w, None
+
+
+def log_project_product(log_c: Tensor, w: Tensor, arity: int) -> Tensor:
+    """:class:`LogProjectProduct`; without a graph to build, computed in place in fewer passes: ``(P, K, B)``."""
+    if torch.is_grad_enabled() and (log_c.requires_grad or w.requires_grad):
+        return LogProjectProduct.apply(log_c, w, arity)
+    S, _, B = log_c.shape
+    P, K = S // arity, w.shape[2]
+    _, m, s = _shifted_projections(log_c, w)
+    return s.log_().view(P, arity, K, B).sum(1).add_(m.view(P, arity, 1, B).sum(1))
 
 
 def log_max_matmul(log_a: Tensor, log_w: Tensor) -> Tensor:

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..leaves import Leaf, natural_to_layer
 from .kernels import GatherMatmul
-from .leaf_base import LeafLayerBase, Natural
+from .leaf_base import LeafLayerBase, Natural, sum_groups
 from .leaf_kernels import GatherLeaf, GatherSoftmaxLeaf
 from .leaf_kernels import WeightedStatistics as _WeightedStatistics
 
@@ -125,13 +125,16 @@ class LeafLayer(LeafLayerBase):
         # the assignment's made a zero-filled copy of it
         return torch.cat([v.t(), v.new_zeros(1, v.shape[0])])
 
-    def _linear(self, feats: Tensor, coef: Tensor, bias: Tensor | None = None) -> Tensor:
+    def _linear(self, feats: Tensor, coef: Tensor, bias: Tensor | None = None, groups: Tensor | None = None) -> Tensor:
         """``out[r, b, k] = sum_{d, s} feats[s, d, b] * coef[r, s * n + slot(d), k] (+ bias[r, k])``: ``(R, B, K)``, batch-fastest.
 
         ``feats`` ``(S, D + 1, B)`` are the weighted statistics, variable-major
         (built so from the transposed input: no copy of the ``S`` times larger
         statistics), with row ``D`` zero; ``coef (R, S * n, K)`` has the same
-        ``S`` (the layout of :meth:`Leaf.layer_coefficients`).
+        ``S`` (the layout of :meth:`Leaf.layer_coefficients`). With ``groups``
+        (see :meth:`grouped`) the sums of the groups' rows, ``(G, B, K)``: in
+        the gather layout one product over each group's statistics and
+        concatenated coefficients (:meth:`_merge`), without the rows.
         """
         R, K = coef.shape[0], coef.shape[2]
         S, D1, B = feats.shape
@@ -141,14 +144,48 @@ class LeafLayer(LeafLayerBase):
             out = torch.bmm(dense.transpose(1, 2), feats).sum(0)  # (S, R*K, B) -> (R*K, B)
             if bias is not None:
                 out = out + bias.reshape(R * K, 1)
+            if groups is not None:
+                return sum_groups(out.view(R, K, B), groups).transpose(1, 2)
             return out.view(R, K, B).transpose(1, 2)  # (R, B, K)
         index = getattr(self, f"stat_rows_{S}")  # (R, S*n): the first S statistics, statistic-major
+        if groups is not None:
+            coef, index, bias = self._merge(coef, index, bias, groups, S)
         return GatherMatmul.apply(feats.reshape(-1, B)[: S * D1], coef, index, bias).transpose(1, 2)  # (R, K, B) -> (R, B, K)
+
+    def _merge(self, coef: Tensor, index: Tensor, bias: Tensor | None, groups: Tensor, S: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Coefficients, statistic rows and biases of groups of regions, each group as one region over all their slots.
+
+        ``coef (R, S * n, K)`` and ``index (R, S * n)`` become ``(G, S * a * n,
+        K)`` and ``(G, S * a * n)`` (statistic-major, each statistic's slots
+        group member by member), ``bias (R, K)`` the groups' sums ``(G, K)``.
+        Padding members (row ``R``) read the zero statistic row ``D`` with
+        coefficient and bias zero.
+        """
+        R, Sn, K = coef.shape
+        G, a = groups.shape
+        n = Sn // S
+        coef = torch.cat([coef, coef.new_zeros(1, Sn, K)])[groups]  # (G, a, S*n, K)
+        coef = coef.view(G, a, S, n, K).transpose(1, 2).reshape(G, S * a * n, K)
+        index = torch.cat([index, index.new_full((1, Sn), self.num_vars)])[groups]  # (G, a, S*n)
+        index = index.view(G, a, S, n).transpose(1, 2).reshape(G, S * a * n)
+        if bias is not None:
+            bias = torch.cat([bias, bias.new_zeros(1, K)])[groups].sum(1)  # (G, K)
+        return coef, index, bias
 
     def forward(self, x: Tensor, w: Tensor | None, eta: Natural | None = None, finite: bool = False) -> Tensor:
         """Leaf log-densities ``(R, B, K)``; see :meth:`_forward` (the family's base measure added, where it has one)."""
         out = self._forward(x, w, None if eta is None else _one_tensor(eta), finite)
         return out if not self.leaf.has_base_measure else out + self._base_measure(x, w).unsqueeze(-1)
+
+    def grouped(self, x: Tensor, w: Tensor | None, groups: Tensor, eta: Natural | None = None, finite: bool = False) -> Tensor:
+        """Summed log-densities of groups of leaf regions ``(G, B, K)`` (see :meth:`LeafLayerBase.grouped`).
+
+        In the gather layout each group is computed as one region over its
+        members' slots: one matrix product over their statistics, and no
+        ``(R, B, K)`` log-densities of the members.
+        """
+        out = self._forward(x, w, None if eta is None else _one_tensor(eta), finite, groups)
+        return out if not self.leaf.has_base_measure else out + sum_groups(self._base_measure(x, w), groups).unsqueeze(-1)
 
     def _base_measure(self, x: Tensor, w: Tensor | None) -> Tensor:
         """Each leaf region's summed, evidence-weighted ``log h(x)``: ``(R, B)``."""
@@ -161,8 +198,9 @@ class LeafLayer(LeafLayerBase):
             h = leaf.log_base_measure(x) * w
         return self._columns(h)[self.var_index].sum(1)  # (R, n, B) -> (R, B); padding slots read the zero row
 
-    def _forward(self, x: Tensor, w: Tensor | None, eta: Tensor | None = None, finite: bool = False) -> Tensor:
-        """Leaf log-densities.
+    def _forward(self, x: Tensor, w: Tensor | None, eta: Tensor | None = None, finite: bool = False,
+                 groups: Tensor | None = None) -> Tensor:
+        """Leaf log-densities, or with ``groups`` their sums over groups of regions (see :meth:`grouped`).
 
         Args:
             x: values ``(B, D)``; unobserved entries hold 0 (with a float ``w``)
@@ -177,10 +215,11 @@ class LeafLayer(LeafLayerBase):
                 multiplication, several times faster than a select.
 
         Returns:
-            ``(R, B, K)``.
+            ``(R, B, K)``, or ``(G, B, K)`` with ``groups``.
         """
         if self.leaf.indexed:  # one-hot statistics: gather the log-probabilities instead
-            return self._indexed(x, w, eta, False)
+            out = self._indexed(x, w, eta, False)
+            return out if groups is None else sum_groups(out.transpose(1, 2), groups).transpose(1, 2)
         hard = w is not None and w.dtype == torch.bool
         if w is not None and hard and x.requires_grad and torch.is_grad_enabled():  # differentiable in x: the weighted path
             x, w, hard = torch.where(w, x, 0.0), w.to(x.dtype), False
@@ -191,7 +230,7 @@ class LeafLayer(LeafLayerBase):
         else:
             coef, const = natural_to_layer(eta, split)
         if w is not None and hard:
-            return self._linear(self._observed_statistics(x, w, finite), coef)
+            return self._linear(self._observed_statistics(x, w, finite), coef, None, groups)
         cols = self._columns(x)
         if w is None:
             feats = self.leaf.varying_statistics(cols) if split else self.leaf.statistics(cols)  # (S or S - 1, D + 1, B), a fresh tensor
@@ -199,9 +238,9 @@ class LeafLayer(LeafLayerBase):
             if split:
                 assert const is not None  # split: the constant statistic's coefficients come apart
                 bias = torch.bmm(self.slot_valid.transpose(1, 2), const).squeeze(1)  # (R, K): padding slots excluded
-                return self._linear(feats, coef, bias)
-            return self._linear(feats, coef)
-        return self._linear(_WeightedStatistics.apply(cols, self._columns(w), self.leaf), coef)  # row D of the weights is 0
+                return self._linear(feats, coef, bias, groups)
+            return self._linear(feats, coef, None, groups)
+        return self._linear(_WeightedStatistics.apply(cols, self._columns(w), self.leaf), coef, None, groups)  # row D of the weights is 0
 
     def forward_max(self, x: Tensor, w: Tensor | None) -> Tensor:
         """Max-product leaf values: observed factors give their log-density, unobserved ones their log-maximum.

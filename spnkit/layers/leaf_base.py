@@ -23,7 +23,7 @@ from abc import abstractmethod
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LeafLayerBase", "Natural", "flat", "unflat"]
+__all__ = ["LeafLayerBase", "Natural", "flat", "unflat", "sum_groups"]
 
 #: a leaf layer's natural parameters, or its expected statistics: one tensor or a tuple of them
 Natural = Tensor | tuple[Tensor, ...]
@@ -37,6 +37,22 @@ def flat(value: Natural) -> tuple[Tensor, ...]:
 def unflat(like: Natural, tensors: list[Tensor] | tuple[Tensor, ...]) -> Natural:
     """``tensors`` in the structure of ``like`` (a tensor or a tuple)."""
     return tuple(tensors) if isinstance(like, tuple) else tensors[0]
+
+
+def sum_groups(values: Tensor, groups: Tensor) -> Tensor:
+    """Sums of rows of ``values`` ``(R, ...)`` over each group: ``(G, ...)``.
+
+    ``groups`` ``(G, a)`` lists the rows of each group; entries equal to ``R``
+    are padding and add nothing. One ``index_select`` and one ``index_add``.
+    """
+    G, a = groups.shape
+    rows = groups.reshape(-1)
+    keep = rows < values.shape[0]
+    dest = torch.arange(G, device=groups.device).repeat_interleave(a)
+    if not bool(keep.all()):
+        rows, dest = rows[keep], dest[keep]
+    out = values.new_zeros((G, *values.shape[1:]))
+    return out.index_add_(0, dest, values.index_select(0, rows))
 
 
 class LeafLayerBase(nn.Module):
@@ -62,6 +78,19 @@ class LeafLayerBase(nn.Module):
 
         ``eta``: natural parameters to use instead of the layer's own (as :meth:`natural` returns them).
         """
+
+    def grouped(self, x: Tensor, w: Tensor | None, groups: Tensor, eta: Natural | None = None, finite: bool = False) -> Tensor:
+        """Summed log-densities of groups of leaf regions: ``(G, B, K)``, the products of their components ``k``.
+
+        The values of product nodes whose children are leaf vectors entered
+        unprojected (component ``k`` of each child multiplies product ``k``).
+        ``groups`` ``(G, a)`` lists each group's rows of this layer, padded with
+        ``R`` (:func:`sum_groups`); the other arguments are those of
+        :meth:`forward`. This default sums :meth:`forward`'s rows; layers whose
+        log-densities are linear in per-region coefficients override it to
+        compute the sums without the rows.
+        """
+        return sum_groups(self.forward(x, w, eta, finite).transpose(1, 2), groups).transpose(1, 2)  # summed batch-fastest
 
     @abstractmethod
     def forward_max(self, x: Tensor, w: Tensor | None) -> Tensor:

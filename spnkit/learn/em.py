@@ -150,7 +150,7 @@ def e_step(spn: SPN, evidence: Evidence, labels: Tensor | None) -> tuple[Counts,
     eta = [t.detach().requires_grad_() for t in flat(current.leaf_natural)]
     log_w = [w.detach().requires_grad_() for w in current.log_weights]
     with torch.enable_grad():
-        root = spn.upward(evidence, params=CircuitParams(unflat(current.leaf_natural, eta), tuple(log_w))).root  # (B, C)
+        root = spn.upward(evidence, params=CircuitParams(unflat(current.leaf_natural, eta), tuple(log_w)), root_only=True).root  # (B, C)
         ll = root_log_likelihood(root, labels)  # (B,)
         if not bool(torch.isfinite(ll).all()):
             raise ValueError("a sample has zero likelihood (log-likelihood -inf or NaN); EM needs every sample to have positive density")

@@ -329,7 +329,7 @@ def _evaluate(spn: SPN, ev: Evidence, y: Tensor | None, objective: str, batch_si
     total, correct = 0.0, 0
     for s in range(0, ev.num_samples, batch_size):
         yb = None if y is None else y[s : s + batch_size]
-        root = spn.upward(ev[s : s + batch_size]).root  # (B, C)
+        root = spn.upward(ev[s : s + batch_size], root_only=True).root  # (B, C)
         total += float(sample_objective(root, yb, objective).sum())
         if yb is not None:
             correct += int((root.argmax(1) == yb).sum())

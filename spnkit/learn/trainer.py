@@ -55,7 +55,7 @@ class Trainer:
         spn = self.spn
         if self.optimizer is not None:  # method "adam"
             self.optimizer.zero_grad(set_to_none=True)
-            root = spn.upward(ev).root  # (B, C)
+            root = spn.upward(ev, root_only=True).root  # (B, C)
             obj = sample_objective(root, y, self.objective)
             if not bool(torch.isfinite(obj).all()):
                 raise ValueError("the objective is -inf or NaN on a training batch (a sample has zero likelihood)")
@@ -83,7 +83,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             params = [p for p in spn.parameters() if p.requires_grad]
             if b:
-                root = spn.upward(ev).root  # (b, C)
+                root = spn.upward(ev, root_only=True).root  # (b, C)
                 obj = sample_objective(root, y, self.objective)  # (b,)
                 bad = not bool(torch.isfinite(obj).all())
                 if not bad:

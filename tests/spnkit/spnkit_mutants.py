@@ -196,6 +196,24 @@ MUTANTS: dict[str, Mutant] = {
         "s = torch.bmm(w, e) if w.shape[1] == w.shape[2] else torch.bmm(w.transpose(1, 2), e)",
         "a CP projection uses its weights transposed (normalized over the wrong index)",
     ),
+    "cp_fused_projection_transposed": Mutant(
+        "spnkit.layers.kernels:_shifted_projections",
+        "torch.bmm(w.transpose(1, 2), e)",
+        "(torch.bmm(w, e) if w.shape[1] == w.shape[2] else torch.bmm(w.transpose(1, 2), e))",
+        "the fused CP kernel projects with its weights transposed (normalized over the wrong index)",
+    ),
+    "cp_fused_slots_misgrouped": Mutant(
+        "spnkit.layers.kernels:LogProjectProduct.forward",
+        "out = torch.log(s).view(P, arity, K, B).sum(1)",
+        "out = torch.log(s).view(arity, P, K, B).sum(0)",
+        "the fused CP kernel multiplies slots of different partitions (in the pass that keeps a graph)",
+    ),
+    "leaf_groups_slots_misordered": Mutant(
+        "spnkit.layers.leaf:LeafLayer._merge",
+        "index = index.view(G, a, S, n).transpose(1, 2).reshape(G, S * a * n)",
+        "index = index.reshape(G, S * a * n)",
+        "a fused leaf group reads its members' statistics in another order than their coefficients",
+    ),
     "gather_rows_copies_repeats": Mutant(
         "spnkit.layers.kernels:GatherRows.backward",
         "if p.distinct and p.covers:",

@@ -9,7 +9,10 @@ import pytest
 import torch
 
 import spnkit
+from spnkit.layers import LeafLayer, LeafLayerBase
+from spnkit.layers.kernels import LogProjectProduct, log_project_product
 from spnkit.testing import brute_force as bf
+from spnkit.testing.circuits import CircuitSpec, GraphSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -223,6 +226,81 @@ def test_upward_with_given_parameters_equals_the_modules_own() -> None:
     torch.testing.assert_close(own, given)
     with pytest.raises(ValueError, match="sum layers"):
         spn.upward(ev, params=spnkit.evidence.CircuitParams(None, spn.params().log_weights[:1]))
+
+
+@pytest.mark.parametrize("leaf", ["normal", "normal-dense", "categorical"])
+@pytest.mark.parametrize("mask", ["none", "bool", "soft"])
+def test_root_only_upward_equals_the_full_pass(leaf: str, mask: str) -> None:
+    """A CP circuit whose first products multiply unprojected leaves: the fused root-only pass gives the same values and gradients."""
+    family = spnkit.Categorical(3) if leaf == "categorical" else spnkit.Normal(0.1, 2.0)
+    # first-level products of 3 and of 2 leaves (some of two variables), one region with two partitions
+    graph = GraphSpec.explicit(7, regions=[tuple(range(7)), (0, 1, 2), (3, 4, 5, 6), (0,), (1,), (2,), (3, 4), (5, 6), (3, 5), (4, 6)],
+                               partitions=[(0, (1, 2)), (1, (3, 4, 5)), (2, (6, 7)), (2, (8, 9))])
+    spn = CircuitSpec(graph, family, num_sums=3, num_leaves=3, seed=2, layer="cp", project_leaves=False).build()
+    if leaf == "normal-dense":
+        spn.leaf_layer.layout = "dense"
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 3, (5, 7), generator=gen).double() if leaf == "categorical" else torch.randn(5, 7, generator=gen, dtype=torch.float64)
+    m = {"none": None, "bool": torch.rand(5, 7, generator=gen) < 0.3,
+         "soft": torch.rand(5, 7, generator=gen, dtype=torch.float64)}[mask]
+    if leaf != "categorical":  # values are differentiable too
+        x.requires_grad_()
+    ev = spn.prepare(x, m)
+    full = spn.upward(ev)
+    torch.testing.assert_close(full.root, bf.log_prob(spn, x, m).unsqueeze(-1), rtol=1e-9, atol=1e-9)
+    fused = spn.upward(spn.prepare(x, m), root_only=True)  # its own evidence: a graph of its own from x
+    assert fused.blocks == () and fused.parts == () and fused.leaf is None
+    torch.testing.assert_close(fused.root, full.root, rtol=1e-12, atol=1e-12)
+    names = [n for n, _ in spn.named_parameters()] + ["x"] * x.requires_grad
+    inputs = list(spn.parameters()) + [x] * x.requires_grad
+    grads = [torch.autograd.grad(t.root.sum(), inputs, allow_unused=True) for t in (full, fused)]
+    for name, a, b in zip(names, *grads):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12, msg=name)
+    params = spn.params()  # EM's way: given parameters, gradients w.r.t. them
+    eta = params.leaf_natural.detach().requires_grad_()
+    given = spnkit.evidence.CircuitParams(eta, params.log_weights)
+    counts = [torch.autograd.grad(spn.upward(ev, params=given, root_only=r).root.sum(), eta)[0] for r in (False, True)]
+    torch.testing.assert_close(counts[1], counts[0], rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="root_only"):
+        spn.upward(ev, leaf_grad=True, root_only=True)
+
+
+def test_leaf_layer_grouped_sums_the_rows_of_each_group() -> None:
+    """``grouped`` in both layouts, with padded groups and regions of several variables, equals summing the rows."""
+    scopes = [(0, 1), (2,), (3, 4), (5,), (6, 7)]
+    layer = LeafLayer(spnkit.Normal(0.1, 2.0), scopes, 8, 3).double()
+    groups = torch.tensor([[0, 1, 3], [2, 4, 5], [4, 5, 5]])  # row 5 = padding
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 8, generator=gen, dtype=torch.float64)
+    for w in (None, torch.rand(4, 8, generator=gen) < 0.5, torch.rand(4, 8, generator=gen, dtype=torch.float64)):
+        for layout in ("gather", "dense"):
+            layer.layout = layout
+            rows = layer(x, w)  # (R, B, K)
+            expected = torch.stack([rows[[r for r in g if r < 5]].sum(0) for g in groups.tolist()])
+            torch.testing.assert_close(layer.grouped(x, w, groups), expected, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(LeafLayerBase.grouped(layer, x, w, groups), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_log_project_product_equals_the_per_slot_projections() -> None:
+    """The fused CP kernel: values with and without a graph, gradcheck, and zero gradients (not NaN) where a sum is zero."""
+    gen = torch.Generator().manual_seed(5)
+    P, a, I, K, B = 3, 2, 4, 3, 5
+    c = torch.randn(P * a, I, B, generator=gen, dtype=torch.float64) * 3
+    w = torch.softmax(torch.randn(P * a, I, K, generator=gen, dtype=torch.float64), 1)
+    reference = torch.log(torch.einsum("sik,sib->skb", w, c.exp())).view(P, a, K, B).sum(1)
+    torch.testing.assert_close(log_project_product(c, w, a), reference, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(LogProjectProduct.apply(c, w, a), reference, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda c_, w_: LogProjectProduct.apply(c_, w_, a), (c.clone().requires_grad_(), w.clone().requires_grad_()))
+    c[0, :, 1] = -torch.inf  # a child of probability zero: its projections are zero
+    c[3, 1:, :] = -1e4  # far below the others: exact only with the max-shift
+    cg, wg = c.clone().requires_grad_(), w.clone().requires_grad_()
+    out = LogProjectProduct.apply(cg, wg, a)
+    assert torch.isneginf(out[0, :, 1]).all() and torch.isfinite(out[1:]).all()
+    out.sum().backward()  # a gradient into the zero sums too
+    assert torch.isfinite(cg.grad).all() and torch.isfinite(wg.grad).all()
+    assert (cg.grad[0, :, 1] == 0).all()
 
 
 def test_evidence_slices_are_evidence_of_the_rows() -> None:
