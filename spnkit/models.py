@@ -175,17 +175,20 @@ def _fit_joint(layer: MVNLeafLayer, x: Tensor, observed: Tensor, rows_of: list[n
                 mine = torch.nonzero(observed[:, idx[i]].all(1)).squeeze(1)
             picked.append(mine)
         reg = torch.cat([torch.full((t.numel(),), i, dtype=torch.long) for i, t in enumerate(picked)])
-        xs = x[torch.cat(picked).unsqueeze(1), idx[reg]]  # (P, d)
-        R = rows.numel()
-        count = xs.new_zeros(R).index_add_(0, reg, torch.ones_like(xs[:, 0]))
-        s1 = xs.new_zeros(R, d).index_add_(0, reg, xs)
-        s2 = xs.new_zeros(R, d, d).index_add_(0, reg, xs.unsqueeze(2) * xs.unsqueeze(1))
-        params = layer.group_params(d)
-        dt = params["loc"].dtype
-        k = params["loc"].shape[1]
-        stats = ((-0.5 * s2).unsqueeze(1).expand(R, k, d, d).to(dt), s1.unsqueeze(1).expand(R, k, d).to(dt),
-                 count.unsqueeze(1).expand(R, k).to(dt))
-        layer.set_group_params(d, layer.leaf.m_step(stats, params))
+        _fit_group(layer, d, reg, x[torch.cat(picked).unsqueeze(1), idx[reg]])
+
+
+def _fit_group(layer: MVNLeafLayer, d: int, reg: Tensor, xs: Tensor) -> None:
+    """One M-step of the regions with ``d`` variables on the values ``xs`` ``(P, d)`` of their group rows ``reg`` ``(P,)``."""
+    R = layer.group_index(d)[0].numel()
+    count = xs.new_zeros(R).index_add_(0, reg, torch.ones_like(xs[:, 0]))
+    s1 = xs.new_zeros(R, d).index_add_(0, reg, xs)
+    s2 = xs.new_zeros(R, d, d).index_add_(0, reg, xs.unsqueeze(2) * xs.unsqueeze(1))
+    params = layer.group_params(d)
+    dt, k = params["loc"].dtype, params["loc"].shape[1]
+    stats = ((-0.5 * s2).unsqueeze(1).expand(R, k, d, d).to(dt), s1.unsqueeze(1).expand(R, k, d).to(dt),
+             count.unsqueeze(1).expand(R, k).to(dt))
+    layer.set_group_params(d, layer.leaf.m_step(stats, params))
 
 
 def _fit_part(family: object, layer: object, reg: Tensor, vals: Tensor) -> None:
@@ -195,13 +198,8 @@ def _fit_part(family: object, layer: object, reg: Tensor, vals: Tensor) -> None:
         rows = layer.group_index(1)[0]
         pos = torch.full((R,), -1, dtype=torch.long)
         pos[rows] = torch.arange(rows.numel())
-        stats = torch.stack([vals * vals, vals, torch.ones_like(vals)], 1)
-        total = stats.new_zeros(R, 3).index_add_(0, reg, stats)[rows]  # (R_1, 3)
-        params = layer.group_params(1)
-        dt = params["loc"].dtype
-        new = layer.leaf.m_step((-0.5 * total[:, 0].view(-1, 1, 1, 1).to(dt), total[:, 1].view(-1, 1, 1).to(dt),
-                                 total[:, 2].view(-1, 1).to(dt)), params)
-        layer.set_group_params(1, new)
+        keep = pos[reg] >= 0
+        _fit_group(layer, 1, pos[reg][keep], vals[keep].unsqueeze(1))
         return
     if not isinstance(family, Leaf) or not isinstance(layer, LeafLayer):
         raise ValueError(f"learn_spn fits univariate leaves; {type(family).__name__} is not one")

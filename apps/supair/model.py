@@ -60,6 +60,7 @@ class Supair(nn.Module):
         scale = 1.0 if cfg.variance_scale is None else float(cfg.variance_scale)
         self.object_spn = build_spn(cfg.object_spn, G, G, C, seed, scale)
         self.background_spn = build_spn(cfg.background_spn, S, S, C, seed + 1, scale) if cfg.background_model else None
+        self.fixed_background_var = cfg.fixed_background_var * scale  # of the ablation's fixed Normal background
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))  # training steps taken, for the count prior's ramp
 
     # ------------------------------------------------------------ inference
@@ -191,7 +192,7 @@ class Supair(nn.Module):
         if self.background_spn is not None:
             return self.background_spn.log_prob(x, marginalized=m)
         cfg = self.cfg
-        var = cfg.fixed_background_var * (1.0 if cfg.variance_scale is None else float(cfg.variance_scale))
+        var = self.fixed_background_var
         ll = -0.5 * (x - cfg.fixed_background_mean) ** 2 / var - 0.5 * math.log(2 * math.pi * var)
         return ((1 - m) * ll).sum(-1)
 

@@ -68,6 +68,7 @@ def test_variance_scale_is_bounded_and_scales_both_spns() -> None:
     for name in ("object_spn", "background_spn"):
         a, b = getattr(plain, name).leaf, getattr(scaled, name).leaf
         assert b.min_var == pytest.approx(0.25 * a.min_var) and b.max_var == pytest.approx(0.25 * a.max_var)
+    assert scaled.fixed_background_var == pytest.approx(0.25 * plain.fixed_background_var)
 
 
 def test_no_objects_gives_no_estimate() -> None:

@@ -92,8 +92,9 @@ def _needed_widths(x: np.ndarray, ratio_max: float) -> tuple[np.ndarray, float]:
     wide = np.pad(wide, ((0, 0), (0, h - wide.shape[1]), (0, w - wide.shape[2])), mode="edge")
     spread = 1.4826 * float(np.median(np.abs(diff - np.median(diff))))
     threshold = max(_MIN_THRESHOLD, 6 * spread)
-    mask = (diff > threshold) | (np.abs(x - wide) > threshold)
-    contrast = float(np.median(diff[diff > threshold])) if (diff > threshold).any() else 0.0
+    near = diff > threshold
+    contrast = float(np.median(diff[near])) if near.any() else 0.0
+    mask = near | (np.abs(x - wide) > threshold)
     mask = ndimage.binary_closing(mask, structure=_in_plane(np.ones((3, 3), dtype=bool)))
     mask = ndimage.binary_fill_holes(mask, structure=_in_plane(ndimage.generate_binary_structure(2, 1)))
     labels, count = ndimage.label(mask, structure=_in_plane(np.ones((3, 3), dtype=bool)))  # 8-connected within each image
