@@ -118,6 +118,8 @@ def _train_args(p: argparse.ArgumentParser, d: dict, out: str, methods: tuple[st
     g.add_argument("--lr", type=float, default=d["lr"], help="Adam learning rate (default: %(default)s)")
     g.add_argument("--step-size", type=float, nargs=2, metavar=("START", "END"), default=d["step_size"],
                    help="mini-batch EM step size, decaying linearly from START to END over the budget (default: %(default)s)")
+    g.add_argument("--full-batch-epochs", type=int, default=None, metavar="N",
+                   help="full-batch EM epochs that finish mini-batch EM, within the budget (default: 1 with --method em)")
     g.add_argument("--weight-pseudocount", type=float, default=0.1, help="EM's Dirichlet prior on sum weights (default: 0.1)")
     g.add_argument("--leaf-pseudocount", type=float, default=1.0, help="EM's prior on leaves, per factor (default: 1.0)")
     g.add_argument("--patience", type=_positive_int, default=None, help="early-stopping patience in epochs (default: none)")
@@ -303,6 +305,7 @@ def _fit_kwargs(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size,
         "lr": args.lr,
         "step_size": tuple(args.step_size),
+        "full_batch_epochs": _full_batch_epochs(args),
         "weight_pseudocount": args.weight_pseudocount,
         "leaf_pseudocount": args.leaf_pseudocount,
         "patience": args.patience,
@@ -312,6 +315,13 @@ def _fit_kwargs(args: argparse.Namespace) -> dict:
     }
 
 
+def _full_batch_epochs(args: argparse.Namespace) -> int:
+    """``--full-batch-epochs``: one by default after mini-batch EM, none for the other methods."""
+    if args.full_batch_epochs is None:
+        return 1 if args.method == "em" else 0
+    return args.full_batch_epochs
+
+
 def _training_summary(args: argparse.Namespace) -> dict:
     return {
         "method": args.method,
@@ -319,6 +329,7 @@ def _training_summary(args: argparse.Namespace) -> dict:
         "threads": args.threads,
         "batch_size": args.batch_size,
         "step_size": list(args.step_size),
+        "full_batch_epochs": _full_batch_epochs(args),
         "lr": args.lr,
         "pseudocounts": {"weights": args.weight_pseudocount, "leaves": args.leaf_pseudocount},
         "seed": args.seed,

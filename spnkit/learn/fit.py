@@ -53,6 +53,7 @@ def fit(
     batch_size: int = 128,
     lr: float = 1e-2,
     step_size: float | tuple[float, float] = 0.1,
+    full_batch_epochs: int = 0,
     weight_pseudocount: float = 0.1,
     leaf_pseudocount: float = 1.0,
     init: str = "keep",
@@ -74,7 +75,12 @@ def fit(
           train: after each mini-batch, new and old estimates are mixed with
           weight ``step_size``; a pair ``(start, end)`` decays it linearly over
           training (by the larger of the epochs done and the time budget used),
-          e.g. ``(0.5, 0.05)``.
+          e.g. ``(0.5, 0.05)``. With ``full_batch_epochs = k``, the last ``k``
+          epochs are full-batch EM, as PyJuice and Juice.jl finish mini-batch
+          EM: one exact M-step on the whole training set's counts removes the
+          noise that mini-batch updates leave. Within ``max_seconds``, mini-batch
+          EM stops early enough for them (their time is estimated from the
+          mini-batch epochs', E-steps and validation), and they are not cut short.
         * ``"em-batch"``: full-batch EM: counts are summed over all mini-batches
           of an epoch, then one exact M-step (none for an epoch cut short by
           ``max_seconds`` or a hook). It never decreases the training log-likelihood.
@@ -111,6 +117,7 @@ def fit(
         batch_size: mini-batch size.
         lr: Adam's learning rate.
         step_size: mini-batch EM's step size in ``(0, 1]``, or ``(start, end)`` for a linear decay.
+        full_batch_epochs: full-batch EM epochs that end ``method="em"`` (0: none).
         weight_pseudocount: EM's symmetric Dirichlet prior on each sum's weights:
             pseudo-counts per sum, spread over its inputs (0: maximum likelihood).
         leaf_pseudocount: EM's prior on the leaves, per factor (see
@@ -140,7 +147,8 @@ def fit(
         epoch's mini-batches, each scored before its update), ``valid_ll`` (mean
         per validation sample after the epoch, None without validation),
         ``seconds`` (training time of the epoch), ``elapsed``, ``samples_per_second``,
-        ``steps``, ``best`` (True where valid_ll was the best so far), and with
+        ``steps``, ``method`` (the epoch's: ``"em-batch"`` for the epochs that
+        finish mini-batch EM), ``best`` (True where valid_ll was the best so far), and with
         labels ``train_acc`` / ``valid_acc``.
 
     Raises:
@@ -159,6 +167,11 @@ def fit(
             raise ValueError("EM maximizes a likelihood; objective='discriminative' needs method='adam'")
     _check_int("epochs", epochs, 1)
     _check_int("batch_size", batch_size, 1)
+    _check_int("full_batch_epochs", full_batch_epochs, 0)
+    if full_batch_epochs and method != "em":
+        raise ValueError(f"full_batch_epochs finishes mini-batch EM; it needs method='em', got {method!r}")
+    if full_batch_epochs > epochs:
+        raise ValueError(f"full_batch_epochs ({full_batch_epochs}) is more than epochs ({epochs})")
     if patience is not None:
         _check_int("patience", patience, 1)
     if not (isinstance(lr, (int, float)) and lr > 0):
@@ -206,7 +219,8 @@ def fit(
         _dist.check_same("data, validation data, generator state and settings", [
             *_fingerprint(ev.values), *_fingerprint(ev.marginalized), *_fingerprint(None if vev is None else vev.values),
             *_fingerprint(None if vev is None else vev.marginalized), *_fingerprint(generator.get_state()),
-            METHODS.index(method), OBJECTIVES.index(objective), epochs, batch_size, lr, *steps, weight_pseudocount, leaf_pseudocount,
+            METHODS.index(method), OBJECTIVES.index(objective), epochs, batch_size, lr, *steps, full_batch_epochs,
+            weight_pseudocount, leaf_pseudocount,
             -1 if patience is None else patience,
         ], spn.device)
     trainer = Trainer(spn, method, objective, lr, steps, (float(weight_pseudocount), float(leaf_pseudocount)), info)
@@ -216,17 +230,23 @@ def fit(
     step = 0
     stop = False
     n = ev.num_samples
+    finish = _Finish(full_batch_epochs, epochs, max_seconds, n)
     for epoch in range(1, epochs + 1):
+        if finish.due(epoch, time.perf_counter() - start, info, spn.device):
+            trainer.method = "em-batch"
+        elif finish.done:
+            break
         order = torch.randperm(n, generator=generator).to(spn.device)
         t0 = time.perf_counter()
         ll_sum, correct, seen = 0.0, 0, 0
-        bar = _progress_bar(progress, total=n, desc=f"epoch {epoch}/{epochs} [{method}]", unit="samples", unit_scale=True, leave=False)
+        bar = _progress_bar(progress, total=n, desc=f"epoch {epoch}/{epochs} [{trainer.method}]", unit="samples", unit_scale=True,
+                            leave=False)
         for s in range(0, n, batch_size):
             idx = order[s : s + batch_size]
             mine = idx if info is None else idx[_dist.rank_slice(len(idx), info.rank, info.world_size)]  # this process's shard
-            done = (epoch - 1 + s / n) / epochs
-            if max_seconds is not None:
-                done = max(done, (time.perf_counter() - start) / max_seconds)
+            done = (epoch - 1 + s / n) / finish.minibatch_epochs
+            if finish.deadline is not None:
+                done = max(done, (time.perf_counter() - start) / finish.deadline)
                 if info is not None and steps[0] != steps[1]:
                     done = float(_dist.broadcast_object(done))  # the processes' clocks differ: rank 0's decides
             trainer.progress = min(done, 1.0)
@@ -241,13 +261,18 @@ def fit(
             record: dict[str, Any] = {"epoch": epoch, "step": step, "batch_ll": batch_ll / len(idx), "elapsed": elapsed, "samples": len(idx)}
             if any(cb(record) for cb in step_callbacks):
                 stop = True
-            if max_seconds is not None and elapsed >= max_seconds:
+            if max_seconds is not None and elapsed >= max_seconds and not finish.active:
                 stop = True
+            if not finish.active:
+                finish.timed(time.perf_counter() - t0, seen)
+            switch = finish.mini_batch_over(elapsed)
             if info is not None and (step_callbacks or max_seconds is not None):
                 stop = _dist.any_rank(stop, spn.device)  # clocks and callbacks may differ: stop together
-            if stop:
+                switch = _dist.any_rank(switch, spn.device)
+            if stop or switch:
                 break
         trainer.end_epoch(complete=seen == n)
+        finish.epoch_ended()
         bar.close()
         seconds = time.perf_counter() - t0
         record = {
@@ -257,11 +282,14 @@ def fit(
             "seconds": seconds,
             "samples_per_second": seen / max(seconds, 1e-12),
             "steps": step,
+            "method": trainer.method,
         }
         if y is not None:
             record["train_acc"] = correct / seen
         if vev is not None:
+            t_valid = time.perf_counter()
             record["valid_ll"], acc = _evaluate(spn, vev, vy, objective, max(batch_size, 256), info)
+            finish.valid_seconds = time.perf_counter() - t_valid
             if vy is not None:
                 record["valid_acc"] = acc
             if record["valid_ll"] > best_ll:
@@ -285,6 +313,65 @@ def fit(
     if best_state is not None:
         spn.load_state_dict(best_state)
     return history
+
+
+class _Finish:
+    """When :func:`fit`'s mini-batch EM hands over to the full-batch epochs that finish it.
+
+    By epoch count, the last ``k`` of ``epochs``; within ``max_seconds``, when
+    the time left is what ``k`` epochs need: each takes about a mini-batch
+    epoch's time per sample (an upper bound: the E-steps without the many
+    M-steps) times the training set, plus a validation pass.
+    """
+
+    def __init__(self, k: int, epochs: int, max_seconds: float | None, n: int) -> None:
+        self.k, self.epochs, self.max_seconds, self.n = k, epochs, max_seconds, n
+        self.active = False
+        self.per_sample: float | None = None  # seconds per training sample of the mini-batch epochs
+        self.valid_seconds = 0.0
+        self.finished = 0  # full-batch epochs run
+
+    @property
+    def minibatch_epochs(self) -> int:
+        return max(self.epochs - self.k, 1)
+
+    @property
+    def reserve(self) -> float:
+        """Seconds the full-batch epochs are expected to take (0 before any measurement)."""
+        return 0.0 if self.per_sample is None else self.k * (self.per_sample * self.n + self.valid_seconds)
+
+    @property
+    def deadline(self) -> float | None:
+        """When mini-batch EM ends, in seconds from the start (None without a budget)."""
+        return None if self.max_seconds is None else max(self.max_seconds - self.reserve, 1e-9)
+
+    def timed(self, seconds: float, samples: int) -> None:
+        if samples:
+            self.per_sample = seconds / samples
+
+    def mini_batch_over(self, elapsed: float) -> bool:
+        """Whether the mini-batch epoch under way should end now for the full-batch ones."""
+        deadline = self.deadline
+        return bool(self.k) and not self.active and deadline is not None and elapsed >= deadline
+
+    def due(self, epoch: int, elapsed: float, info: _dist.DistInfo | None, device: torch.device) -> bool:
+        """Whether ``epoch`` is the first full-batch one (the processes agree)."""
+        if not self.k or self.active:
+            return False
+        due = epoch > self.epochs - self.k or self.mini_batch_over(elapsed)
+        if info is not None:
+            due = _dist.any_rank(due, device)
+        self.active = due
+        return due
+
+    @property
+    def done(self) -> bool:
+        """Whether the full-batch epochs are over (the next epoch would be one more)."""
+        return self.active and self.finished >= self.k
+
+    def epoch_ended(self) -> None:
+        if self.active:
+            self.finished += 1
 
 
 def evaluate(

@@ -266,6 +266,32 @@ def test_full_batch_em_skips_the_m_step_of_an_epoch_cut_short():
     assert all(torch.equal(v, before[k]) for k, v in spn.state_dict().items())
 
 
+def test_mini_batch_em_ends_with_an_exact_full_batch_m_step():
+    spn = _rat(num_vars=6, depth=2, leaf=spnkit.Categorical(4))
+    x = _data_for(spn.leaf, 300, 6, seed=21)
+    prior = dict(weight_pseudocount=0.3, leaf_pseudocount=2.0)
+    states = []
+    history = fit(spn, x, method="em", epochs=4, full_batch_epochs=1, batch_size=32, step_size=(0.5, 0.1), valid_fraction=0.0,
+                  progress=False, callbacks=[lambda r: states.append({k: v.clone() for k, v in spn.state_dict().items()})], **prior)
+    assert [h["method"] for h in history] == ["em", "em", "em", "em-batch"]
+    assert history[-1]["steps"] - history[-2]["steps"] == math.ceil(300 / 32)  # a whole pass
+    reference = _rat(num_vars=6, depth=2, leaf=spnkit.Categorical(4))
+    reference.load_state_dict(states[2])  # after the mini-batch epochs
+    m_step(reference, expected_counts(reference, x), 1.0, **prior)
+    for k, v in reference.state_dict().items():
+        torch.testing.assert_close(states[3][k], v)
+
+
+def test_full_batch_epochs_run_whole_within_a_time_budget():
+    spn = _rat(num_vars=6, depth=1)
+    x = _data_for(spn.leaf, 400, 6, seed=22)
+    history = fit(spn, x, method="em", epochs=10_000, full_batch_epochs=2, batch_size=20, valid_fraction=0.0, progress=False,
+                  max_seconds=0.5)
+    methods = [h["method"] for h in history]
+    assert methods[-2:] == ["em-batch", "em-batch"] and methods.count("em-batch") == 2 and len(methods) < 10_000
+    assert all(b["steps"] - a["steps"] == 20 for a, b in zip(history[-3:], history[-2:]))  # neither cut short
+
+
 def test_early_stopping_restores_the_best_parameters():
     spn = _rat(num_vars=8, depth=2, reps=3, sums=6, leaves=6, leaf=spnkit.Normal(1e-3, 4.0))
     x = _data_for(spn.leaf, 12, 8, seed=11)  # a dozen samples: it overfits
@@ -334,6 +360,9 @@ def test_generative_training_with_labels_improves_class_conditional_likelihood(m
         ({"labels": torch.zeros(50, dtype=torch.long)}, "num_classes > 1"),
         ({"callbacks": [3]}, "callables"),
         ({"marginalized": torch.zeros(50, 5, dtype=torch.bool)}, "shape"),
+        ({"full_batch_epochs": 1}, "needs method='em'"),
+        ({"method": "em", "full_batch_epochs": -1}, "full_batch_epochs"),
+        ({"method": "em", "epochs": 2, "full_batch_epochs": 3}, r"more than epochs \(2\)"),
     ],
 )
 def test_fit_rejects_bad_arguments(kwargs, match):
